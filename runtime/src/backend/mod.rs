@@ -1,0 +1,9 @@
+//! Backends: where an application's records come from and go to, where its
+//! committed state lives, and how a task's transaction commits atomically.
+//!
+//! The executor ([`crate::task`]) knows nothing of them: a driver reads input
+//! for a task from its backend, hands it to the task, and at commit points
+//! passes the task's [`TaskCommit`](crate::task::TaskCommit) to the backend.
+//! - [`memory`]: everything in memory; deterministic; used by `weir test`.
+
+pub mod memory;

@@ -1,0 +1,28 @@
+//! weir: a Kafka stream-processing runtime whose processors are sandboxed
+//! WebAssembly components.
+//!
+//! The host (this crate) owns partitions, tasks, state stores and their
+//! changelogs, co-partitioning, repartitioning, exactly-once commits and hot
+//! swap; the guest (a component built with `weir-sdk`) owns only business
+//! logic. Modules, from the outside in:
+//!
+//! - [`topology`]: the application spec, its validation, sub-topologies.
+//! - [`wasm`]: the engine, component loading and caching, host imports, limits.
+//! - [`task`]: the executor: one task per sub-topology × partition.
+//! - [`state`]: store overlays over committed state.
+//! - [`backend`]: where records come from and go to, and how a commit
+//!   happens (in memory for `weir test`).
+//! - [`partitioner`]: Kafka's murmur2 default partitioner.
+//! - [`testdriver`]: `weir test`, the offline topology runner.
+
+pub mod backend;
+pub mod bench;
+pub mod cli;
+pub mod jsonl;
+pub mod partitioner;
+pub mod record;
+pub mod state;
+pub mod task;
+pub mod testdriver;
+pub mod topology;
+pub mod wasm;

@@ -1,0 +1,434 @@
+//! The host side of the contract's imports (`store`, `emitter`, `context`)
+//! and the per-instance state they work on.
+//!
+//! Host functions never fail because of the guest by trapping: a guest
+//! mistake (unknown store, write to a read-only store, emit to an undeclared
+//! output) is returned to the guest as an `error`, and the ones that break the
+//! contract (undeclared output) are also recorded so the call fails even if
+//! the guest ignores the error. Traps from host functions mean a host fault
+//! (storage failure): the executor aborts the transaction instead of blaming
+//! the record.
+
+use std::ops::Bound;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::clocks::HostWallClock;
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::weir::processor::{context, emitter, store, types};
+use crate::state::{StateError, TaskStores};
+
+/// What a store resource handle refers to: an index into the task's stores.
+pub struct StoreHandle {
+    index: usize,
+    writable: bool,
+}
+
+/// A store a processor may open, resolved to the task's store list.
+#[derive(Debug, Clone)]
+pub struct StoreGrantInfo {
+    pub name: String,
+    pub index: usize,
+    pub writable: bool,
+}
+
+/// Who an instance is: fixed for its lifetime.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    pub app: String,
+    pub processor: String,
+    pub task_id: String,
+    pub partition: u32,
+    pub outputs: Vec<String>,
+    pub grants: Vec<StoreGrantInfo>,
+}
+
+/// A host fault raised inside a host function; travels as the trap's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HostFault(pub StateError);
+
+/// The data of one instance's wasmtime `Store`.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: GuestLimiter,
+    pub(crate) info: Arc<InstanceInfo>,
+    pub(crate) call: CallState,
+    /// The task's wall clock, also what WASI's wall clock reports.
+    pub(crate) wall_clock: Arc<AtomicI64>,
+    /// Recent guest stderr, to explain a trap (a Rust panic prints there).
+    pub(crate) stderr: GuestOutput,
+}
+
+/// What the host functions of one call read and produce. The executor moves
+/// the task's stores in before the call and takes everything out after.
+#[derive(Default)]
+pub struct CallState {
+    pub stores: TaskStores,
+    /// Emitted records with the index of their output.
+    pub emitted: Vec<(usize, types::OutputRecord)>,
+    /// A contract violation seen during the call: the call fails.
+    pub violation: Option<String>,
+    pub stream_time: i64,
+    pub schedules: Vec<(types::Punctuation, u64)>,
+}
+
+impl GuestState {
+    pub(crate) fn new(info: Arc<InstanceInfo>, memory_bytes: u64) -> Self {
+        let wall_clock = Arc::new(AtomicI64::new(0));
+        let stdout = GuestOutput::new(info.clone(), "stdout");
+        let stderr = GuestOutput::new(info.clone(), "stderr");
+        let mut wasi = WasiCtxBuilder::new();
+        // No preopens, no env, no args, no sockets (denied by default). Random
+        // numbers are seeded so a replayed call computes the same thing.
+        wasi.stdout(stdout)
+            .stderr(stderr.clone())
+            .wall_clock(TaskClock(wall_clock.clone()))
+            .secure_random(seeded_rng())
+            .insecure_random(seeded_rng())
+            .insecure_random_seed(0)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let limits = GuestLimiter { memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX) };
+        GuestState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits,
+            info,
+            call: CallState::default(),
+            wall_clock,
+            stderr,
+        }
+    }
+}
+
+fn seeded_rng() -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    rand::rngs::StdRng::seed_from_u64(0x5745_4952)
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+fn guest_error(message: impl Into<String>) -> types::Error {
+    types::Error { message: message.into() }
+}
+
+fn fault(e: StateError) -> wasmtime::Error {
+    wasmtime::Error::new(HostFault(e))
+}
+
+impl types::Host for GuestState {}
+
+impl store::Host for GuestState {}
+
+impl store::HostStore for GuestState {
+    fn open(&mut self, name: String) -> wasmtime::Result<Result<Resource<StoreHandle>, types::Error>> {
+        let Some(grant) = self.info.grants.iter().find(|g| g.name == name) else {
+            let granted: Vec<&str> = self.info.grants.iter().map(|g| g.name.as_str()).collect();
+            return Ok(Err(guest_error(format!(
+                "store `{name}` is not granted to processor `{}` (granted: {})",
+                self.info.processor,
+                if granted.is_empty() { "none".to_owned() } else { granted.join(", ") }
+            ))));
+        };
+        let handle = StoreHandle { index: grant.index, writable: grant.writable };
+        Ok(Ok(self.table.push(handle)?))
+    }
+
+    fn get(&mut self, this: Resource<StoreHandle>, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        let index = self.table.get(&this)?.index;
+        self.call.stores.get(index).get(&key).map_err(fault)
+    }
+
+    fn get_many(&mut self, this: Resource<StoreHandle>, keys: Vec<Vec<u8>>) -> wasmtime::Result<Vec<Option<Vec<u8>>>> {
+        let index = self.table.get(&this)?.index;
+        let store = self.call.stores.get(index);
+        keys.iter().map(|k| store.get(k).map_err(fault)).collect()
+    }
+
+    fn put(&mut self, this: Resource<StoreHandle>, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<Result<(), types::Error>> {
+        self.write_many(this, vec![(key, Some(value))])
+    }
+
+    fn delete(&mut self, this: Resource<StoreHandle>, key: Vec<u8>) -> wasmtime::Result<Result<(), types::Error>> {
+        self.write_many(this, vec![(key, None)])
+    }
+
+    fn write_many(
+        &mut self,
+        this: Resource<StoreHandle>,
+        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> wasmtime::Result<Result<(), types::Error>> {
+        let handle = self.table.get(&this)?;
+        let (index, writable) = (handle.index, handle.writable);
+        let store = self.call.stores.get_mut(index);
+        if !writable {
+            return Ok(Err(guest_error(format!(
+                "store `{}` is read-only for processor `{}` (it is a table's store)",
+                store.name(),
+                self.info.processor
+            ))));
+        }
+        for (key, value) in writes {
+            store.write(key, value);
+        }
+        Ok(Ok(()))
+    }
+
+    fn range(
+        &mut self,
+        this: Resource<StoreHandle>,
+        start: Option<Vec<u8>>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let index = self.table.get(&this)?.index;
+        let lower = start.as_deref().map_or(Bound::Unbounded, Bound::Included);
+        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        self.call.stores.get(index).range(lower, upper, limit as usize).map_err(fault)
+    }
+
+    fn prefix(&mut self, this: Resource<StoreHandle>, prefix: Vec<u8>, limit: u32) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let index = self.table.get(&this)?.index;
+        let end = crate::state::prefix_end(&prefix);
+        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        self.call.stores.get(index).range(Bound::Included(&prefix), upper, limit as usize).map_err(fault)
+    }
+
+    fn drop(&mut self, this: Resource<StoreHandle>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl emitter::Host for GuestState {
+    fn emit(&mut self, record: types::OutputRecord) -> wasmtime::Result<Result<(), types::Error>> {
+        self.emit_many(vec![record])
+    }
+
+    fn emit_many(&mut self, records: Vec<types::OutputRecord>) -> wasmtime::Result<Result<(), types::Error>> {
+        self.call.emitted.reserve(records.len());
+        for record in records {
+            match self.info.outputs.iter().position(|o| *o == record.output) {
+                Some(index) => self.call.emitted.push((index, record)),
+                None => {
+                    let message = format!(
+                        "output `{}` is not declared for processor `{}` (declared: {})",
+                        record.output,
+                        self.info.processor,
+                        if self.info.outputs.is_empty() { "none".to_owned() } else { self.info.outputs.join(", ") }
+                    );
+                    self.call.violation.get_or_insert_with(|| message.clone());
+                    return Ok(Err(guest_error(message)));
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+impl context::Host for GuestState {
+    fn task_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.info.task_id.clone())
+    }
+    fn processor_name(&mut self) -> wasmtime::Result<String> {
+        Ok(self.info.processor.clone())
+    }
+    fn partition(&mut self) -> wasmtime::Result<u32> {
+        Ok(self.info.partition)
+    }
+    fn outputs(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.info.outputs.clone())
+    }
+    fn stream_time(&mut self) -> wasmtime::Result<i64> {
+        Ok(self.call.stream_time)
+    }
+    fn wall_clock_time(&mut self) -> wasmtime::Result<i64> {
+        Ok(self.wall_clock.load(Ordering::Relaxed))
+    }
+    fn schedule(&mut self, kind: types::Punctuation, interval_ms: u64) -> wasmtime::Result<Result<(), types::Error>> {
+        self.call.schedules.push((kind, interval_ms));
+        Ok(Ok(()))
+    }
+    fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+        let (app, processor, task) = (&self.info.app, &self.info.processor, &self.info.task_id);
+        match level {
+            types::LogLevel::Trace => tracing::trace!(target: "weir::guest", app, processor, task, "{message}"),
+            types::LogLevel::Debug => tracing::debug!(target: "weir::guest", app, processor, task, "{message}"),
+            types::LogLevel::Info => tracing::info!(target: "weir::guest", app, processor, task, "{message}"),
+            types::LogLevel::Warn => tracing::warn!(target: "weir::guest", app, processor, task, "{message}"),
+            types::LogLevel::Error => tracing::error!(target: "weir::guest", app, processor, task, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+/// The memory cap of one instance. Growing past it traps with
+/// [`MemoryLimitExceeded`] (rather than failing the grow), so the executor can
+/// tell the guest exactly why it was stopped.
+pub(crate) struct GuestLimiter {
+    memory_bytes: usize,
+}
+
+/// The trap raised when a guest grows its memory past its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit exceeded: the guest asked for {desired} bytes of linear memory, its limit is {limit}")]
+pub struct MemoryLimitExceeded {
+    pub desired: usize,
+    pub limit: usize,
+}
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded { desired, limit: self.memory_bytes }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// WASI's wall clock, pinned to the task's notion of wall-clock time.
+struct TaskClock(Arc<AtomicI64>);
+
+impl HostWallClock for TaskClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed).max(0) as u64)
+    }
+}
+
+/// Longest line kept from a guest's output; longer lines are cut.
+const MAX_LINE: usize = 4096;
+/// How much recent stderr is kept to explain a trap.
+const MAX_RECENT: usize = 2048;
+
+/// A guest's stdout or stderr: each line goes to the host log, tagged with
+/// app, processor and task; stderr also keeps its recent lines.
+#[derive(Clone)]
+pub(crate) struct GuestOutput {
+    inner: Arc<Mutex<OutputState>>,
+}
+
+struct OutputState {
+    info: Arc<InstanceInfo>,
+    stream: &'static str,
+    line: Vec<u8>,
+    recent: String,
+}
+
+impl GuestOutput {
+    fn new(info: Arc<InstanceInfo>, stream: &'static str) -> Self {
+        GuestOutput {
+            inner: Arc::new(Mutex::new(OutputState { info, stream, line: Vec::new(), recent: String::new() })),
+        }
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for &b in bytes {
+            if b == b'\n' {
+                state.flush_line();
+            } else if state.line.len() < MAX_LINE {
+                state.line.push(b);
+            }
+        }
+    }
+
+    /// Forgets recent output (at the start of a call).
+    pub(crate) fn clear_recent(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).recent.clear();
+    }
+
+    /// What the guest wrote since the last clear, including an unfinished line.
+    pub(crate) fn recent(&self) -> String {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !state.line.is_empty() {
+            state.flush_line();
+        }
+        state.recent.trim_end().to_owned()
+    }
+}
+
+impl OutputState {
+    fn flush_line(&mut self) {
+        let line = String::from_utf8_lossy(&self.line).into_owned();
+        self.line.clear();
+        let info = &self.info;
+        tracing::info!(
+            target: "weir::guest",
+            app = %info.app, processor = %info.processor, task = %info.task_id, stream = self.stream,
+            "{line}"
+        );
+        if self.recent.len() + line.len() < MAX_RECENT {
+            self.recent.push_str(&line);
+            self.recent.push('\n');
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.write_bytes(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,207 @@
+//! One live processor instance and its calls.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use wasmtime::Store;
+
+use super::bindings::Processor;
+use super::component::LoadedComponent;
+use super::engine::WasmEngine;
+use super::host::{GuestState, HostFault, InstanceInfo, MemoryLimitExceeded};
+use super::{GuestOutput, GuestRecord, Punctuation};
+use crate::state::TaskStores;
+use crate::topology::Limits;
+
+/// A record a guest emitted, with the index of the output it named.
+pub type Emitted = (usize, GuestOutput);
+
+/// Time as the guest sees it during a call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallTime {
+    pub stream_time: i64,
+    pub wall_clock: i64,
+}
+
+/// What a successful call produced.
+#[derive(Debug, Default)]
+pub struct CallOk {
+    pub emitted: Vec<Emitted>,
+    /// Schedules requested during the call: (kind, interval ms; 0 cancels).
+    pub schedules: Vec<(Punctuation, u64)>,
+}
+
+/// The result of a call.
+pub type CallOutcome = Result<CallOk, CallFailure>;
+
+/// Why a call failed. Everything but `HostFault` is the guest's doing and
+/// goes to the processor's error policy; a host fault aborts the transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The guest returned an error.
+    GuestError,
+    /// The guest trapped (a Rust panic, an `unreachable`, ...).
+    Trap,
+    /// The call ran past its time limit.
+    Timeout,
+    /// The guest grew its memory past its limit.
+    MemoryLimit,
+    /// The guest broke the contract (e.g. emitted to an undeclared output).
+    ContractViolation,
+    /// Storage under the host failed during the call.
+    HostFault,
+}
+
+impl FailureKind {
+    /// The name used in dead-letter headers and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::GuestError => "guest-error",
+            FailureKind::Trap => "trap",
+            FailureKind::Timeout => "timeout",
+            FailureKind::MemoryLimit => "memory-limit",
+            FailureKind::ContractViolation => "contract-violation",
+            FailureKind::HostFault => "host-fault",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CallFailure {
+    pub kind: FailureKind,
+    pub message: String,
+    /// For `process`: the index of the record the guest blamed.
+    pub index: Option<u32>,
+    /// The instance cannot be called again and must be replaced.
+    pub poisoned: bool,
+}
+
+/// Why an instance could not be created.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot instantiate processor `{processor}`: {message}")]
+pub struct InstantiateError {
+    pub processor: String,
+    pub message: String,
+}
+
+/// One instance of a processor component, for one processor in one task.
+pub struct ProcessorInstance {
+    store: Store<GuestState>,
+    bindings: Processor,
+    component: Arc<LoadedComponent>,
+    timeout_ticks: u64,
+    timeout: std::time::Duration,
+}
+
+impl ProcessorInstance {
+    /// Instantiates `component` with the given limits (from its precompiled
+    /// form: tens of microseconds with the pooling allocator).
+    pub fn instantiate(
+        engine: &WasmEngine,
+        component: Arc<LoadedComponent>,
+        info: Arc<InstanceInfo>,
+        limits: Limits,
+    ) -> Result<Self, InstantiateError> {
+        let processor = info.processor.clone();
+        let mut store = Store::new(engine.engine(), GuestState::new(info, limits.memory_bytes));
+        store.limiter(|s| &mut s.limits);
+        let timeout_ticks = WasmEngine::ticks_for(limits.call_timeout);
+        store.set_epoch_deadline(timeout_ticks);
+        let bindings = component.pre().instantiate(&mut store).map_err(|e| InstantiateError {
+            processor: processor.clone(),
+            message: describe_instantiate_error(&e, engine),
+        })?;
+        Ok(ProcessorInstance { store, bindings, component, timeout_ticks, timeout: limits.call_timeout })
+    }
+
+    pub fn component(&self) -> &Arc<LoadedComponent> {
+        &self.component
+    }
+
+    /// Calls `init` with the processor's config.
+    pub fn init(&mut self, stores: &mut TaskStores, time: CallTime, config: &[(String, String)]) -> CallOutcome {
+        self.call(stores, time, |b, s| Ok(b.call_init(s, config)?.map_err(|e| (None, e.message))))
+    }
+
+    /// Calls `process` with a batch of records.
+    pub fn process(&mut self, stores: &mut TaskStores, time: CallTime, batch: &[GuestRecord]) -> CallOutcome {
+        self.call(stores, time, |b, s| Ok(b.call_process(s, batch)?.map_err(|e| (Some(e.index), e.error.message))))
+    }
+
+    /// Calls `punctuate`.
+    pub fn punctuate(&mut self, stores: &mut TaskStores, time: CallTime, kind: Punctuation, timestamp: i64) -> CallOutcome {
+        self.call(stores, time, |b, s| Ok(b.call_punctuate(s, kind, timestamp)?.map_err(|e| (None, e.message))))
+    }
+
+    fn call(
+        &mut self,
+        stores: &mut TaskStores,
+        time: CallTime,
+        f: impl FnOnce(&Processor, &mut Store<GuestState>) -> wasmtime::Result<Result<(), (Option<u32>, String)>>,
+    ) -> CallOutcome {
+        let data = self.store.data_mut();
+        data.call.stores = std::mem::take(stores);
+        data.call.stream_time = time.stream_time;
+        data.wall_clock.store(time.wall_clock, Ordering::Relaxed);
+        data.stderr.clear_recent();
+        self.store.set_epoch_deadline(self.timeout_ticks);
+
+        let result = f(&self.bindings, &mut self.store);
+
+        let data = self.store.data_mut();
+        *stores = std::mem::take(&mut data.call.stores);
+        let emitted = std::mem::take(&mut data.call.emitted);
+        let schedules = std::mem::take(&mut data.call.schedules);
+        let violation = data.call.violation.take();
+        match result {
+            Ok(Ok(())) => match violation {
+                None => Ok(CallOk { emitted, schedules }),
+                Some(message) => {
+                    Err(CallFailure { kind: FailureKind::ContractViolation, message, index: None, poisoned: false })
+                }
+            },
+            Ok(Err((index, message))) => {
+                let kind = if violation.is_some() { FailureKind::ContractViolation } else { FailureKind::GuestError };
+                Err(CallFailure { kind, message, index, poisoned: false })
+            }
+            Err(trap) => Err(self.classify_trap(trap)),
+        }
+    }
+
+    fn classify_trap(&mut self, trap: wasmtime::Error) -> CallFailure {
+        if let Some(HostFault(e)) = trap.downcast_ref::<HostFault>() {
+            return CallFailure { kind: FailureKind::HostFault, message: e.to_string(), index: None, poisoned: true };
+        }
+        if let Some(e) = trap.downcast_ref::<MemoryLimitExceeded>() {
+            return CallFailure { kind: FailureKind::MemoryLimit, message: e.to_string(), index: None, poisoned: true };
+        }
+        if let Some(wasmtime::Trap::Interrupt) = trap.downcast_ref::<wasmtime::Trap>() {
+            return CallFailure {
+                kind: FailureKind::Timeout,
+                message: format!("call exceeded its time limit of {:?} and was stopped", self.timeout),
+                index: None,
+                poisoned: true,
+            };
+        }
+        let what = match trap.downcast_ref::<wasmtime::Trap>() {
+            Some(code) => format!("guest trapped: {code}"),
+            None => format!("guest trapped: {trap}"),
+        };
+        let stderr = self.store.data().stderr.recent();
+        let message = if stderr.is_empty() { what } else { format!("{what}; guest stderr: {stderr}") };
+        CallFailure { kind: FailureKind::Trap, message, index: None, poisoned: true }
+    }
+}
+
+fn describe_instantiate_error(e: &wasmtime::Error, engine: &WasmEngine) -> String {
+    let text: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    let text = text.join(": ");
+    if text.contains("concurrent") || text.contains("limit") && text.contains("instance") {
+        format!(
+            "{text} (the engine allows {} live processor instances; raise wasm.max_instances)",
+            engine.config().max_instances
+        )
+    } else {
+        text
+    }
+}

@@ -1,0 +1,57 @@
+//! The WebAssembly side of the host: compiling and caching components,
+//! instantiating them with limits, and the contract's host imports.
+//!
+//! Tour:
+//! - [`WasmEngine`] owns the wasmtime `Engine` (pooling allocator, epoch
+//!   interruption, component-model concurrency off), the `Linker` with WASI
+//!   (no files, no network, no environment) and weir's imports, the compiled
+//!   component cache (in memory, and on disk keyed by sha256 and engine
+//!   configuration), and the epoch ticker thread that enforces call deadlines.
+//! - [`LoadedComponent`] is a validated, precompiled component ready to
+//!   instantiate (`InstancePre`): loading rejects non-components, core
+//!   modules and components of another world with an error naming what is
+//!   missing.
+//! - [`ProcessorInstance`] is one live instance for one processor in one
+//!   task. Each call moves the task's stores in, runs the guest under its
+//!   deadline and memory cap, and reports a [`CallOutcome`]: success with the
+//!   emitted records, or a failure classified as guest error, trap, timeout,
+//!   memory limit, contract violation or host fault.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use weir::wasm::{EngineConfig, WasmEngine};
+//! let engine = WasmEngine::new(EngineConfig::default())?;
+//! let component = engine.load(&std::fs::read("key_count.wasm")?)?;
+//! println!("loaded {} ({} bytes)", component.sha256(), component.size());
+//! # Ok(()) }
+//! ```
+
+mod component;
+mod engine;
+mod host;
+mod instance;
+
+pub use component::{LoadError, LoadedComponent};
+pub use engine::{EngineConfig, WasmEngine};
+pub use host::{GuestState, InstanceInfo, StoreGrantInfo};
+pub use instance::{CallFailure, CallOutcome, CallTime, Emitted, FailureKind, InstantiateError, ProcessorInstance};
+
+/// Generated from `wit/`: the host side of the contract.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "processor",
+        imports: { default: trappable },
+        with: {
+            "weir:processor/store.store": super::host::StoreHandle,
+        },
+    });
+}
+
+pub use bindings::weir::processor::types::{
+    BatchError as GuestBatchError, Error as GuestError, Header as GuestHeader, OutputRecord as GuestOutput,
+    Punctuation, Record as GuestRecord,
+};
+
+/// The contract version this host implements.
+pub const CONTRACT: &str = "weir:processor@0.1.0";

@@ -1,0 +1,124 @@
+#![doc = include_str!("../README.md")]
+
+// Lets generated bindings and macros name this crate as `weir_sdk` from inside it too.
+extern crate self as weir_sdk;
+
+pub mod codec;
+mod context;
+mod error;
+mod record;
+mod store;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;
+
+pub use context::{Config, Context, LogLevel, Punctuation};
+pub use error::{Error, Result, ResultExt};
+pub use record::{Emitted, IntoBytes, Record};
+pub use store::Store;
+
+/// The contract's generated bindings. Not for direct use: the [`Processor`]
+/// trait and [`export_processor!`] cover it.
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "processor",
+        pub_export_macro: true,
+        export_macro_name: "__export_weir_world",
+        default_bindings_module: "weir_sdk::bindings",
+        runtime_path: "weir_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+/// Everything a processor usually needs, plus serde's derives.
+pub mod prelude {
+    pub use crate::codec::{Binary, Json};
+    pub use crate::{
+        Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, ResultExt, Store, bail,
+        export_processor,
+    };
+    pub use serde::{Deserialize, Serialize};
+}
+
+/// A stream processor: implement this, then call [`export_processor!`].
+///
+/// One instance runs per task (sub-topology × partition). Keep state that must
+/// survive restarts and rebalances in stores, not in fields: fields live only
+/// as long as the instance, and the host replaces an instance after a trap.
+pub trait Processor: 'static {
+    /// Called once before the first record, with the `config` map of the spec.
+    fn init(&mut self, ctx: &mut Context, config: &Config) -> Result<()> {
+        let _ = (ctx, config);
+        Ok(())
+    }
+
+    /// Processes one record. An error sends the record to the processor's
+    /// error policy (dead-letter by default), and none of the store writes or
+    /// emits made while processing it take effect.
+    fn process(&mut self, ctx: &mut Context, record: Record) -> Result<()>;
+
+    /// Called when a schedule set with [`Context::schedule`] is due.
+    fn punctuate(&mut self, ctx: &mut Context, kind: Punctuation, timestamp: i64) -> Result<()> {
+        let _ = (ctx, kind, timestamp);
+        Ok(())
+    }
+}
+
+/// Exports a [`Processor`] as the component's implementation of the weir
+/// contract. The argument is an expression building the processor, evaluated
+/// once per instance: a unit struct name, `MyProc::default()`, ...
+///
+/// Natively (for `cargo test`) the macro only type-checks its argument.
+#[cfg(target_arch = "wasm32")]
+#[macro_export]
+macro_rules! export_processor {
+    ($make:expr) => {
+        const _: () = {
+            struct __WeirGuest;
+            impl $crate::bindings::Guest for __WeirGuest {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::core::result::Result<(), $crate::bindings::weir::processor::types::Error> {
+                    $crate::__private::init(|| ::std::boxed::Box::new($make), config)
+                }
+                fn process(
+                    batch: ::std::vec::Vec<$crate::bindings::weir::processor::types::Record>,
+                ) -> ::core::result::Result<(), $crate::bindings::weir::processor::types::BatchError> {
+                    $crate::__private::process(batch)
+                }
+                fn punctuate(
+                    kind: $crate::bindings::weir::processor::types::Punctuation,
+                    timestamp: i64,
+                ) -> ::core::result::Result<(), $crate::bindings::weir::processor::types::Error> {
+                    $crate::__private::punctuate(kind, timestamp)
+                }
+            }
+            $crate::bindings::__export_weir_world!(__WeirGuest with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// Exports a [`Processor`] as the component's implementation of the weir
+/// contract. The argument is an expression building the processor, evaluated
+/// once per instance: a unit struct name, `MyProc::default()`, ...
+///
+/// Natively (for `cargo test`) the macro only type-checks its argument.
+#[cfg(not(target_arch = "wasm32"))]
+#[macro_export]
+macro_rules! export_processor {
+    ($make:expr) => {
+        const _: fn() -> ::std::boxed::Box<dyn $crate::Processor> = || ::std::boxed::Box::new($make);
+    };
+}
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::wasm::{init, process, punctuate};
+    pub use wit_bindgen;
+}

@@ -1,0 +1,71 @@
+//! A processor that misbehaves on request, to prove the sandbox holds.
+//!
+//! Each record's value says what to do: `loop` spins forever, `alloc` grows
+//! memory without bound, `panic` panics, `undeclared` emits to an output the
+//! spec does not declare, bypassing the SDK's own check, `fail` returns an
+//! error, `print` writes to stdout and stderr; anything else is forwarded to
+//! the output `out`. Config `init=fail` makes `init` fail and `init=trap`
+//! makes it panic.
+
+use weir_sdk::prelude::*;
+
+pub struct Misbehave;
+
+impl Processor for Misbehave {
+    fn init(&mut self, _ctx: &mut Context, config: &Config) -> Result<()> {
+        match config.get("init") {
+            Some("fail") => bail!("init refused: configured to fail"),
+            Some("trap") => panic!("init panicked: configured to trap"),
+            _ => Ok(()),
+        }
+    }
+
+    fn process(&mut self, ctx: &mut Context, rec: Record) -> Result<()> {
+        match rec.value().unwrap_or_default() {
+            b"loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            b"alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            b"panic" => panic!("misbehave: panic requested by record"),
+            b"fail" => bail!("misbehave: failure requested by record"),
+            b"undeclared" => emit_undeclared(),
+            b"print" => {
+                println!("misbehave says hello on stdout");
+                eprintln!("misbehave says hello on stderr");
+                ctx.forward("out", &rec)
+            }
+            _ => ctx.forward("out", &rec),
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn emit_undeclared() -> Result<()> {
+    use weir_sdk::bindings::weir::processor::{emitter, types};
+    // Straight to the host, so the host's check is what is tested.
+    let record = types::OutputRecord {
+        output: "undeclared".into(),
+        key: None,
+        value: Some(b"x".to_vec()),
+        timestamp: 0,
+        headers: Vec::new(),
+        input_index: 0,
+    };
+    emitter::emit(&record).map_err(|e| Error::msg(e.message))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn emit_undeclared() -> Result<()> {
+    bail!("undeclared output (native build)")
+}
+
+export_processor!(Misbehave);
