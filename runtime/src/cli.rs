@@ -85,13 +85,23 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Test { spec, input, components, internal } => {
-            let mut options = TestOptions { include_internal: internal, ..TestOptions::default() };
+        Command::Test {
+            spec,
+            input,
+            components,
+            internal,
+        } => {
+            let mut options = TestOptions {
+                include_internal: internal,
+                ..TestOptions::default()
+            };
             for c in components {
                 let (name, path) = c
                     .split_once('=')
                     .ok_or_else(|| anyhow::anyhow!("--component takes NAME=PATH, got `{c}`"))?;
-                options.components.insert(name.to_owned(), PathBuf::from(path));
+                options
+                    .components
+                    .insert(name.to_owned(), PathBuf::from(path));
             }
             let engine = Arc::new(WasmEngine::new(EngineConfig::default())?);
             let run = testdriver::run(&spec, &input, engine, &options)?;
@@ -109,7 +119,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Bench { which } => match which {
-            BenchCommand::ComponentVsNative { component, records, batch } => {
+            BenchCommand::ComponentVsNative {
+                component,
+                records,
+                batch,
+            } => {
                 crate::bench::component_vs_native(component, records, batch)?;
                 Ok(ExitCode::SUCCESS)
             }

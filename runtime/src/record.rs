@@ -34,3 +34,32 @@ pub struct ProducedRecord {
 
 /// A (topic, partition) pair.
 pub type TopicPartition = (Arc<str>, u32);
+
+/// A record inside a task, on its way to a processor: the input record, a
+/// table change (with the old value), or a record emitted upstream. It
+/// carries the topic, partition and offset of the input record it derives
+/// from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub old_value: Option<Vec<u8>>,
+    pub timestamp: i64,
+    pub headers: Headers,
+    pub topic: Arc<str>,
+    pub partition: u32,
+    pub offset: i64,
+}
+
+/// A record a processor emitted, lifted out of the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Emitted {
+    /// Index of the output in the processor's declared outputs.
+    pub output: usize,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp: i64,
+    pub headers: Headers,
+    /// Index in the call's batch of the record it derives from.
+    pub input_index: u32,
+}

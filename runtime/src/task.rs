@@ -28,12 +28,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::partitioner::{partition_for, partition_for_key};
-use crate::record::{ConsumedRecord, Headers, ProducedRecord, Record, TopicPartition};
+use crate::record::{
+    ConsumedRecord, Emitted, Headers, ProducedRecord, Record, TaskRecord, TopicPartition,
+};
 use crate::state::{SharedStore, StateError, StoreOverlay, TaskStores};
-use crate::topology::{ErrorPolicy, Format, NodeId, NodeKind, PartitionCheck, StoreId, StoreOwner, Target, Topology};
+use crate::topology::{
+    ErrorPolicy, Format, NodeId, NodeKind, PartitionCheck, StoreId, StoreOwner, Target, Topology,
+};
 use crate::wasm::{
-    CallFailure, CallTime, FailureKind, GuestHeader, GuestOutput, GuestRecord, InstanceInfo, LoadedComponent,
-    ProcessorInstance, Punctuation, StoreGrantInfo, WasmEngine,
+    CallFailure, CallTime, FailureKind, InstanceInfo, LoadedComponent, ProcessorInstance,
+    Punctuation, StoreGrantInfo, WasmEngine,
 };
 
 /// A task's identity: sub-topology and partition.
@@ -62,16 +66,34 @@ pub struct AppRuntime {
 pub enum TaskError {
     #[error("processor `{processor}` could not start: {message}")]
     Start { processor: String, message: String },
+    #[error("{0}")]
+    Failed(Box<RecordFailure>),
     #[error(
-        "processor `{processor}` failed on {topic}/{partition}@{offset} ({kind}) and its error policy is `fail`: {message}"
+        "processor `{processor}` failed in punctuate ({kind}) and its error policy is `fail`: {message}"
     )]
-    Failed { processor: String, topic: String, partition: u32, offset: i64, kind: &'static str, message: String },
-    #[error("processor `{processor}` failed in punctuate ({kind}) and its error policy is `fail`: {message}")]
-    PunctuateFailed { processor: String, kind: &'static str, message: String },
+    PunctuateFailed {
+        processor: String,
+        kind: &'static str,
+        message: String,
+    },
     #[error("state: {0}")]
     State(#[from] StateError),
     #[error("record from topic `{0}`, which task {1} does not read")]
     UnknownInput(String, String),
+}
+
+/// A record a processor failed on, under error policy `fail`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "processor `{processor}` failed on {topic}/{partition}@{offset} ({kind}) and its error policy is `fail`: {message}"
+)]
+pub struct RecordFailure {
+    pub processor: String,
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub kind: &'static str,
+    pub message: String,
 }
 
 /// Counters of one task, summed into application metrics.
@@ -106,7 +128,8 @@ pub struct StoreChanges<'a> {
     pub name: &'a str,
     pub changelog: &'a str,
     pub partition: u32,
-    pub writes: &'a BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// In key order.
+    pub writes: Vec<(&'a Vec<u8>, &'a Option<Vec<u8>>)>,
 }
 
 struct Schedule {
@@ -123,7 +146,7 @@ struct ProcessorSlot {
     component: Arc<LoadedComponent>,
     instance: Option<ProcessorInstance>,
     /// Pending input with its origin sequence number (source order).
-    inbox: Vec<(u64, GuestRecord)>,
+    inbox: Vec<(u64, TaskRecord)>,
     /// More than one upstream: the inbox must be re-sorted by origin.
     merges: bool,
     stream_schedule: Option<Schedule>,
@@ -181,12 +204,18 @@ impl Task {
         for &sid in &sub.stores {
             store_slots.insert(sid, overlays.len());
             store_ids.push(sid);
-            overlays.push(StoreOverlay::new(topology.stores[sid].name.clone(), open_store(sid)?));
+            overlays.push(StoreOverlay::new(
+                topology.stores[sid].name.clone(),
+                open_store(sid)?,
+            ));
         }
         for (&sid, base) in globals {
             store_slots.insert(sid, overlays.len());
             store_ids.push(sid);
-            overlays.push(StoreOverlay::read_only(topology.stores[sid].name.clone(), base.clone()));
+            overlays.push(StoreOverlay::read_only(
+                topology.stores[sid].name.clone(),
+                base.clone(),
+            ));
         }
 
         let mut upstream_count: BTreeMap<NodeId, usize> = BTreeMap::new();
@@ -211,7 +240,11 @@ impl Task {
             let grants = def
                 .stores
                 .iter()
-                .map(|g| StoreGrantInfo { name: g.name.clone(), index: store_slots[&g.store], writable: g.writable })
+                .map(|g| StoreGrantInfo {
+                    name: g.name.clone(),
+                    index: store_slots[&g.store],
+                    writable: g.writable,
+                })
                 .collect();
             let info = Arc::new(InstanceInfo {
                 app: topology.name.clone(),
@@ -221,10 +254,14 @@ impl Task {
                 outputs: def.outputs.iter().map(|o| o.name.clone()).collect(),
                 grants,
             });
-            let component = app.components.get(&p).cloned().ok_or_else(|| TaskError::Start {
-                processor: topology.nodes[p].name.clone(),
-                message: "no component loaded for it".into(),
-            })?;
+            let component = app
+                .components
+                .get(&p)
+                .cloned()
+                .ok_or_else(|| TaskError::Start {
+                    processor: topology.nodes[p].name.clone(),
+                    message: "no component loaded for it".into(),
+                })?;
             processors.push(ProcessorSlot {
                 node: p,
                 name: topology.nodes[p].name.clone(),
@@ -248,17 +285,28 @@ impl Task {
             let (check_partition, table) = match &topology.nodes[*node].kind {
                 NodeKind::Table { store, .. } => {
                     let readers = sub.processors.iter().any(|p| {
-                        topology.processor(*p).is_some_and(|d| d.stores.iter().any(|g| g.store == *store))
+                        topology
+                            .processor(*p)
+                            .is_some_and(|d| d.stores.iter().any(|g| g.store == *store))
                     });
                     (true, Some((store_slots[store], readers)))
                 }
                 NodeKind::Repartition { .. } => (false, None),
                 _ => (keyed, None),
             };
-            inputs.insert(t, InputSlot { node: *node, check_partition, table });
+            inputs.insert(
+                t,
+                InputSlot {
+                    node: *node,
+                    check_partition,
+                    table,
+                },
+            );
         }
         for topic in topology.partitions.keys() {
-            topic_names.entry(topic.clone()).or_insert_with(|| Arc::from(topic.as_str()));
+            topic_names
+                .entry(topic.clone())
+                .or_insert_with(|| Arc::from(topic.as_str()));
         }
         Ok(Task {
             id,
@@ -323,7 +371,10 @@ impl Task {
     }
 
     fn call_time(&self) -> CallTime {
-        CallTime { stream_time: self.stream_time, wall_clock: self.wall_clock }
+        CallTime {
+            stream_time: self.stream_time,
+            wall_clock: self.wall_clock,
+        }
     }
 
     /// Creates and initialises the slot's instance if it has none.
@@ -332,23 +383,41 @@ impl Task {
             return Ok(());
         }
         let time = self.call_time();
-        let def = self.app.topology.processor(self.processors[slot].node).expect("processor").clone();
+        let def = self
+            .app
+            .topology
+            .processor(self.processors[slot].node)
+            .expect("processor")
+            .clone();
         let s = &mut self.processors[slot];
-        let mut instance =
-            ProcessorInstance::instantiate(&self.app.engine, s.component.clone(), s.info.clone(), def.limits)
-                .map_err(|e| TaskError::Start { processor: s.name.clone(), message: e.message })?;
+        let mut instance = ProcessorInstance::instantiate(
+            &self.app.engine,
+            s.component.clone(),
+            s.info.clone(),
+            def.limits,
+        )
+        .map_err(|e| TaskError::Start {
+            processor: s.name.clone(),
+            message: e.message,
+        })?;
         match instance.init(&mut self.stores, time, &def.config) {
             Ok(ok) => {
                 self.stores.release_savepoint();
                 s.instance = Some(instance);
                 self.apply_schedules(slot, &ok.schedules);
-                let origin = GuestRecord { topic: String::new(), partition: self.id.partition, ..empty_record() };
-                self.route(slot, &[(self.next_seq, origin)], ok.emitted);
+                let origin = TaskRecord {
+                    partition: self.id.partition,
+                    ..empty_record()
+                };
+                self.route(slot, &[self.next_seq], &[origin], ok.emitted);
                 Ok(())
             }
             Err(f) => {
                 self.stores.rollback_to_savepoint();
-                Err(TaskError::Start { processor: s.name.clone(), message: format!("init failed ({}): {}", f.kind.as_str(), f.message) })
+                Err(TaskError::Start {
+                    processor: s.name.clone(),
+                    message: format!("init failed ({}): {}", f.kind.as_str(), f.message),
+                })
             }
         }
     }
@@ -364,13 +433,22 @@ impl Task {
     }
 
     fn accept(&mut self, consumed: ConsumedRecord) -> Result<(), TaskError> {
-        let ConsumedRecord { topic, partition, offset, record } = consumed;
+        let ConsumedRecord {
+            topic,
+            partition,
+            offset,
+            record,
+        } = consumed;
         let Some(input) = self.inputs.get(&topic) else {
-            return Err(TaskError::UnknownInput(topic.to_string(), self.name.clone()));
+            return Err(TaskError::UnknownInput(
+                topic.to_string(),
+                self.name.clone(),
+            ));
         };
         let (node, check_partition, table) = (input.node, input.check_partition, input.table);
         self.metrics.records_in += 1;
-        self.positions.insert((topic.clone(), partition), offset + 1);
+        self.positions
+            .insert((topic.clone(), partition), offset + 1);
         if record.timestamp > self.stream_time {
             self.stream_time = record.timestamp;
         }
@@ -378,13 +456,13 @@ impl Task {
         self.next_seq += 1;
         let topology = self.app.topology.clone();
         let node_def = &topology.nodes[node];
-        let guest = GuestRecord {
+        let guest = TaskRecord {
             key: record.key,
             value: record.value,
             old_value: None,
             timestamp: record.timestamp,
-            headers: record.headers.into_iter().map(|(name, value)| GuestHeader { name, value }).collect(),
-            topic: topic.to_string(),
+            headers: record.headers,
+            topic: topic.clone(),
             partition,
             offset,
         };
@@ -397,7 +475,13 @@ impl Task {
         if let Some(def) = input_def
             && let Err(message) = check_format(&guest, def.key_format, def.value_format)
         {
-            return self.apply_policy(&node_def.name, def.on_error, &guest, "malformed-input", &message);
+            return self.apply_policy(
+                &node_def.name,
+                def.on_error,
+                &guest,
+                "malformed-input",
+                &message,
+            );
         }
 
         if check_partition
@@ -415,7 +499,12 @@ impl Task {
                 );
                 self.warn_mismatch(&message);
                 if topology.partition_check == PartitionCheck::DeadLetter {
-                    return self.dead_letter(&node_def.name, &guest, "partition-mismatch", &message);
+                    return self.dead_letter(
+                        &node_def.name,
+                        &guest,
+                        "partition-mismatch",
+                        &message,
+                    );
                 }
             }
         }
@@ -444,13 +533,20 @@ impl Task {
                 let old = self.stores.get(store).get(&key)?;
                 self.stores.get_mut(store).write(key, guest.value.clone());
                 self.stores.release_savepoint();
-                let change = GuestRecord { old_value: old, ..guest };
+                let change = TaskRecord {
+                    old_value: old,
+                    ..guest
+                };
                 for t in node_def.to.clone() {
                     self.push(t, seq, change.clone());
                 }
             }
         }
-        if self.processors.iter().any(|p| p.inbox.len() >= self.max_batch(p.node)) {
+        if self
+            .processors
+            .iter()
+            .any(|p| p.inbox.len() >= self.max_batch(p.node))
+        {
             self.drain()?;
         }
         Ok(())
@@ -461,10 +557,13 @@ impl Task {
     }
 
     fn slot_of(&self, node: NodeId) -> usize {
-        self.processors.iter().position(|p| p.node == node).expect("processor of this sub-topology")
+        self.processors
+            .iter()
+            .position(|p| p.node == node)
+            .expect("processor of this sub-topology")
     }
 
-    fn push(&mut self, node: NodeId, seq: u64, record: GuestRecord) {
+    fn push(&mut self, node: NodeId, seq: u64, record: TaskRecord) {
         let slot = self.slot_of(node);
         self.processors[slot].inbox.push((seq, record));
     }
@@ -480,59 +579,78 @@ impl Task {
                 inbox.sort_by_key(|(seq, _)| *seq);
             }
             let max = self.max_batch(self.processors[slot].node);
-            while !inbox.is_empty() {
-                let rest = inbox.split_off(inbox.len().min(max));
-                let batch = std::mem::replace(&mut inbox, rest);
-                self.run_batch(slot, batch)?;
+            let (seqs, records): (Vec<u64>, Vec<TaskRecord>) = inbox.into_iter().unzip();
+            for (seqs, records) in seqs.chunks(max).zip(records.chunks(max)) {
+                self.run_batch(slot, seqs, records)?;
             }
         }
         Ok(())
     }
 
     /// Calls `process` on a batch; on failure, isolates the offending record.
-    fn run_batch(&mut self, slot: usize, mut batch: Vec<(u64, GuestRecord)>) -> Result<(), TaskError> {
-        if batch.is_empty() {
+    /// `seqs[i]` is the origin sequence number of `records[i]`.
+    fn run_batch(
+        &mut self,
+        slot: usize,
+        seqs: &[u64],
+        records: &[TaskRecord],
+    ) -> Result<(), TaskError> {
+        if records.is_empty() {
             return Ok(());
         }
         self.ensure_instance(slot)?;
         let time = self.call_time();
-        let records: Vec<GuestRecord> = batch.iter().map(|(_, r)| r.clone()).collect();
-        let instance = self.processors[slot].instance.as_mut().expect("instance ensured");
-        match instance.process(&mut self.stores, time, &records) {
+        let instance = self.processors[slot]
+            .instance
+            .as_mut()
+            .expect("instance ensured");
+        match instance.process(&mut self.stores, time, records) {
             Ok(ok) => {
                 self.stores.release_savepoint();
-                let name = self.processors[slot].name.clone();
-                *self.metrics.processed.entry(name).or_default() += batch.len() as u64;
+                let name = &self.processors[slot].name;
+                if let Some(n) = self.metrics.processed.get_mut(name) {
+                    *n += records.len() as u64;
+                } else {
+                    self.metrics
+                        .processed
+                        .insert(name.clone(), records.len() as u64);
+                }
                 self.apply_schedules(slot, &ok.schedules);
-                self.route(slot, &batch, ok.emitted);
+                self.route(slot, seqs, records, ok.emitted);
                 Ok(())
             }
             Err(failure) => {
                 self.stores.rollback_to_savepoint();
-                *self.metrics.failures.entry(failure.kind.as_str()).or_default() += 1;
+                *self
+                    .metrics
+                    .failures
+                    .entry(failure.kind.as_str())
+                    .or_default() += 1;
                 if failure.poisoned {
                     // A trapped instance cannot be entered again.
                     self.processors[slot].instance = None;
                 }
                 if failure.kind == FailureKind::HostFault {
-                    return Err(TaskError::State(StateError { store: "(host)".into(), message: failure.message }));
+                    return Err(TaskError::State(StateError {
+                        store: "(host)".into(),
+                        message: failure.message,
+                    }));
                 }
-                if batch.len() == 1 {
-                    let (_, record) = batch.pop().expect("one record");
-                    return self.record_failed(slot, &record, &failure);
+                if records.len() == 1 {
+                    return self.record_failed(slot, &records[0], &failure);
                 }
                 match failure.index.map(|i| i as usize) {
-                    Some(i) if i < batch.len() && failure.kind == FailureKind::GuestError => {
-                        let rest = batch.split_off(i + 1);
-                        let (_, bad) = batch.pop().expect("index within batch");
-                        self.run_batch(slot, batch)?;
-                        self.record_failed(slot, &bad, &failure)?;
-                        self.run_batch(slot, rest)
+                    Some(i) if i < records.len() && failure.kind == FailureKind::GuestError => {
+                        // The guest named the record: redo the ones before it,
+                        // apply the policy to it, go on after it.
+                        self.run_batch(slot, &seqs[..i], &records[..i])?;
+                        self.record_failed(slot, &records[i], &failure)?;
+                        self.run_batch(slot, &seqs[i + 1..], &records[i + 1..])
                     }
                     _ => {
                         // A trap does not say which record caused it: replay one by one.
-                        for item in batch {
-                            self.run_batch(slot, vec![item])?;
+                        for i in 0..records.len() {
+                            self.run_batch(slot, &seqs[i..=i], &records[i..=i])?;
                         }
                         Ok(())
                     }
@@ -541,11 +659,26 @@ impl Task {
         }
     }
 
-    fn record_failed(&mut self, slot: usize, record: &GuestRecord, failure: &CallFailure) -> Result<(), TaskError> {
-        let def = self.app.topology.processor(self.processors[slot].node).expect("processor");
+    fn record_failed(
+        &mut self,
+        slot: usize,
+        record: &TaskRecord,
+        failure: &CallFailure,
+    ) -> Result<(), TaskError> {
+        let def = self
+            .app
+            .topology
+            .processor(self.processors[slot].node)
+            .expect("processor");
         let policy = def.on_error;
         let name = self.processors[slot].name.clone();
-        self.apply_policy(&name, policy, record, failure.kind.as_str(), &failure.message)
+        self.apply_policy(
+            &name,
+            policy,
+            record,
+            failure.kind.as_str(),
+            &failure.message,
+        )
     }
 
     /// Applies an error policy to a record that could not be processed.
@@ -553,7 +686,7 @@ impl Task {
         &mut self,
         processor: &str,
         policy: ErrorPolicy,
-        record: &GuestRecord,
+        record: &TaskRecord,
         kind: &'static str,
         message: &str,
     ) -> Result<(), TaskError> {
@@ -572,38 +705,55 @@ impl Task {
                     task = %self.name, processor, topic = %record.topic, partition = record.partition,
                     offset = record.offset, kind, "task stops (error policy `fail`): {message}"
                 );
-                Err(TaskError::Failed {
+                Err(TaskError::Failed(Box::new(RecordFailure {
                     processor: processor.to_owned(),
-                    topic: record.topic.clone(),
+                    topic: record.topic.to_string(),
                     partition: record.partition,
                     offset: record.offset,
                     kind,
                     message: message.to_owned(),
-                })
+                })))
             }
         }
     }
 
     /// Sends a record to `<app>-dlq` with headers naming what went wrong.
-    fn dead_letter(&mut self, processor: &str, record: &GuestRecord, kind: &str, message: &str) -> Result<(), TaskError> {
+    fn dead_letter(
+        &mut self,
+        processor: &str,
+        record: &TaskRecord,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), TaskError> {
         self.metrics.dead_letters += 1;
         tracing::warn!(
             task = %self.name, processor, topic = %record.topic, partition = record.partition,
             offset = record.offset, kind, "dead-lettered record: {message}"
         );
         let topology = &self.app.topology;
-        let mut headers: Headers = record.headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect();
+        let mut headers: Headers = record.headers.clone();
         headers.extend([
             ("weir.error".to_owned(), message.as_bytes().to_vec()),
             ("weir.error.kind".to_owned(), kind.as_bytes().to_vec()),
             ("weir.processor".to_owned(), processor.as_bytes().to_vec()),
             ("weir.task".to_owned(), self.name.as_bytes().to_vec()),
-            ("weir.source.topic".to_owned(), record.topic.as_bytes().to_vec()),
-            ("weir.source.partition".to_owned(), record.partition.to_string().into_bytes()),
-            ("weir.source.offset".to_owned(), record.offset.to_string().into_bytes()),
+            (
+                "weir.source.topic".to_owned(),
+                record.topic.as_bytes().to_vec(),
+            ),
+            (
+                "weir.source.partition".to_owned(),
+                record.partition.to_string().into_bytes(),
+            ),
+            (
+                "weir.source.offset".to_owned(),
+                record.offset.to_string().into_bytes(),
+            ),
         ]);
         let topic = self.topic_names[&topology.dead_letter_topic].clone();
-        let partitions = topology.partitions_of(&topology.dead_letter_topic).unwrap_or(1);
+        let partitions = topology
+            .partitions_of(&topology.dead_letter_topic)
+            .unwrap_or(1);
         let partition = partition_for(record.key.as_deref(), partitions, self.id.partition);
         self.produced.push(ProducedRecord {
             topic,
@@ -620,7 +770,9 @@ impl Task {
 
     fn warn_mismatch(&mut self, message: &str) {
         let now = Instant::now();
-        let due = self.last_mismatch_warning.is_none_or(|t| now.duration_since(t).as_secs() >= 10);
+        let due = self
+            .last_mismatch_warning
+            .is_none_or(|t| now.duration_since(t).as_secs() >= 10);
         if due {
             tracing::warn!(
                 task = %self.name, suppressed = self.suppressed_mismatch_warnings,
@@ -635,7 +787,7 @@ impl Task {
 
     /// Sends a call's emitted records to their targets. `origins` are the
     /// records of the call (for `init`/`punctuate`, one synthetic origin).
-    fn route(&mut self, slot: usize, origins: &[(u64, GuestRecord)], emitted: Vec<(usize, GuestOutput)>) {
+    fn route(&mut self, slot: usize, seqs: &[u64], origins: &[TaskRecord], emitted: Vec<Emitted>) {
         if emitted.is_empty() {
             return;
         }
@@ -644,18 +796,29 @@ impl Task {
         let def = topology.processor(node).expect("processor");
         let name = self.processors[slot].name.clone();
         *self.metrics.emitted.entry(name).or_default() += emitted.len() as u64;
-        for (output, out) in emitted {
+        for out in emitted {
+            let output = out.output;
             let index = (out.input_index as usize).min(origins.len() - 1);
-            let (seq, origin) = &origins[index];
+            let (seq, origin) = (&seqs[index], &origins[index]);
             let targets = &def.outputs[output].targets;
             let mut out = Some(out);
             for (i, target) in targets.iter().enumerate() {
                 // Clone for all targets but the last, which takes the record.
-                let o = if i + 1 == targets.len() { out.take().expect("taken once") } else { out.clone().expect("present") };
-                let GuestOutput { key, value, headers, timestamp, .. } = o;
+                let o = if i + 1 == targets.len() {
+                    out.take().expect("taken once")
+                } else {
+                    out.clone().expect("present")
+                };
+                let Emitted {
+                    key,
+                    value,
+                    headers,
+                    timestamp,
+                    ..
+                } = o;
                 match target {
                     Target::Processor(next) => {
-                        let record = GuestRecord {
+                        let record = TaskRecord {
                             key,
                             value,
                             old_value: None,
@@ -669,7 +832,8 @@ impl Task {
                     }
                     Target::Topic { topic, .. } => {
                         let partitions = topology.partitions_of(topic).unwrap_or(1);
-                        let partition = partition_for(key.as_deref(), partitions, self.id.partition);
+                        let partition =
+                            partition_for(key.as_deref(), partitions, self.id.partition);
                         self.produced.push(ProducedRecord {
                             topic: self.topic_names[topic].clone(),
                             partition,
@@ -677,7 +841,7 @@ impl Task {
                                 key,
                                 value,
                                 timestamp,
-                                headers: headers.into_iter().map(|h| (h.name, h.value)).collect(),
+                                headers,
                             },
                         });
                     }
@@ -689,14 +853,21 @@ impl Task {
     fn apply_schedules(&mut self, slot: usize, schedules: &[(Punctuation, u64)]) {
         for (kind, interval) in schedules {
             let (now, entry) = match kind {
-                Punctuation::StreamTime => (self.stream_time, &mut self.processors[slot].stream_schedule),
-                Punctuation::WallClock => (self.wall_clock, &mut self.processors[slot].wall_schedule),
+                Punctuation::StreamTime => {
+                    (self.stream_time, &mut self.processors[slot].stream_schedule)
+                }
+                Punctuation::WallClock => {
+                    (self.wall_clock, &mut self.processors[slot].wall_schedule)
+                }
             };
             *entry = if *interval == 0 {
                 None
             } else {
                 let interval = i64::try_from(*interval).unwrap_or(i64::MAX);
-                Some(Schedule { interval, next: (now >= 0).then(|| now.saturating_add(interval)) })
+                Some(Schedule {
+                    interval,
+                    next: (now >= 0).then(|| now.saturating_add(interval)),
+                })
             };
         }
     }
@@ -731,7 +902,8 @@ impl Task {
                         if now >= next {
                             // Fire once, then skip missed intervals (as Kafka Streams does).
                             let behind = (now - next) / sch.interval + 1;
-                            sch.next = Some(next.saturating_add(behind.saturating_mul(sch.interval)));
+                            sch.next =
+                                Some(next.saturating_add(behind.saturating_mul(sch.interval)));
                             true
                         } else {
                             false
@@ -747,41 +919,64 @@ impl Task {
         self.drain()
     }
 
-    fn call_punctuate(&mut self, slot: usize, kind: Punctuation, timestamp: i64) -> Result<(), TaskError> {
+    fn call_punctuate(
+        &mut self,
+        slot: usize,
+        kind: Punctuation,
+        timestamp: i64,
+    ) -> Result<(), TaskError> {
         self.ensure_instance(slot)?;
         self.metrics.punctuations += 1;
         let time = self.call_time();
-        let instance = self.processors[slot].instance.as_mut().expect("instance ensured");
+        let instance = self.processors[slot]
+            .instance
+            .as_mut()
+            .expect("instance ensured");
         match instance.punctuate(&mut self.stores, time, kind, timestamp) {
             Ok(ok) => {
                 self.stores.release_savepoint();
                 self.apply_schedules(slot, &ok.schedules);
-                let origin = GuestRecord {
+                let origin = TaskRecord {
                     timestamp,
-                    topic: String::new(),
                     partition: self.id.partition,
                     offset: -1,
                     ..empty_record()
                 };
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                self.route(slot, &[(seq, origin)], ok.emitted);
+                self.route(slot, &[seq], &[origin], ok.emitted);
                 Ok(())
             }
             Err(failure) => {
                 self.stores.rollback_to_savepoint();
-                *self.metrics.failures.entry(failure.kind.as_str()).or_default() += 1;
+                *self
+                    .metrics
+                    .failures
+                    .entry(failure.kind.as_str())
+                    .or_default() += 1;
                 if failure.poisoned {
                     self.processors[slot].instance = None;
                 }
                 let name = self.processors[slot].name.clone();
                 if failure.kind == FailureKind::HostFault {
-                    return Err(TaskError::State(StateError { store: "(host)".into(), message: failure.message }));
+                    return Err(TaskError::State(StateError {
+                        store: "(host)".into(),
+                        message: failure.message,
+                    }));
                 }
-                let policy = self.app.topology.processor(self.processors[slot].node).expect("processor").on_error;
+                let policy = self
+                    .app
+                    .topology
+                    .processor(self.processors[slot].node)
+                    .expect("processor")
+                    .on_error;
                 tracing::warn!(task = %self.name, processor = %name, kind = failure.kind.as_str(), "punctuate failed: {}", failure.message);
                 if policy == ErrorPolicy::Fail {
-                    return Err(TaskError::PunctuateFailed { processor: name, kind: failure.kind.as_str(), message: failure.message });
+                    return Err(TaskError::PunctuateFailed {
+                        processor: name,
+                        kind: failure.kind.as_str(),
+                        message: failure.message,
+                    });
                 }
                 Ok(())
             }
@@ -800,7 +995,9 @@ impl Task {
                 let def = &topology.stores[*sid];
                 let store = self.stores.get(slot);
                 match (&def.changelog, &def.owner) {
-                    (Some(changelog), StoreOwner::Processor(_) | StoreOwner::Table(_)) if store.has_pending() => {
+                    (Some(changelog), StoreOwner::Processor(_) | StoreOwner::Table(_))
+                        if store.has_pending() =>
+                    {
                         Some(StoreChanges {
                             store: *sid,
                             name: &def.name,
@@ -823,7 +1020,9 @@ impl Task {
 
     /// True when the open transaction has anything to commit.
     pub fn has_uncommitted(&self) -> bool {
-        !self.produced.is_empty() || !self.positions.is_empty() || self.stores.iter().any(StoreOverlay::has_pending)
+        !self.produced.is_empty()
+            || !self.positions.is_empty()
+            || self.stores.iter().any(StoreOverlay::has_pending)
     }
 
     /// The backend committed the transaction: its store writes are now in
@@ -849,26 +1048,28 @@ impl Task {
     }
 }
 
-fn empty_record() -> GuestRecord {
-    GuestRecord {
+fn empty_record() -> TaskRecord {
+    TaskRecord {
         key: None,
         value: None,
         old_value: None,
         timestamp: 0,
         headers: Vec::new(),
-        topic: String::new(),
+        topic: Arc::from(""),
         partition: 0,
         offset: 0,
     }
 }
 
 /// Checks key and value bytes against the declared formats.
-fn check_format(record: &GuestRecord, key: Format, value: Format) -> Result<(), String> {
+fn check_format(record: &TaskRecord, key: Format, value: Format) -> Result<(), String> {
     fn check(bytes: Option<&[u8]>, format: Format, what: &str) -> Result<(), String> {
         let Some(bytes) = bytes else { return Ok(()) };
         match format {
             Format::Bytes => Ok(()),
-            Format::String => std::str::from_utf8(bytes).map(|_| ()).map_err(|e| format!("{what} is not UTF-8 text: {e}")),
+            Format::String => std::str::from_utf8(bytes)
+                .map(|_| ())
+                .map_err(|e| format!("{what} is not UTF-8 text: {e}")),
             Format::Json => serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
                 .map(|_| ())
                 .map_err(|e| format!("{what} is not valid JSON: {e}")),

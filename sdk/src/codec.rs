@@ -23,6 +23,12 @@ pub trait KeyEncode {
         self.encode_key(&mut out);
         out
     }
+
+    /// The encoded key, borrowed when the encoding is the value's own bytes
+    /// (text and byte keys), so lookups do not allocate.
+    fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Owned(self.to_key_bytes())
+    }
 }
 
 /// Decodes a key produced by [`KeyEncode`].
@@ -32,26 +38,39 @@ pub trait KeyDecode: Sized {
 }
 
 impl KeyEncode for str {
+    fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self.as_bytes())
+    }
     fn encode_key(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.as_bytes());
     }
 }
 impl KeyEncode for String {
+    fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self.as_bytes())
+    }
     fn encode_key(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.as_bytes());
     }
 }
 impl KeyDecode for String {
     fn decode_key(bytes: &[u8]) -> Result<Self> {
-        String::from_utf8(bytes.to_vec()).map_err(|e| Error::msg(format!("store key is not UTF-8: {e}")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| Error::msg(format!("store key is not UTF-8: {e}")))
     }
 }
 impl KeyEncode for [u8] {
+    fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self)
+    }
     fn encode_key(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self);
     }
 }
 impl KeyEncode for Vec<u8> {
+    fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self)
+    }
     fn encode_key(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self);
     }
@@ -103,7 +122,8 @@ impl Codec for Json {
         Ok(serde_json::to_vec(value)?)
     }
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-        serde_json::from_slice(bytes).map_err(|e| Error::msg(format!("stored value is not the expected JSON: {e}")))
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::msg(format!("stored value is not the expected JSON: {e}")))
     }
 }
 
@@ -116,7 +136,8 @@ impl Codec for Binary {
         postcard::to_allocvec(value).map_err(|e| Error::msg(format!("cannot encode value: {e}")))
     }
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-        postcard::from_bytes(bytes).map_err(|e| Error::msg(format!("stored value is not the expected binary form: {e}")))
+        postcard::from_bytes(bytes)
+            .map_err(|e| Error::msg(format!("stored value is not the expected binary form: {e}")))
     }
 }
 
@@ -157,9 +178,15 @@ mod tests {
             a: i64,
             b: String,
         }
-        let v = V { a: -3, b: "x".into() };
+        let v = V {
+            a: -3,
+            b: "x".into(),
+        };
         assert_eq!(Json::decode::<V>(&Json::encode(&v).unwrap()).unwrap(), v);
-        assert_eq!(Binary::decode::<V>(&Binary::encode(&v).unwrap()).unwrap(), v);
+        assert_eq!(
+            Binary::decode::<V>(&Binary::encode(&v).unwrap()).unwrap(),
+            v
+        );
         assert!(Json::decode::<V>(b"nope").is_err());
     }
 }

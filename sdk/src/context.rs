@@ -1,12 +1,13 @@
 //! The [`Context`] a processor works through: stores, emits, time, logging.
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::{Codec, Json};
-use crate::record::{Emitted, IntoBytes, Record};
+use crate::record::{Emitted, IntoBytes, Record, Span};
 use crate::store::{SharedRawStore, Store};
 use crate::{Error, Result};
 
@@ -42,68 +43,111 @@ pub(crate) trait HostApi {
     fn log(&mut self, level: LogLevel, message: &str);
 }
 
+/// One emitted record inside an [`OutputBuffer`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OutputEntry {
+    pub output: u32,
+    pub key: Option<Span>,
+    pub value: Option<Span>,
+    pub timestamp: i64,
+    pub headers: (u32, u32),
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub input_index: u32,
+}
+
+/// Records emitted during one call, their bytes in one buffer: inside a
+/// component the whole buffer goes to the host in a single call.
+#[derive(Default)]
+pub(crate) struct OutputBuffer {
+    pub data: Vec<u8>,
+    pub headers: Vec<(String, Span)>,
+    pub records: Vec<OutputEntry>,
+}
+
+impl OutputBuffer {
+    fn push(&mut self, bytes: &[u8]) -> Span {
+        let span = Span {
+            offset: self.data.len() as u32,
+            len: bytes.len() as u32,
+        };
+        self.data.extend_from_slice(bytes);
+        span
+    }
+
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub fn bytes(&self, span: Span) -> &[u8] {
+        &self.data[span.offset as usize..(span.offset + span.len) as usize]
+    }
+
+    /// Sizes to roll back to.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub fn mark(&self) -> (usize, usize, usize) {
+        (self.data.len(), self.headers.len(), self.records.len())
+    }
+
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub fn truncate(&mut self, (data, headers, records): (usize, usize, usize)) {
+        self.data.truncate(data);
+        self.headers.truncate(headers);
+        self.records.truncate(records);
+    }
+
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.headers.clear();
+        self.records.clear();
+    }
+}
+
 /// Everything a processor can do besides computing: read and write its
 /// stores, emit records to its named outputs, schedule punctuations, ask about
 /// time and log.
 pub struct Context {
     host: Box<dyn HostApi>,
     /// Stores opened so far, so the end of a call can flush or roll them back.
-    stores: Vec<(String, SharedRawStore)>,
-    /// Outputs declared in the spec; `None` accepts any name.
-    outputs: Option<Vec<String>>,
+    stores: Vec<(Rc<str>, SharedRawStore)>,
+    /// Outputs declared in the spec, by index.
+    outputs: Vec<String>,
+    /// The harness without declared outputs accepts any name.
+    any_output: bool,
     /// Timestamp given to emitted records by default.
     current_timestamp: i64,
     /// Index in the current batch of the record being processed.
     current_index: u32,
-    emitted: Vec<Emitted>,
-    /// For each emitted record, the batch index of the record it derives from.
-    emitted_from: Vec<u32>,
+    out: OutputBuffer,
 }
 
 impl Context {
+    /// `outputs: None` accepts any output name (the harness, when undeclared).
     pub(crate) fn new(host: Box<dyn HostApi>, outputs: Option<Vec<String>>) -> Self {
         Context {
             host,
             stores: Vec::new(),
-            outputs,
+            any_output: outputs.is_none(),
+            outputs: outputs.unwrap_or_default(),
             current_timestamp: 0,
             current_index: 0,
-            emitted: Vec::new(),
-            emitted_from: Vec::new(),
+            out: OutputBuffer::default(),
         }
     }
 
-    pub(crate) fn set_current_timestamp(&mut self, timestamp: i64) {
+    pub(crate) fn set_current(&mut self, index: u32, timestamp: i64) {
+        self.current_index = index;
         self.current_timestamp = timestamp;
     }
 
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub(crate) fn output_names(&self) -> &[String] {
+        &self.outputs
+    }
+
+    pub(crate) fn output(&mut self) -> &mut OutputBuffer {
+        &mut self.out
+    }
+
     #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-    pub(crate) fn set_current_index(&mut self, index: u32) {
-        self.current_index = index;
-    }
-
-    pub(crate) fn take_emitted(&mut self) -> Vec<Emitted> {
-        self.emitted_from.clear();
-        std::mem::take(&mut self.emitted)
-    }
-
-    /// Emitted records with the batch index of the record each derives from.
-    #[cfg(target_arch = "wasm32")]
-    pub(crate) fn take_emitted_with_index(&mut self) -> Vec<(Emitted, u32)> {
-        let from = std::mem::take(&mut self.emitted_from);
-        std::mem::take(&mut self.emitted).into_iter().zip(from).collect()
-    }
-
-    /// Number of records emitted so far in this call (the harness rolls back to it).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) fn emitted_len(&self) -> usize {
-        self.emitted.len()
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) fn truncate_emitted(&mut self, len: usize) {
-        self.emitted.truncate(len);
-        self.emitted_from.truncate(len);
+    pub(crate) fn opened_stores(&self) -> &[(Rc<str>, SharedRawStore)] {
+        &self.stores
     }
 
     /// Ends a host call on every opened store; the first error wins.
@@ -113,7 +157,7 @@ impl Context {
             if let Err(e) = store.borrow_mut().end_call(success && first.is_ok())
                 && first.is_ok()
             {
-                first = Err((name.clone(), e));
+                first = Err((name.to_string(), e));
             }
         }
         first
@@ -134,32 +178,93 @@ impl Context {
         V: Serialize + DeserializeOwned,
         C: Codec,
     {
-        if let Some((_, raw)) = self.stores.iter().find(|(n, _)| n == name) {
-            return Store::new(name, Ok(raw.clone()));
+        if let Some((n, raw)) = self.stores.iter().find(|(n, _)| &**n == name) {
+            return Store::new(n.clone(), Ok(raw.clone()));
         }
         let raw = self.host.open_store(name);
+        let name: Rc<str> = Rc::from(name);
         if let Ok(raw) = &raw {
-            self.stores.push((name.to_owned(), raw.clone()));
+            self.stores.push((name.clone(), raw.clone()));
         }
         Store::new(name, raw)
+    }
+
+    fn output_index(&mut self, output: &str) -> Result<u32> {
+        if let Some(i) = self.outputs.iter().position(|o| o == output) {
+            return Ok(i as u32);
+        }
+        if self.any_output {
+            self.outputs.push(output.to_owned());
+            return Ok(self.outputs.len() as u32 - 1);
+        }
+        Err(Error::msg(format!(
+            "output `{output}` is not declared for processor `{}` (declared: {})",
+            self.host.processor_name(),
+            if self.outputs.is_empty() {
+                "none".to_owned()
+            } else {
+                self.outputs.join(", ")
+            }
+        )))
+    }
+
+    fn push_entry(
+        &mut self,
+        output: u32,
+        key: Option<Span>,
+        value: Option<Span>,
+        timestamp: i64,
+        headers: (u32, u32),
+    ) {
+        self.out.records.push(OutputEntry {
+            output,
+            key,
+            value,
+            timestamp,
+            headers,
+            input_index: self.current_index,
+        });
     }
 
     /// Emits a record with raw key and value bytes (`None` value: a tombstone)
     /// to `output`, timestamped like the record being processed.
     pub fn emit(&mut self, output: &str, key: impl IntoBytes, value: impl IntoBytes) -> Result<()> {
-        self.emit_record(Emitted {
-            output: output.to_owned(),
-            key: key.into_bytes_opt(),
-            value: value.into_bytes_opt(),
-            timestamp: self.current_timestamp,
-            headers: Vec::new(),
-        })
+        let index = self.output_index(output)?;
+        let key = key.as_bytes_opt().map(|k| self.out.push(k));
+        let value = value.as_bytes_opt().map(|v| self.out.push(v));
+        let start = self.out.headers.len() as u32;
+        self.push_entry(index, key, value, self.current_timestamp, (start, 0));
+        Ok(())
     }
 
     /// Emits `value` serialised as JSON.
-    pub fn emit_json<T: Serialize + ?Sized>(&mut self, output: &str, key: impl IntoBytes, value: &T) -> Result<()> {
-        let value = serde_json::to_vec(value)?;
-        self.emit(output, key, value)
+    pub fn emit_json<T: Serialize + ?Sized>(
+        &mut self,
+        output: &str,
+        key: impl IntoBytes,
+        value: &T,
+    ) -> Result<()> {
+        let index = self.output_index(output)?;
+        let key = key.as_bytes_opt().map(|k| self.out.push(k));
+        // Serialise straight into the output buffer: no intermediate copy.
+        let start = self.out.data.len();
+        if let Err(e) = serde_json::to_writer(&mut self.out.data, value) {
+            self.out.data.truncate(start);
+            return Err(e.into());
+        }
+        let value = Span {
+            offset: start as u32,
+            len: (self.out.data.len() - start) as u32,
+        };
+        let first_header = self.out.headers.len() as u32;
+        self.push_entry(
+            index,
+            key,
+            Some(value),
+            self.current_timestamp,
+            (first_header, 0),
+        );
+        Ok(())
     }
 
     /// Emits a tombstone (no value) for `key`.
@@ -169,29 +274,31 @@ impl Context {
 
     /// Forwards `record` unchanged (key, value, headers, timestamp) to `output`.
     pub fn forward(&mut self, output: &str, record: &Record) -> Result<()> {
-        self.emit_record(Emitted {
-            output: output.to_owned(),
-            key: record.key.clone(),
-            value: record.value.clone(),
-            timestamp: record.timestamp,
-            headers: record.headers.clone(),
-        })
+        let index = self.output_index(output)?;
+        let key = record.key().map(|k| self.out.push(k));
+        let value = record.value().map(|v| self.out.push(v));
+        let first = self.out.headers.len() as u32;
+        for (name, v) in record.headers() {
+            let span = self.out.push(v);
+            self.out.headers.push((name.to_owned(), span));
+        }
+        let count = self.out.headers.len() as u32 - first;
+        self.push_entry(index, key, value, record.timestamp(), (first, count));
+        Ok(())
     }
 
     /// Emits a fully specified record (own timestamp, headers).
     pub fn emit_record(&mut self, record: Emitted) -> Result<()> {
-        if let Some(outputs) = &self.outputs
-            && !outputs.iter().any(|o| *o == record.output)
-        {
-            return Err(Error::msg(format!(
-                "output `{}` is not declared for processor `{}` (declared: {})",
-                record.output,
-                self.host.processor_name(),
-                if outputs.is_empty() { "none".to_owned() } else { outputs.join(", ") }
-            )));
+        let index = self.output_index(&record.output)?;
+        let key = record.key.as_deref().map(|k| self.out.push(k));
+        let value = record.value.as_deref().map(|v| self.out.push(v));
+        let first = self.out.headers.len() as u32;
+        for (name, v) in &record.headers {
+            let span = self.out.push(v);
+            self.out.headers.push((name.clone(), span));
         }
-        self.emitted.push(record);
-        self.emitted_from.push(self.current_index);
+        let count = self.out.headers.len() as u32 - first;
+        self.push_entry(index, key, value, record.timestamp, (first, count));
         Ok(())
     }
 
@@ -216,7 +323,7 @@ impl Context {
         self.host.schedule(kind, 0)
     }
 
-    /// The task this instance runs in (`app/subtopology-partition`).
+    /// The task this instance runs in (`app/subtopology_partition`).
     pub fn task_id(&self) -> String {
         self.host.task_id()
     }
@@ -271,12 +378,16 @@ impl Config {
 
     /// The value for `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The value for `key`, or an error naming the missing key.
     pub fn require(&self, key: &str) -> Result<&str> {
-        self.get(key).ok_or_else(|| Error::msg(format!("config key `{key}` is required")))
+        self.get(key)
+            .ok_or_else(|| Error::msg(format!("config key `{key}` is required")))
     }
 
     /// The value for `key` parsed as `T`, `None` when absent.
@@ -286,7 +397,10 @@ impl Config {
         T::Err: std::fmt::Display,
     {
         self.get(key)
-            .map(|v| v.parse::<T>().map_err(|e| Error::msg(format!("config key `{key}` = `{v}`: {e}"))))
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|e| Error::msg(format!("config key `{key}` = `{v}`: {e}")))
+            })
             .transpose()
     }
 

@@ -15,6 +15,15 @@ pub mod testing;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 
+/// talc is several times faster than dlmalloc inside a component.
+#[cfg(all(
+    target_arch = "wasm32",
+    feature = "fast-allocator",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 pub use context::{Config, Context, LogLevel, Punctuation};
 pub use error::{Error, Result, ResultExt};
 pub use record::{Emitted, IntoBytes, Record};
@@ -24,6 +33,7 @@ pub use store::Store;
 /// trait and [`export_processor!`] cover it.
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
@@ -39,8 +49,8 @@ pub mod bindings {
 pub mod prelude {
     pub use crate::codec::{Binary, Json};
     pub use crate::{
-        Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, ResultExt, Store, bail,
-        export_processor,
+        Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result,
+        ResultExt, Store, bail, export_processor,
     };
     pub use serde::{Deserialize, Serialize};
 }
@@ -87,7 +97,7 @@ macro_rules! export_processor {
                     $crate::__private::init(|| ::std::boxed::Box::new($make), config)
                 }
                 fn process(
-                    batch: ::std::vec::Vec<$crate::bindings::weir::processor::types::Record>,
+                    batch: $crate::bindings::weir::processor::types::Batch,
                 ) -> ::core::result::Result<(), $crate::bindings::weir::processor::types::BatchError> {
                     $crate::__private::process(batch)
                 }
@@ -112,7 +122,8 @@ macro_rules! export_processor {
 #[macro_export]
 macro_rules! export_processor {
     ($make:expr) => {
-        const _: fn() -> ::std::boxed::Box<dyn $crate::Processor> = || ::std::boxed::Box::new($make);
+        const _: fn() -> ::std::boxed::Box<dyn $crate::Processor> =
+            || ::std::boxed::Box::new($make);
     };
 }
 

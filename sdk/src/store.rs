@@ -24,15 +24,32 @@ use crate::{Error, Result};
 /// Raw byte-level operations of a store; implemented over the host (inside a
 /// component) and over memory (the native test harness).
 pub(crate) trait RawStore {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn get(&mut self, key: &[u8]) -> Result<Option<&[u8]>>;
     fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<()>;
-    fn range(&mut self, start: Option<&[u8]>, end: Option<&[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    fn range(
+        &mut self,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Ends the current host call: flush writes (component) or commit/roll
     /// back the call's writes (harness), then forget any cached reads.
     fn end_call(&mut self, success: bool) -> Result<()>;
+    /// Offered the batch's record keys before the first record (`keys`
+    /// visits them); a store may fetch them in one go.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    fn prefetch(&mut self, keys: &mut KeyVisitor<'_>) {
+        let _ = keys;
+    }
 }
 
 pub(crate) type SharedRawStore = Rc<RefCell<dyn RawStore>>;
+
+/// Visits the record keys of a batch: called with a callback for each key.
+pub(crate) type KeyVisitor<'a> = dyn FnMut(&mut dyn FnMut(&[u8])) + 'a;
+
+/// The type parameters of a [`Store`], without owning any of them.
+type StoreTypes<K, V, C> = PhantomData<fn() -> (K, V, C)>;
 
 /// A typed handle on one named store. `K` is the key type (text, bytes or an
 /// integer: see [`codec`](crate::codec)), `V` the value type and `C` the
@@ -40,12 +57,16 @@ pub(crate) type SharedRawStore = Rc<RefCell<dyn RawStore>>;
 pub struct Store<K, V, C = Json> {
     name: Rc<str>,
     raw: std::result::Result<SharedRawStore, Rc<str>>,
-    _types: PhantomData<fn() -> (K, V, C)>,
+    _types: StoreTypes<K, V, C>,
 }
 
 impl<K, V, C> Clone for Store<K, V, C> {
     fn clone(&self) -> Self {
-        Store { name: self.name.clone(), raw: self.raw.clone(), _types: PhantomData }
+        Store {
+            name: self.name.clone(),
+            raw: self.raw.clone(),
+            _types: PhantomData,
+        }
     }
 }
 
@@ -57,8 +78,12 @@ where
     V: Serialize + DeserializeOwned,
     C: Codec,
 {
-    pub(crate) fn new(name: &str, raw: std::result::Result<SharedRawStore, String>) -> Self {
-        Store { name: name.into(), raw: raw.map_err(Rc::from), _types: PhantomData }
+    pub(crate) fn new(name: Rc<str>, raw: std::result::Result<SharedRawStore, String>) -> Self {
+        Store {
+            name,
+            raw: raw.map_err(Rc::from),
+            _types: PhantomData,
+        }
     }
 
     /// The store's name.
@@ -79,10 +104,12 @@ where
         K: Borrow<Q>,
         Q: KeyEncode + ?Sized,
     {
-        let bytes = self.raw()?.get(&key.to_key_bytes())?;
-        match bytes {
+        let mut raw = self.raw()?;
+        match raw.get(&key.key_bytes())? {
             None => Ok(None),
-            Some(b) => C::decode(&b).map(Some).map_err(|e| e.context(format_args!("store `{}`", self.name))),
+            Some(b) => C::decode(b)
+                .map(Some)
+                .map_err(|e| e.context(format_args!("store `{}`", self.name))),
         }
     }
 
@@ -93,7 +120,7 @@ where
         Q: KeyEncode + ?Sized,
     {
         let encoded = C::encode(value)?;
-        self.raw()?.write(&key.to_key_bytes(), Some(encoded))
+        self.raw()?.write(&key.key_bytes(), Some(encoded))
     }
 
     /// Deletes `key`.
@@ -102,7 +129,7 @@ where
         K: Borrow<Q>,
         Q: KeyEncode + ?Sized,
     {
-        self.raw()?.write(&key.to_key_bytes(), None)
+        self.raw()?.write(&key.key_bytes(), None)
     }
 
     /// Reads `key`, applies `f`, and writes the result back (`None` deletes).
@@ -153,7 +180,12 @@ where
         self.scan(None, None, |_| true)
     }
 
-    fn scan(&self, mut start: Option<Vec<u8>>, end: Option<&[u8]>, keep: impl Fn(&[u8]) -> bool) -> Result<Vec<(K, V)>>
+    fn scan(
+        &self,
+        mut start: Option<Vec<u8>>,
+        end: Option<&[u8]>,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<(K, V)>>
     where
         K: KeyDecode,
     {

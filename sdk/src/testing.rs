@@ -34,7 +34,9 @@ use serde::de::DeserializeOwned;
 use crate::codec::{Codec, Json};
 use crate::context::HostApi;
 use crate::store::{RawStore, SharedRawStore};
-use crate::{Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, Store};
+use crate::{
+    Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, Store,
+};
 
 /// Runs one processor natively against in-memory stores.
 pub struct TestDriver<P: Processor> {
@@ -92,8 +94,14 @@ impl<P: Processor> TestDriver<P> {
     }
 
     fn grant(self, name: &str, read_only: bool) -> Self {
-        let store = MemoryStore { read_only, ..MemoryStore::default() };
-        self.shared.borrow_mut().stores.insert(name.to_owned(), Rc::new(RefCell::new(store)));
+        let store = MemoryStore {
+            read_only,
+            ..MemoryStore::default()
+        };
+        self.shared
+            .borrow_mut()
+            .stores
+            .insert(name.to_owned(), Rc::new(RefCell::new(store)));
         self
     }
 
@@ -114,12 +122,17 @@ impl<P: Processor> TestDriver<P> {
     pub fn init(&mut self) -> Result<()> {
         self.initialized = true;
         let config = Config::new(self.config.clone());
+        let mark = self.ctx.output().mark();
         let result = self.processor.init(&mut self.ctx, &config);
-        self.end_call(result, 0)
+        self.end_call(result, mark)
     }
 
     fn ensure_init(&mut self) -> Result<()> {
-        if self.initialized { Ok(()) } else { self.init() }
+        if self.initialized {
+            Ok(())
+        } else {
+            self.init()
+        }
     }
 
     /// Processes one record. Offsets are assigned in order when left at 0;
@@ -127,21 +140,20 @@ impl<P: Processor> TestDriver<P> {
     /// writes and emits are rolled back and the error returned.
     pub fn process(&mut self, mut record: Record) -> Result<()> {
         self.ensure_init()?;
-        if record.offset == 0 {
-            record.offset = self.next_offset;
-        }
-        self.next_offset = record.offset + 1;
+        let offset = if record.offset() == 0 {
+            self.next_offset
+        } else {
+            record.offset()
+        };
+        self.next_offset = offset + 1;
         {
             let mut shared = self.shared.borrow_mut();
-            shared.stream_time = shared.stream_time.max(record.timestamp);
-            record.partition = shared.partition;
+            shared.stream_time = shared.stream_time.max(record.timestamp());
+            record.set_position(shared.partition, offset);
         }
-        self.ctx.set_current_timestamp(record.timestamp);
-        let mark = self.ctx.emitted_len();
+        self.ctx.set_current(0, record.timestamp());
+        let mark = self.ctx.output().mark();
         let result = self.processor.process(&mut self.ctx, record);
-        if result.is_err() {
-            self.ctx.truncate_emitted(mark);
-        }
         self.end_call(result, mark)
     }
 
@@ -153,19 +165,35 @@ impl<P: Processor> TestDriver<P> {
     /// Calls `punctuate` as the host would when a schedule is due.
     pub fn punctuate(&mut self, kind: Punctuation, timestamp: i64) -> Result<()> {
         self.ensure_init()?;
-        self.ctx.set_current_timestamp(timestamp);
-        let mark = self.ctx.emitted_len();
+        self.ctx.set_current(0, timestamp);
+        let mark = self.ctx.output().mark();
         let result = self.processor.punctuate(&mut self.ctx, kind, timestamp);
-        if result.is_err() {
-            self.ctx.truncate_emitted(mark);
-        }
         self.end_call(result, mark)
     }
 
-    fn end_call(&mut self, result: Result<()>, _mark: usize) -> Result<()> {
+    /// Ends a call like the host does: on error nothing of it remains.
+    fn end_call(&mut self, result: Result<()>, mark: (usize, usize, usize)) -> Result<()> {
         let ok = result.is_ok();
+        if !ok {
+            self.ctx.output().truncate(mark);
+        }
         let ended = self.ctx.end_call(ok);
-        self.emitted.extend(self.ctx.take_emitted());
+        let names = self.ctx.output_names().to_vec();
+        let out = self.ctx.output();
+        for e in &out.records {
+            let headers = &out.headers[e.headers.0 as usize..(e.headers.0 + e.headers.1) as usize];
+            self.emitted.push(Emitted {
+                output: names[e.output as usize].clone(),
+                key: e.key.map(|s| out.bytes(s).to_vec()),
+                value: e.value.map(|s| out.bytes(s).to_vec()),
+                timestamp: e.timestamp,
+                headers: headers
+                    .iter()
+                    .map(|(n, s)| (n.clone(), out.bytes(*s).to_vec()))
+                    .collect(),
+            });
+        }
+        out.clear();
         result?;
         ended.map_err(|(store, e)| e.context(format_args!("store `{store}`")))
     }
@@ -217,10 +245,12 @@ impl<P: Processor> TestDriver<P> {
     {
         let raw = self.shared.borrow().stores.get(name).cloned();
         let raw: std::result::Result<SharedRawStore, String> = match raw {
-            Some(store) => Ok(Rc::new(RefCell::new(Seeder(store)))),
-            None => Err(format!("store `{name}` was not granted to the harness (use with_store)")),
+            Some(store) => Ok(Rc::new(RefCell::new(Seeder(store, None)))),
+            None => Err(format!(
+                "store `{name}` was not granted to the harness (use with_store)"
+            )),
         };
-        Store::new(name, raw)
+        Store::new(Rc::from(name), raw)
     }
 }
 
@@ -272,13 +302,15 @@ struct MemoryStore {
 }
 
 impl RawStore for MemoryStore {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.data.get(key).cloned())
+    fn get(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
+        Ok(self.data.get(key).map(Vec::as_slice))
     }
 
     fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<()> {
         if self.read_only {
-            return Err(Error::msg("store is read-only for this processor (a table's store)"));
+            return Err(Error::msg(
+                "store is read-only for this processor (a table's store)",
+            ));
         }
         let previous = match value {
             Some(v) => self.data.insert(key.to_vec(), v),
@@ -288,7 +320,12 @@ impl RawStore for MemoryStore {
         Ok(())
     }
 
-    fn range(&mut self, start: Option<&[u8]>, end: Option<&[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn range(
+        &mut self,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let lower = start.map_or(Bound::Unbounded, Bound::Included);
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(self
@@ -314,11 +351,12 @@ impl RawStore for MemoryStore {
 }
 
 /// Direct access for tests seeding or checking a store: bypasses read-only.
-struct Seeder(Rc<RefCell<MemoryStore>>);
+struct Seeder(Rc<RefCell<MemoryStore>>, Option<Vec<u8>>);
 
 impl RawStore for Seeder {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.0.borrow_mut().get(key)
+    fn get(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
+        self.1 = self.0.borrow().data.get(key).cloned();
+        Ok(self.1.as_deref())
     }
     fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<()> {
         let mut store = self.0.borrow_mut();
@@ -328,7 +366,12 @@ impl RawStore for Seeder {
         };
         Ok(())
     }
-    fn range(&mut self, start: Option<&[u8]>, end: Option<&[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn range(
+        &mut self,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.0.borrow_mut().range(start, end, limit)
     }
     fn end_call(&mut self, _success: bool) -> Result<()> {
@@ -366,10 +409,19 @@ mod tests {
 
     #[test]
     fn reserves_only_what_is_left() {
-        let mut d = TestDriver::new(Reserve).with_store("stock").with_outputs(["validated", "rejected"]);
+        let mut d = TestDriver::new(Reserve)
+            .with_store("stock")
+            .with_outputs(["validated", "rejected"]);
         d.store::<String, i64>("stock").put("p1", &5).unwrap();
         for qty in [3, 3, 2] {
-            d.process(Record::from_json("o", &Order { product_id: "p1".into(), qty })).unwrap();
+            d.process(Record::from_json(
+                "o",
+                &Order {
+                    product_id: "p1".into(),
+                    qty,
+                },
+            ))
+            .unwrap();
         }
         let outputs: Vec<&str> = d.emitted().iter().map(|e| e.output.as_str()).collect();
         assert_eq!(outputs, ["validated", "rejected", "validated"]);
@@ -390,7 +442,9 @@ mod tests {
                 Ok(())
             }
         }
-        let mut d = TestDriver::new(WriteThenFail).with_store("s").with_outputs(["out"]);
+        let mut d = TestDriver::new(WriteThenFail)
+            .with_store("s")
+            .with_outputs(["out"]);
         let err = d.process(Record::new("a", "bad")).unwrap_err();
         assert_eq!(err.message(), "bad record");
         assert!(d.emitted().is_empty());
@@ -412,9 +466,14 @@ mod tests {
                 }
             }
         }
-        let mut d = TestDriver::new(Misuse).with_outputs(["out"]).with_table_store("table");
+        let mut d = TestDriver::new(Misuse)
+            .with_outputs(["out"])
+            .with_table_store("table");
         let e = d.process(Record::new("k", "emit")).unwrap_err();
-        assert!(e.message().contains("output `nowhere` is not declared"), "{e}");
+        assert!(
+            e.message().contains("output `nowhere` is not declared"),
+            "{e}"
+        );
         let e = d.process(Record::new("k", "store")).unwrap_err();
         assert!(e.message().contains("store `secret` is not granted"), "{e}");
         let e = d.process(Record::new("k", "table")).unwrap_err();
@@ -436,7 +495,11 @@ mod tests {
         }
         let all = s.all().unwrap();
         assert_eq!(all.len(), 1000);
-        assert!(all.iter().enumerate().all(|(i, (k, v))| *k == i as u32 && *v == 2 * i as u32));
+        assert!(
+            all.iter()
+                .enumerate()
+                .all(|(i, (k, v))| *k == i as u32 && *v == 2 * i as u32)
+        );
         let some = s.range(Some(&10), Some(&20)).unwrap();
         assert_eq!(some.first().map(|e| e.0), Some(10));
         assert_eq!(some.len(), 10);
@@ -447,7 +510,12 @@ mod tests {
         for k in ["a1", "a2", "b1", "a3"] {
             ps.put(k, &1).unwrap();
         }
-        let keys: Vec<String> = ps.prefix("a").unwrap().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = ps
+            .prefix("a")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(keys, ["a1", "a2", "a3"]);
     }
 }

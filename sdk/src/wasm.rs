@@ -1,19 +1,26 @@
 //! The component side: the contract's exports, driven by the host, and the
 //! [`HostApi`] over the contract's imports.
 //!
-//! Per host call the SDK buffers emits and store writes in guest memory and
-//! hands them to the host at the end of the call in one `emit-many` and one
-//! `write-many` per store: host calls are the dominant cost of a component, so
-//! a batch of records costs a handful of them instead of several per record.
+//! Host calls are the dominant cost of a component, so per `process` call the
+//! SDK makes a handful of them, whatever the batch size:
+//! - the batch arrives as one buffer; records are views into it;
+//! - emits are written into one output buffer, handed over in one `emit`;
+//! - each store keeps a write-back cache for the call: writes reach the host
+//!   in one `write-many` at the end, repeated reads of a key cost nothing;
+//! - key prefetch: a store that the processor reads mostly by the record's own
+//!   key (the common case after co-partitioning) gets the batch's keys in one
+//!   `get-many` before the first record, instead of one `get` per record. The
+//!   SDK learns this per store from the previous batch.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::bindings::weir::processor::{context, emitter, store as host_store, types};
-use crate::context::{HostApi, LogLevel, Punctuation};
-use crate::store::{RawStore, SharedRawStore};
-use crate::{Config, Context, Emitted, Error, Processor, Record, Result};
+use crate::context::{HostApi, LogLevel, OutputBuffer, Punctuation};
+use crate::record::{Shared, Span};
+use crate::store::{KeyVisitor, RawStore, SharedRawStore};
+use crate::{Config, Context, Error, Processor, Record, Result};
 
 struct Runtime {
     processor: Box<dyn Processor>,
@@ -25,37 +32,102 @@ thread_local! {
     /// Index in the current batch of the record being processed, so a write
     /// the host refuses at flush time is blamed on the record that made it.
     static CURRENT_INDEX: Cell<u32> = const { Cell::new(0) };
+    /// The current batch and the span of the current record's key in it, to
+    /// learn which stores are read by record key.
+    static CURRENT_BATCH: RefCell<Option<Rc<Shared>>> = const { RefCell::new(None) };
+    static CURRENT_KEY: Cell<Option<Span>> = const { Cell::new(None) };
 }
 
 fn to_wit_error(error: Error) -> types::Error {
-    types::Error { message: error.message().to_owned() }
+    types::Error {
+        message: error.message().to_owned(),
+    }
+}
+
+fn span(s: types::Span) -> Span {
+    Span {
+        offset: s.offset,
+        len: s.len,
+    }
+}
+
+fn wit_span(s: Span) -> types::Span {
+    types::Span {
+        offset: s.offset,
+        len: s.len,
+    }
 }
 
 /// The `init` export.
-pub fn init(make: impl FnOnce() -> Box<dyn Processor>, config: Vec<(String, String)>) -> Result<(), types::Error> {
+pub fn init(
+    make: impl FnOnce() -> Box<dyn Processor>,
+    config: Vec<(String, String)>,
+) -> Result<(), types::Error> {
     let outputs = context::outputs();
     let mut ctx = Context::new(Box::new(ComponentHost), Some(outputs));
     let mut processor = make();
+    ctx.set_current(0, 0);
     let result = processor.init(&mut ctx, &Config::new(config));
-    let result = result.and_then(|()| finish_call(&mut ctx).map_err(|(_, e)| e));
+    let result = match result {
+        Ok(()) => finish_call(&mut ctx).map_err(|(_, e)| e),
+        Err(e) => {
+            abort_call(&mut ctx);
+            Err(e)
+        }
+    };
     RUNTIME.with(|rt| *rt.borrow_mut() = Some(Runtime { processor, ctx }));
     result.map_err(to_wit_error)
 }
 
 /// The `process` export.
-pub fn process(batch: Vec<types::Record>) -> Result<(), types::BatchError> {
+pub fn process(batch: types::Batch) -> Result<(), types::BatchError> {
     with_runtime(|rt| {
-        for (index, record) in batch.into_iter().enumerate() {
+        let types::Batch {
+            data,
+            topics,
+            headers,
+            records,
+        } = batch;
+        let shared = Rc::new(Shared {
+            data,
+            topics,
+            headers: headers
+                .into_iter()
+                .map(|h| (h.name, span(h.value)))
+                .collect(),
+        });
+        prefetch(&rt.ctx, &shared, &records);
+        CURRENT_BATCH.with(|b| *b.borrow_mut() = Some(shared.clone()));
+        for (index, r) in records.iter().enumerate() {
             let index = index as u32;
             CURRENT_INDEX.set(index);
-            rt.ctx.set_current_timestamp(record.timestamp);
-            rt.ctx.set_current_index(index);
-            if let Err(error) = rt.processor.process(&mut rt.ctx, from_wit(record)) {
+            rt.ctx.set_current(index, r.timestamp);
+            let record = Record::view(
+                shared.clone(),
+                r.key.map(span),
+                r.value.map(span),
+                r.old_value.map(span),
+                r.timestamp,
+                (r.first_header, r.header_count),
+                r.topic,
+                r.partition,
+                r.offset,
+            );
+            CURRENT_KEY.set(r.key.map(span));
+            if let Err(error) = rt.processor.process(&mut rt.ctx, record) {
                 abort_call(&mut rt.ctx);
-                return Err(types::BatchError { index, error: to_wit_error(error) });
+                return Err(types::BatchError {
+                    index,
+                    error: to_wit_error(error),
+                });
             }
         }
-        finish_call(&mut rt.ctx).map_err(|(index, error)| types::BatchError { index, error: to_wit_error(error) })
+        CURRENT_KEY.set(None);
+        CURRENT_BATCH.with(|b| *b.borrow_mut() = None);
+        finish_call(&mut rt.ctx).map_err(|(index, error)| types::BatchError {
+            index,
+            error: to_wit_error(error),
+        })
     })
     .unwrap_or_else(|e| Err(types::BatchError { index: 0, error: e }))
 }
@@ -64,8 +136,7 @@ pub fn process(batch: Vec<types::Record>) -> Result<(), types::BatchError> {
 pub fn punctuate(kind: types::Punctuation, timestamp: i64) -> Result<(), types::Error> {
     with_runtime(|rt| {
         CURRENT_INDEX.set(0);
-        rt.ctx.set_current_index(0);
-        rt.ctx.set_current_timestamp(timestamp);
+        rt.ctx.set_current(0, timestamp);
         let kind = match kind {
             types::Punctuation::StreamTime => Punctuation::StreamTime,
             types::Punctuation::WallClock => Punctuation::WallClock,
@@ -82,48 +153,74 @@ pub fn punctuate(kind: types::Punctuation, timestamp: i64) -> Result<(), types::
 fn with_runtime<R>(f: impl FnOnce(&mut Runtime) -> R) -> Result<R, types::Error> {
     RUNTIME.with(|rt| match rt.borrow_mut().as_mut() {
         Some(rt) => Ok(f(rt)),
-        None => Err(types::Error { message: "processor called before init".to_owned() }),
+        None => Err(types::Error {
+            message: "processor called before init".to_owned(),
+        }),
     })
 }
 
-fn from_wit(r: types::Record) -> Record {
-    Record {
-        key: r.key,
-        value: r.value,
-        old_value: r.old_value,
-        timestamp: r.timestamp,
-        headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
-        topic: r.topic,
-        partition: r.partition,
-        offset: r.offset,
+/// Fetches the batch's record keys in one call for stores read by record key.
+fn prefetch(ctx: &Context, shared: &Shared, records: &[types::Record]) {
+    for (_, store) in ctx.opened_stores() {
+        let mut store = store.borrow_mut();
+        // Only our own store type prefetches.
+        store.prefetch(&mut |keys: &mut dyn FnMut(&[u8])| {
+            for r in records {
+                if let Some(k) = r.key {
+                    keys(&shared.data[k.offset as usize..(k.offset + k.len) as usize]);
+                }
+            }
+        });
     }
 }
 
 /// Hands buffered writes and emits to the host. On failure returns the index
 /// of the record to blame.
 fn finish_call(ctx: &mut Context) -> Result<(), (u32, Error)> {
-    ctx.end_call(true).map_err(|(store, e)| (CURRENT_INDEX.get(), e.context(format_args!("store `{store}`"))))?;
-    let emitted = ctx.take_emitted_with_index();
-    if !emitted.is_empty() {
-        let records: Vec<types::OutputRecord> = emitted.into_iter().map(to_wit_output).collect();
-        emitter::emit_many(&records).map_err(|e| (CURRENT_INDEX.get(), Error::msg(e.message)))?;
+    ctx.end_call(true).map_err(|(store, e)| {
+        (
+            CURRENT_INDEX.get(),
+            e.context(format_args!("store `{store}`")),
+        )
+    })?;
+    let out = ctx.output();
+    if !out.records.is_empty() {
+        let batch = to_wit_output(out);
+        out.clear();
+        emitter::emit(&batch).map_err(|e| (CURRENT_INDEX.get(), Error::msg(e.message)))?;
     }
     Ok(())
 }
 
 fn abort_call(ctx: &mut Context) {
     let _ = ctx.end_call(false);
-    ctx.take_emitted();
+    ctx.output().clear();
 }
 
-fn to_wit_output((e, input_index): (Emitted, u32)) -> types::OutputRecord {
-    types::OutputRecord {
-        input_index,
-        output: e.output,
-        key: e.key,
-        value: e.value,
-        timestamp: e.timestamp,
-        headers: e.headers.into_iter().map(|(name, value)| types::Header { name, value }).collect(),
+fn to_wit_output(out: &mut OutputBuffer) -> types::OutputBatch {
+    types::OutputBatch {
+        data: std::mem::take(&mut out.data),
+        headers: out
+            .headers
+            .drain(..)
+            .map(|(name, s)| types::Header {
+                name,
+                value: wit_span(s),
+            })
+            .collect(),
+        records: out
+            .records
+            .iter()
+            .map(|e| types::OutputRecord {
+                output: e.output,
+                key: e.key.map(wit_span),
+                value: e.value.map(wit_span),
+                timestamp: e.timestamp,
+                first_header: e.headers.0,
+                header_count: e.headers.1,
+                input_index: e.input_index,
+            })
+            .collect(),
     }
 }
 
@@ -133,7 +230,14 @@ struct ComponentHost;
 impl HostApi for ComponentHost {
     fn open_store(&mut self, name: &str) -> Result<SharedRawStore, String> {
         let handle = host_store::Store::open(name).map_err(|e| e.message)?;
-        Ok(Rc::new(RefCell::new(CachedStore { handle, cache: HashMap::new(), first_write: None })))
+        Ok(Rc::new(RefCell::new(CachedStore {
+            handle,
+            cache: CacheMap::default(),
+            first_write: None,
+            prefetch: false,
+            reads: 0,
+            reads_by_record_key: 0,
+        })))
     }
     fn task_id(&self) -> String {
         context::task_id()
@@ -174,12 +278,20 @@ struct Cached {
     dirty: bool,
 }
 
+/// A fast hasher with a fixed seed: the cache lives for one call, and a
+/// fixed seed keeps a replayed call identical.
+type CacheMap = HashMap<Vec<u8>, Cached, foldhash::fast::FixedState>;
+
 /// A host store behind a per-call write-back cache.
 struct CachedStore {
     handle: host_store::Store,
-    cache: HashMap<Vec<u8>, Cached>,
+    cache: CacheMap,
     /// Index of the first record that wrote since the last flush.
     first_write: Option<u32>,
+    /// Prefetch the batch's record keys (learned from the previous call).
+    prefetch: bool,
+    reads: u32,
+    reads_by_record_key: u32,
 }
 
 impl CachedStore {
@@ -187,33 +299,56 @@ impl CachedStore {
         if self.first_write.is_none() {
             return Ok(());
         }
-        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
-            .cache
-            .iter_mut()
-            .filter(|(_, c)| c.dirty)
-            .map(|(k, c)| {
-                c.dirty = false;
-                (k.clone(), c.value.clone())
-            })
-            .collect();
+        let mut data = Vec::new();
+        let mut writes = Vec::new();
+        for (key, c) in self.cache.iter_mut().filter(|(_, c)| c.dirty) {
+            c.dirty = false;
+            let k = types::Span {
+                offset: data.len() as u32,
+                len: key.len() as u32,
+            };
+            data.extend_from_slice(key);
+            let v = c.value.as_ref().map(|v| {
+                let s = types::Span {
+                    offset: data.len() as u32,
+                    len: v.len() as u32,
+                };
+                data.extend_from_slice(v);
+                s
+            });
+            writes.push((k, v));
+        }
         let blamed = self.first_write.take();
-        self.handle.write_many(&writes).map_err(|e| {
-            if let Some(index) = blamed {
-                CURRENT_INDEX.set(index);
-            }
-            Error::msg(e.message)
-        })
+        self.handle
+            .write_many(&types::WriteBatch { data, writes })
+            .map_err(|e| {
+                if let Some(index) = blamed {
+                    CURRENT_INDEX.set(index);
+                }
+                Error::msg(e.message)
+            })
     }
 }
 
 impl RawStore for CachedStore {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(c) = self.cache.get(key) {
-            return Ok(c.value.clone());
+    fn get(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
+        self.reads += 1;
+        if let Some(k) = CURRENT_KEY.get()
+            && CURRENT_BATCH.with(|b| b.borrow().as_ref().is_some_and(|b| b.bytes(k) == key))
+        {
+            self.reads_by_record_key += 1;
         }
-        let value = self.handle.get(key);
-        self.cache.insert(key.to_vec(), Cached { value: value.clone(), dirty: false });
-        Ok(value)
+        if !self.cache.contains_key(key) {
+            let value = self.handle.get(key);
+            self.cache.insert(
+                key.to_vec(),
+                Cached {
+                    value,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(self.cache.get(key).and_then(|c| c.value.as_deref()))
     }
 
     fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<()> {
@@ -226,22 +361,80 @@ impl RawStore for CachedStore {
                 c.dirty = true;
             }
             None => {
-                self.cache.insert(key.to_vec(), Cached { value, dirty: true });
+                self.cache
+                    .insert(key.to_vec(), Cached { value, dirty: true });
             }
         }
         Ok(())
     }
 
-    fn range(&mut self, start: Option<&[u8]>, end: Option<&[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn range(
+        &mut self,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         // The host merges its own state; our unflushed writes must be there first.
         self.flush()?;
-        Ok(self.handle.range(start, end, limit))
+        let entries = self.handle.range(start, end, limit);
+        let bytes =
+            |s: types::Span| entries.data[s.offset as usize..(s.offset + s.len) as usize].to_vec();
+        Ok(entries
+            .items
+            .iter()
+            .map(|(k, v)| (bytes(*k), bytes(*v)))
+            .collect())
+    }
+
+    fn prefetch(&mut self, keys: &mut KeyVisitor<'_>) {
+        if !self.prefetch {
+            return;
+        }
+        // Each new key gets a (clean, empty) cache slot at once: that dedups
+        // the batch's keys with one allocation per distinct key.
+        let mut data = Vec::new();
+        let mut items = Vec::new();
+        let cache = &mut self.cache;
+        keys(&mut |k| {
+            if !cache.contains_key(k) {
+                cache.insert(
+                    k.to_vec(),
+                    Cached {
+                        value: None,
+                        dirty: false,
+                    },
+                );
+                items.push(types::Span {
+                    offset: data.len() as u32,
+                    len: k.len() as u32,
+                });
+                data.extend_from_slice(k);
+            }
+        });
+        if items.is_empty() {
+            return;
+        }
+        let asked = types::ByteList { data, items };
+        let found = self.handle.get_many(&asked);
+        let bytes = |data: &[u8], s: types::Span| {
+            data[s.offset as usize..(s.offset + s.len) as usize].to_vec()
+        };
+        for (key, value) in asked.items.iter().zip(found.items.iter()) {
+            let key = &asked.data[key.offset as usize..(key.offset + key.len) as usize];
+            if let Some(slot) = self.cache.get_mut(key) {
+                slot.value = value.map(|v| bytes(&found.data, v));
+            }
+        }
     }
 
     fn end_call(&mut self, success: bool) -> Result<()> {
         let result = if success { self.flush() } else { Ok(()) };
         self.cache.clear();
         self.first_write = None;
+        // Prefetch next time if most reads of this call were by record key.
+        self.prefetch = self.reads > 0 && self.reads_by_record_key * 2 >= self.reads;
+        self.reads = 0;
+        self.reads_by_record_key = 0;
         result
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::record::{ConsumedRecord, ProducedRecord, Record, TopicPartition};
-use crate::state::memory::MemoryStore;
 use crate::state::SharedStore;
+use crate::state::memory::MemoryStore;
 use crate::task::TaskCommit;
 use crate::topology::{StoreId, Topology};
 
@@ -45,7 +45,11 @@ impl MemoryBackend {
             .iter()
             .map(|(t, n)| (Arc::from(t.as_str()), vec![Vec::new(); *n as usize]))
             .collect();
-        let globals = topology.globals.iter().map(|g| (g.store, Arc::new(MemoryStore::default()))).collect();
+        let globals = topology
+            .globals
+            .iter()
+            .map(|g| (g.store, Arc::new(MemoryStore::default())))
+            .collect();
         MemoryBackend {
             topics,
             stores: BTreeMap::new(),
@@ -68,14 +72,27 @@ impl MemoryBackend {
     pub fn append(&mut self, topic: &Arc<str>, partition: u32, record: Record) -> i64 {
         let log = &mut self.topics.get_mut(topic).expect("topic exists")[partition as usize];
         let offset = log.len() as i64;
-        log.push(LogEntry { sequence: self.next_sequence, record });
+        log.push(LogEntry {
+            sequence: self.next_sequence,
+            record,
+        });
         self.next_sequence += 1;
-        self.appended.push(Appended { topic: topic.clone(), partition, offset });
+        self.appended.push(Appended {
+            topic: topic.clone(),
+            partition,
+            offset,
+        });
         offset
     }
 
     /// Records of a partition from `from`, at most `max`.
-    pub fn read(&self, topic: &Arc<str>, partition: u32, from: i64, max: usize) -> Vec<(u64, ConsumedRecord)> {
+    pub fn read(
+        &self,
+        topic: &Arc<str>,
+        partition: u32,
+        from: i64,
+        max: usize,
+    ) -> Vec<(u64, ConsumedRecord)> {
         let log = &self.topics[topic][partition as usize];
         log.iter()
             .enumerate()
@@ -84,7 +101,12 @@ impl MemoryBackend {
             .map(|(offset, e)| {
                 (
                     e.sequence,
-                    ConsumedRecord { topic: topic.clone(), partition, offset: offset as i64, record: e.record.clone() },
+                    ConsumedRecord {
+                        topic: topic.clone(),
+                        partition,
+                        offset: offset as i64,
+                        record: e.record.clone(),
+                    },
                 )
             })
             .collect()
@@ -92,7 +114,11 @@ impl MemoryBackend {
 
     /// The record at an offset.
     pub fn get(&self, topic: &str, partition: u32, offset: i64) -> Option<&Record> {
-        self.topics.get(topic)?.get(partition as usize)?.get(usize::try_from(offset).ok()?).map(|e| &e.record)
+        self.topics
+            .get(topic)?
+            .get(partition as usize)?
+            .get(usize::try_from(offset).ok()?)
+            .map(|e| &e.record)
     }
 
     /// The committed position (next offset to read) of an input partition.
@@ -112,7 +138,10 @@ impl MemoryBackend {
 
     /// Global table stores, for tasks.
     pub fn global_stores(&self) -> BTreeMap<StoreId, SharedStore> {
-        self.globals.iter().map(|(id, s)| (*id, s.clone() as SharedStore)).collect()
+        self.globals
+            .iter()
+            .map(|(id, s)| (*id, s.clone() as SharedStore))
+            .collect()
     }
 
     /// Applies a record of a global table's topic to its store.
@@ -126,12 +155,24 @@ impl MemoryBackend {
     /// changes, records its positions. Cannot fail in memory.
     pub fn commit(&mut self, commit: TaskCommit<'_>) -> Vec<Appended> {
         let mut appended = Vec::with_capacity(commit.produced.len());
-        for ProducedRecord { topic, partition, record } in commit.produced {
+        for ProducedRecord {
+            topic,
+            partition,
+            record,
+        } in commit.produced
+        {
             let offset = self.append(&topic, partition, record);
-            appended.push(Appended { topic, partition, offset });
+            appended.push(Appended {
+                topic,
+                partition,
+                offset,
+            });
         }
         for change in &commit.changes {
-            self.stores.entry((change.store, change.partition)).or_default().apply(change.writes.iter());
+            self.stores
+                .entry((change.store, change.partition))
+                .or_default()
+                .apply(change.writes.iter().copied());
         }
         self.positions.extend(commit.positions);
         appended

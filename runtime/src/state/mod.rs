@@ -31,8 +31,24 @@ pub struct StateError {
 /// Read access to the committed state of one store partition.
 pub trait StoreRead: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
+    /// Appends the value of `key` to `out`; false when there is none. Saves
+    /// a copy when the caller gathers many values into one buffer.
+    fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
+        Ok(match self.get(key)? {
+            Some(v) => {
+                out.extend_from_slice(&v);
+                true
+            }
+            None => false,
+        })
+    }
     /// At most `limit` entries within the bounds, in key order.
-    fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Entries, StateError>;
+    fn range(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StateError>;
 }
 
 /// A shared handle on committed state.

@@ -1,31 +1,61 @@
 //! The open transaction's writes over committed state, with per-call savepoints.
+//!
+//! Three layers, read top-down: the current call's writes (`staging`), the
+//! transaction's writes (`pending`), committed state (`base`). A successful
+//! call moves its staging into pending; a failed call drops it. Point
+//! operations are hash lookups (the hot path of every processor); range scans,
+//! which are rare, sort the matching pending entries on demand.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::ops::Bound;
 
 use super::{Entries, SharedStore, StateError};
+
+type Map = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
 
 /// One store partition as a task sees it: committed state plus pending writes.
 pub struct StoreOverlay {
     name: String,
     base: SharedStore,
-    /// Writes since the last commit: the last value per key (`None` = delete).
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// For rollback of the current call: each written key with its previous
-    /// pending entry (`None` = the key was not pending).
-    undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
+    /// Writes of the open transaction: the last value per key (`None` = delete).
+    pending: Map,
+    /// Writes of the current call, not yet kept.
+    staging: Map,
     /// Read-only stores (global tables) refuse writes.
     read_only: bool,
 }
 
+fn in_bounds(key: &[u8], start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+    let above = match start {
+        Bound::Included(s) => key >= s,
+        Bound::Excluded(s) => key > s,
+        Bound::Unbounded => true,
+    };
+    let below = match end {
+        Bound::Included(e) => key <= e,
+        Bound::Excluded(e) => key < e,
+        Bound::Unbounded => true,
+    };
+    above && below
+}
+
 impl StoreOverlay {
     pub fn new(name: impl Into<String>, base: SharedStore) -> Self {
-        StoreOverlay { name: name.into(), base, pending: BTreeMap::new(), undo: Vec::new(), read_only: false }
+        StoreOverlay {
+            name: name.into(),
+            base,
+            pending: Map::default(),
+            staging: Map::default(),
+            read_only: false,
+        }
     }
 
     /// A store nobody in the task may write (a global table's).
     pub fn read_only(name: impl Into<String>, base: SharedStore) -> Self {
-        StoreOverlay { read_only: true, ..Self::new(name, base) }
+        StoreOverlay {
+            read_only: true,
+            ..Self::new(name, base)
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -37,36 +67,71 @@ impl StoreOverlay {
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some(v) = self.staging.get(key) {
+            return Ok(v.clone());
+        }
         match self.pending.get(key) {
             Some(v) => Ok(v.clone()),
             None => self.base.get(key),
         }
     }
 
-    /// Writes `value` for `key` (`None` deletes).
+    /// Appends the value of `key` to `out`; false when there is none.
+    pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
+        let layered = self.staging.get(key).or_else(|| self.pending.get(key));
+        match layered {
+            Some(Some(v)) => {
+                out.extend_from_slice(v);
+                Ok(true)
+            }
+            Some(None) => Ok(false),
+            None => self.base.get_into(key, out),
+        }
+    }
+
+    /// Writes `value` for `key` (`None` deletes) in the current call.
     pub fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         debug_assert!(!self.read_only, "write to read-only store {}", self.name);
-        let previous = self.pending.insert(key.clone(), value);
-        self.undo.push((key, previous));
+        self.staging.insert(key, value);
     }
 
     /// Entries within the bounds, pending writes merged over committed
     /// state, at most `limit`.
-    pub fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Entries, StateError> {
+    pub fn range(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StateError> {
         let mut out: Entries = Vec::new();
         if limit == 0 {
             return Ok(out);
         }
-        let mut pending = self.pending.range::<[u8], _>((start, end)).peekable();
+        // Uncommitted entries in the bounds, newest layer winning, in key order.
+        let mut overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+            .staging
+            .iter()
+            .chain(
+                self.pending
+                    .iter()
+                    .filter(|(k, _)| !self.staging.contains_key(*k)),
+            )
+            .filter(|(k, _)| in_bounds(k, start, end))
+            .collect();
+        overlay.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut pending = overlay.into_iter().peekable();
         let mut cursor: Bound<Vec<u8>> = start.map(<[u8]>::to_vec);
         loop {
             // Deleted keys in the overlay can hide committed ones, so committed
             // state is read page by page until enough entries survive.
-            let page = self.base.range(cursor.as_ref().map(Vec::as_slice), end, limit)?;
+            let page = self
+                .base
+                .range(cursor.as_ref().map(Vec::as_slice), end, limit)?;
             let exhausted = page.len() < limit;
             let last = page.last().map(|(k, _)| k.clone());
             for (key, value) in page {
-                while let Some((pk, pv)) = pending.next_if(|(pk, _)| pk.as_slice() < key.as_slice()) {
+                while let Some((pk, pv)) = pending.next_if(|(pk, _)| pk.as_slice() < key.as_slice())
+                {
                     if let Some(v) = pv {
                         out.push((pk.clone(), v.clone()));
                     }
@@ -85,11 +150,9 @@ impl StoreOverlay {
                 for (pk, pv) in pending {
                     if let Some(v) = pv {
                         out.push((pk.clone(), v.clone()));
-                        if out.len() >= limit {
-                            break;
-                        }
                     }
                 }
+                out.truncate(limit);
                 return Ok(out);
             }
             cursor = Bound::Excluded(last.expect("a full page has a last entry"));
@@ -98,29 +161,30 @@ impl StoreOverlay {
 
     /// Keeps the writes of the current call.
     pub fn release_savepoint(&mut self) {
-        self.undo.clear();
+        if self.pending.is_empty() {
+            std::mem::swap(&mut self.pending, &mut self.staging);
+        } else {
+            self.pending.extend(self.staging.drain());
+        }
     }
 
     /// Undoes every write since the last savepoint.
     pub fn rollback_to_savepoint(&mut self) {
-        while let Some((key, previous)) = self.undo.pop() {
-            match previous {
-                Some(v) => self.pending.insert(key, v),
-                None => self.pending.remove(&key),
-            };
-        }
+        self.staging.clear();
     }
 
-    /// The pending writes (last value per key), for the commit.
-    pub fn pending(&self) -> &BTreeMap<Vec<u8>, Option<Vec<u8>>> {
-        &self.pending
+    /// The pending writes (last value per key) in key order, for the commit.
+    pub fn pending(&self) -> Vec<(&Vec<u8>, &Option<Vec<u8>>)> {
+        let mut writes: Vec<_> = self.pending.iter().collect();
+        writes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        writes
     }
 
     /// Forgets pending writes: after the backend committed them (they are
     /// now in committed state) or aborted the transaction.
     pub fn clear_pending(&mut self) {
         self.pending.clear();
-        self.undo.clear();
+        self.staging.clear();
     }
 
     pub fn has_pending(&self) -> bool {
@@ -165,11 +229,15 @@ impl TaskStores {
     }
 
     pub fn release_savepoint(&mut self) {
-        self.stores.iter_mut().for_each(StoreOverlay::release_savepoint);
+        self.stores
+            .iter_mut()
+            .for_each(StoreOverlay::release_savepoint);
     }
 
     pub fn rollback_to_savepoint(&mut self) {
-        self.stores.iter_mut().for_each(StoreOverlay::rollback_to_savepoint);
+        self.stores
+            .iter_mut()
+            .for_each(StoreOverlay::rollback_to_savepoint);
     }
 
     pub fn clear_pending(&mut self) {
@@ -204,6 +272,9 @@ mod tests {
         s.write(b"b".to_vec(), None);
         assert_eq!(s.get(b"a").unwrap(), Some(b"9".to_vec()));
         assert_eq!(s.get(b"b").unwrap(), None);
+        s.release_savepoint();
+        assert_eq!(s.get(b"a").unwrap(), Some(b"9".to_vec()));
+        assert_eq!(s.get(b"b").unwrap(), None);
     }
 
     #[test]
@@ -225,18 +296,31 @@ mod tests {
         let (_, mut s) = store_with(&[("a", "1"), ("c", "3"), ("e", "5"), ("g", "7")]);
         s.write(b"b".to_vec(), Some(b"2".to_vec()));
         s.write(b"c".to_vec(), None);
+        s.release_savepoint();
         s.write(b"e".to_vec(), Some(b"50".to_vec()));
         s.write(b"h".to_vec(), Some(b"8".to_vec()));
         let all = s.range(Bound::Unbounded, Bound::Unbounded, 100).unwrap();
-        assert_eq!(all, vec![kv("a", "1"), kv("b", "2"), kv("e", "50"), kv("g", "7"), kv("h", "8")]);
-        let some = s.range(Bound::Included(b"b"), Bound::Excluded(b"g"), 100).unwrap();
+        assert_eq!(
+            all,
+            vec![
+                kv("a", "1"),
+                kv("b", "2"),
+                kv("e", "50"),
+                kv("g", "7"),
+                kv("h", "8")
+            ]
+        );
+        let some = s
+            .range(Bound::Included(b"b"), Bound::Excluded(b"g"), 100)
+            .unwrap();
         assert_eq!(some, vec![kv("b", "2"), kv("e", "50")]);
     }
 
     /// Differential check against a plain map on random operations, with
-    /// small limits so paging and hidden deletes are exercised.
+    /// small limits so paging and hidden deletes are exercised, across
+    /// kept and rolled-back calls.
     #[test]
-    fn range_matches_a_reference_map() {
+    fn range_and_get_match_a_reference_map() {
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
             seed ^= seed << 13;
@@ -244,7 +328,7 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for _round in 0..200 {
+        for _round in 0..300 {
             let (base, mut s) = store_with(&[]);
             let mut reference = std::collections::BTreeMap::new();
             for _ in 0..(next() % 40) {
@@ -252,23 +336,41 @@ mod tests {
                 base.put(k.clone(), Some(k.clone()));
                 reference.insert(k.clone(), k);
             }
-            for _ in 0..(next() % 40) {
-                let k = vec![b'a' + (next() % 20) as u8];
-                if next() % 3 == 0 {
-                    s.write(k.clone(), None);
-                    reference.remove(&k);
+            for _call in 0..(next() % 4) {
+                let keep = next() % 3 != 0;
+                let mut call_reference = reference.clone();
+                for _ in 0..(next() % 20) {
+                    let k = vec![b'a' + (next() % 20) as u8];
+                    if next() % 3 == 0 {
+                        s.write(k.clone(), None);
+                        call_reference.remove(&k);
+                    } else {
+                        let v = vec![b'0' + (next() % 10) as u8];
+                        s.write(k.clone(), Some(v.clone()));
+                        call_reference.insert(k, v);
+                    }
+                }
+                if keep {
+                    s.release_savepoint();
+                    reference = call_reference;
                 } else {
-                    let v = vec![b'0' + (next() % 10) as u8];
-                    s.write(k.clone(), Some(v.clone()));
-                    reference.insert(k, v);
+                    s.rollback_to_savepoint();
                 }
             }
             let limit = 1 + (next() % 8) as usize;
             let lo = vec![b'a' + (next() % 20) as u8];
-            let got = s.range(Bound::Included(&lo), Bound::Unbounded, limit).unwrap();
-            let want: Vec<_> =
-                reference.range(lo.clone()..).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let got = s
+                .range(Bound::Included(&lo), Bound::Unbounded, limit)
+                .unwrap();
+            let want: Vec<_> = reference
+                .range(lo.clone()..)
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             assert_eq!(got, want, "limit {limit} from {lo:?}");
+            for k in b'a'..b'a' + 20 {
+                assert_eq!(s.get(&[k]).unwrap(), reference.get(&vec![k]).cloned());
+            }
         }
     }
 }

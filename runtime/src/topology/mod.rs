@@ -62,9 +62,14 @@ pub struct Node {
 #[derive(Debug, Clone)]
 pub enum NodeKind {
     Source(InputDef),
-    Table { input: InputDef, store: StoreId },
+    Table {
+        input: InputDef,
+        store: StoreId,
+    },
     /// The reading side of a repartition edge.
-    Repartition { topic: String },
+    Repartition {
+        topic: String,
+    },
     Processor(Box<ProcessorDef>),
 }
 
@@ -117,7 +122,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_bytes: DEFAULT_MEMORY_LIMIT, call_timeout: DEFAULT_CALL_TIMEOUT }
+        Limits {
+            memory_bytes: DEFAULT_MEMORY_LIMIT,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        }
     }
 }
 
@@ -188,7 +196,12 @@ impl std::error::Error for SpecError {}
 
 impl SpecError {
     fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
-        SpecError { problems: vec![Problem { path: path.into(), message: message.into() }] }
+        SpecError {
+            problems: vec![Problem {
+                path: path.into(),
+                message: message.into(),
+            }],
+        }
     }
 }
 
@@ -199,13 +212,19 @@ pub fn parse_spec(text: &str) -> Result<Spec, SpecError> {
         let de = &mut serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            SpecError::one(if path == "." { String::new() } else { path }, format!("invalid spec: {}", e.inner()))
+            SpecError::one(
+                if path == "." { String::new() } else { path },
+                format!("invalid spec: {}", e.inner()),
+            )
         })
     } else {
         let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            SpecError::one(if path == "." { String::new() } else { path }, format!("invalid spec: {}", e.inner()))
+            SpecError::one(
+                if path == "." { String::new() } else { path },
+                format!("invalid spec: {}", e.inner()),
+            )
         })
     }
 }
@@ -224,7 +243,9 @@ fn valid_name(name: &str) -> bool {
         && name.len() <= 200
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// What kind of element a name refers to.
@@ -256,20 +277,28 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 64MiB"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 64MiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("`{text}`: unknown size unit `{unit}` (use B, KiB, MiB or GiB)")),
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown size unit `{unit}` (use B, KiB, MiB or GiB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Parses a human duration: `100ms`, `1s`, `2m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("`{text}` is not a duration like 100ms or 1s: {e}"))
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like 100ms or 1s: {e}"))
 }
 
 struct UnionFind(Vec<usize>);
@@ -304,7 +333,10 @@ impl Topology {
 
     /// Like [`compile`](Self::compile), with partition counts of existing
     /// topics (e.g. read from a broker) taking precedence over the spec's.
-    pub fn compile_with_counts(spec: Spec, actual: &BTreeMap<String, u32>) -> Result<Topology, SpecError> {
+    pub fn compile_with_counts(
+        spec: Spec,
+        actual: &BTreeMap<String, u32>,
+    ) -> Result<Topology, SpecError> {
         Compiler::new(spec, actual).run()
     }
 
@@ -354,18 +386,28 @@ struct Compiler<'a> {
 
 impl<'a> Compiler<'a> {
     fn new(spec: Spec, actual: &'a BTreeMap<String, u32>) -> Self {
-        Compiler { spec, actual, problems: Vec::new() }
+        Compiler {
+            spec,
+            actual,
+            problems: Vec::new(),
+        }
     }
 
     fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { path: path.into(), message: message.into() });
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     fn run(mut self) -> Result<Topology, SpecError> {
         let spec = self.spec.clone();
         let app = spec.name.clone();
         if !valid_name(&app) {
-            self.problem("name", format!("`{app}` is not a valid application name (1-200 of a-z A-Z 0-9 . _ -)"));
+            self.problem(
+                "name",
+                format!("`{app}` is not a valid application name (1-200 of a-z A-Z 0-9 . _ -)"),
+            );
         }
 
         // One namespace for every graph element.
@@ -397,6 +439,12 @@ impl<'a> Compiler<'a> {
         if spec.processors.is_empty() {
             self.problem("processors", "an application needs at least one processor");
         }
+        if !self.problems.is_empty() {
+            // Names are the basis of everything below.
+            return Err(SpecError {
+                problems: self.problems,
+            });
+        }
 
         // Nodes: sources, tables, repartition readers, processors (sinks and
         // global tables are not nodes of a sub-topology).
@@ -408,7 +456,10 @@ impl<'a> Compiler<'a> {
 
         let mut read_topic = |this: &mut Self, topic: &str, path: String, reader: &str| {
             if topic.is_empty() || !valid_name(topic) {
-                this.problem(format!("{path}.topic"), format!("`{topic}` is not a valid topic name"));
+                this.problem(
+                    format!("{path}.topic"),
+                    format!("`{topic}` is not a valid topic name"),
+                );
             }
             if let Some(other) = topic_readers.insert(topic.to_owned(), reader.to_owned()) {
                 this.problem(format!("{path}.topic"), format!("topic `{topic}` is already read by `{other}`; read a topic once and fan out with `to:`"));
@@ -434,7 +485,13 @@ impl<'a> Compiler<'a> {
             read_topic(&mut self, &t.topic, format!("tables.{name}"), name);
             let store_name = t.store.clone().unwrap_or_else(|| name.clone());
             let node = nodes.len();
-            let store = self.add_store(&mut stores, &mut store_ids, &store_name, StoreOwner::Table(node), format!("tables.{name}.store"));
+            let store = self.add_store(
+                &mut stores,
+                &mut store_ids,
+                &store_name,
+                StoreOwner::Table(node),
+                format!("tables.{name}.store"),
+            );
             ids.insert(name.clone(), node);
             nodes.push(Node {
                 name: name.clone(),
@@ -455,7 +512,13 @@ impl<'a> Compiler<'a> {
         for (name, g) in &spec.global_tables {
             read_topic(&mut self, &g.topic, format!("global_tables.{name}"), name);
             let store_name = g.store.clone().unwrap_or_else(|| name.clone());
-            let store = self.add_store(&mut stores, &mut store_ids, &store_name, StoreOwner::Global(globals.len()), format!("global_tables.{name}.store"));
+            let store = self.add_store(
+                &mut stores,
+                &mut store_ids,
+                &store_name,
+                StoreOwner::Global(globals.len()),
+                format!("global_tables.{name}.store"),
+            );
             globals.push(GlobalTableDef {
                 name: name.clone(),
                 input: InputDef {
@@ -471,7 +534,12 @@ impl<'a> Compiler<'a> {
             let topic = format!("{app}-{name}-repartition");
             read_topic(&mut self, &topic, format!("repartitions.{name}"), name);
             ids.insert(name.clone(), nodes.len());
-            nodes.push(Node { name: name.clone(), kind: NodeKind::Repartition { topic }, to: Vec::new(), subtopology: 0 });
+            nodes.push(Node {
+                name: name.clone(),
+                kind: NodeKind::Repartition { topic },
+                to: Vec::new(),
+                subtopology: 0,
+            });
         }
         // Processors get node ids before their definitions so outputs can refer to any.
         let first_processor = nodes.len();
@@ -482,7 +550,10 @@ impl<'a> Compiler<'a> {
         let mut store_users: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for name in spec.stores.keys() {
             if !valid_name(name) {
-                self.problem(format!("stores.{name}"), "invalid store name (1-200 of a-z A-Z 0-9 . _ -)");
+                self.problem(
+                    format!("stores.{name}"),
+                    "invalid store name (1-200 of a-z A-Z 0-9 . _ -)",
+                );
             }
             store_users.insert(name.clone(), Vec::new());
         }
@@ -494,7 +565,11 @@ impl<'a> Compiler<'a> {
             .iter()
             .map(|(n, s)| (Kind::Source, n, &s.to))
             .chain(spec.tables.iter().map(|(n, t)| (Kind::Table, n, &t.to)))
-            .chain(spec.repartitions.iter().map(|(n, r)| (Kind::Repartition, n, &r.to)))
+            .chain(
+                spec.repartitions
+                    .iter()
+                    .map(|(n, r)| (Kind::Repartition, n, &r.to)),
+            )
             .collect();
         for (kind, name, to) in to_lists {
             let from = ids[name];
@@ -507,7 +582,10 @@ impl<'a> Compiler<'a> {
                     }
                     Some(other) => self.problem(
                         format!("{}.{name}.to[{i}]", kind.section()),
-                        format!("`{target}` is a {} entry, but `to:` lists processors", other.section()),
+                        format!(
+                            "`{target}` is a {} entry, but `to:` lists processors",
+                            other.section()
+                        ),
                     ),
                     None => {
                         let known = names_of(&kinds, Kind::Processor);
@@ -519,7 +597,10 @@ impl<'a> Compiler<'a> {
                 }
             }
             if to.is_empty() && kind != Kind::Table {
-                self.problem(format!("{}.{name}.to", kind.section()), "sends its records nowhere: list at least one processor");
+                self.problem(
+                    format!("{}.{name}.to", kind.section()),
+                    "sends its records nowhere: list at least one processor",
+                );
             }
         }
 
@@ -533,17 +614,34 @@ impl<'a> Compiler<'a> {
             let id = ids[name];
             let path = format!("processors.{name}");
             if p.component.trim().is_empty() {
-                self.problem(format!("{path}.component"), "missing component (a .wasm path or a registered name@version)");
+                self.problem(
+                    format!("{path}.component"),
+                    "missing component (a .wasm path or a registered name@version)",
+                );
             }
             let mut grants = Vec::new();
             for (i, store) in p.stores.iter().enumerate() {
                 if let Some(users) = store_users.get_mut(store) {
                     users.push(name.clone());
-                    let sid = self.add_store(&mut stores, &mut store_ids, store, StoreOwner::Processor(id), String::new());
-                    grants.push(StoreGrant { name: store.clone(), store: sid, writable: true });
+                    let sid = self.add_store(
+                        &mut stores,
+                        &mut store_ids,
+                        store,
+                        StoreOwner::Processor(id),
+                        String::new(),
+                    );
+                    grants.push(StoreGrant {
+                        name: store.clone(),
+                        store: sid,
+                        writable: true,
+                    });
                     store_links.push((id, sid));
                 } else if let Some(&sid) = store_ids.get(store) {
-                    grants.push(StoreGrant { name: store.clone(), store: sid, writable: false });
+                    grants.push(StoreGrant {
+                        name: store.clone(),
+                        store: sid,
+                        writable: false,
+                    });
                     if let StoreOwner::Table(_) = stores[sid].owner {
                         store_links.push((id, sid));
                     }
@@ -554,14 +652,24 @@ impl<'a> Compiler<'a> {
                     known.dedup();
                     self.problem(
                         format!("{path}.stores[{i}]"),
-                        format!("unknown store `{store}` (stores: {})", if known.is_empty() { "none".into() } else { known.join(", ") }),
+                        format!(
+                            "unknown store `{store}` (stores: {})",
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
                     );
                 }
             }
             let mut outputs = Vec::new();
             for (output, targets) in &p.outputs {
                 if !valid_name(output) {
-                    self.problem(format!("{path}.outputs.{output}"), "invalid output name (1-200 of a-z A-Z 0-9 . _ -)");
+                    self.problem(
+                        format!("{path}.outputs.{output}"),
+                        "invalid output name (1-200 of a-z A-Z 0-9 . _ -)",
+                    );
                 }
                 let mut resolved = Vec::new();
                 for (i, target) in targets.names().iter().enumerate() {
@@ -600,7 +708,10 @@ impl<'a> Compiler<'a> {
                         ),
                     }
                 }
-                outputs.push(OutputDef { name: output.clone(), targets: resolved });
+                outputs.push(OutputDef {
+                    name: output.clone(),
+                    targets: resolved,
+                });
             }
             let memory_bytes = match &p.limits.memory {
                 None => DEFAULT_MEMORY_LIMIT,
@@ -621,7 +732,10 @@ impl<'a> Compiler<'a> {
                 Some(text) => match parse_duration(text) {
                     Ok(d) if d >= Duration::from_millis(10) => d,
                     Ok(_) => {
-                        self.problem(format!("{path}.limits.call_timeout"), "must be at least 10ms");
+                        self.problem(
+                            format!("{path}.limits.call_timeout"),
+                            "must be at least 10ms",
+                        );
                         DEFAULT_CALL_TIMEOUT
                     }
                     Err(e) => {
@@ -642,11 +756,18 @@ impl<'a> Compiler<'a> {
                 name: name.clone(),
                 kind: NodeKind::Processor(Box::new(ProcessorDef {
                     component: p.component.clone(),
-                    config: p.config.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+                    config: p
+                        .config
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.to_string()))
+                        .collect(),
                     stores: grants,
                     outputs,
                     on_error: p.on_error,
-                    limits: Limits { memory_bytes, call_timeout },
+                    limits: Limits {
+                        memory_bytes,
+                        call_timeout,
+                    },
                     max_batch,
                 })),
                 to: Vec::new(),
@@ -654,7 +775,7 @@ impl<'a> Compiler<'a> {
             });
         }
         nodes.extend(processor_defs);
-        for (name, _) in &spec.processors {
+        for name in spec.processors.keys() {
             if !fed.contains(&ids[name]) {
                 self.problem(
                     format!("processors.{name}"),
@@ -678,7 +799,10 @@ impl<'a> Compiler<'a> {
             }
             let topic = &spec.sinks[name].topic;
             if !valid_name(topic) {
-                self.problem(format!("sinks.{name}.topic"), format!("`{topic}` is not a valid topic name"));
+                self.problem(
+                    format!("sinks.{name}.topic"),
+                    format!("`{topic}` is not a valid topic name"),
+                );
             }
             if topic_readers.contains_key(topic) {
                 self.problem(format!("sinks.{name}.topic"), format!("topic `{topic}` is also an input of this application; use a repartition edge to feed records back"));
@@ -686,11 +810,16 @@ impl<'a> Compiler<'a> {
         }
         for name in spec.repartitions.keys() {
             if !fed_repartitions.contains(name) {
-                self.problem(format!("repartitions.{name}"), "no processor output writes to it");
+                self.problem(
+                    format!("repartitions.{name}"),
+                    "no processor output writes to it",
+                );
             }
         }
         if !self.problems.is_empty() {
-            return Err(SpecError { problems: self.problems });
+            return Err(SpecError {
+                problems: self.problems,
+            });
         }
 
         // Sub-topologies: connected components over edges and table-store links.
@@ -704,30 +833,95 @@ impl<'a> Compiler<'a> {
             }
         }
         let mut roots: Vec<usize> = Vec::new();
-        for id in 0..nodes.len() {
+        for (id, node) in nodes.iter_mut().enumerate() {
             let root = uf.find(id);
-            let sub = match roots.iter().position(|r| *r == root) {
+            node.subtopology = match roots.iter().position(|r| *r == root) {
                 Some(i) => i,
                 None => {
                     roots.push(root);
                     roots.len() - 1
                 }
             };
-            nodes[id].subtopology = sub;
+        }
+
+        // Number sub-topologies upstream first (writers of a repartition topic
+        // before its readers), as Kafka Streams does, so ids read in flow order.
+        let sub_count = roots.len();
+        let mut sub_edges: BTreeSet<(usize, usize)> = BTreeSet::new();
+        for node in &nodes {
+            if let NodeKind::Processor(p) = &node.kind {
+                for o in &p.outputs {
+                    for t in &o.targets {
+                        if let Target::Topic {
+                            topic,
+                            internal: true,
+                        } = t
+                            && let Some(name) = topic
+                                .strip_prefix(&format!("{app}-"))
+                                .and_then(|t| t.strip_suffix("-repartition"))
+                            && let Some(&reader) = ids.get(name)
+                        {
+                            let (from, to) = (node.subtopology, nodes[reader].subtopology);
+                            if from != to {
+                                sub_edges.insert((from, to));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut order: Vec<usize> = Vec::new();
+        let mut placed = vec![false; sub_count];
+        while order.len() < sub_count {
+            let next = (0..sub_count).find(|s| {
+                !placed[*s]
+                    && !sub_edges
+                        .iter()
+                        .any(|(from, to)| to == s && !placed[*from] && from != s)
+            });
+            // A cycle between sub-topologies keeps the remaining ones in discovery order
+            // (it is reported when partition counts are resolved).
+            let next =
+                next.unwrap_or_else(|| (0..sub_count).find(|s| !placed[*s]).expect("one left"));
+            placed[next] = true;
+            order.push(next);
+        }
+        let renumber: Vec<usize> = {
+            let mut r = vec![0; sub_count];
+            for (new, old) in order.iter().enumerate() {
+                r[*old] = new;
+            }
+            r
+        };
+        for node in &mut nodes {
+            node.subtopology = renumber[node.subtopology];
         }
 
         // Topological order of processors within each sub-topology (Kahn), and cycles.
         let mut subtopologies: Vec<SubTopology> = (0..roots.len())
-            .map(|id| SubTopology { id, partitions: 0, inputs: Vec::new(), processors: Vec::new(), stores: Vec::new() })
+            .map(|id| SubTopology {
+                id,
+                partitions: 0,
+                inputs: Vec::new(),
+                processors: Vec::new(),
+                stores: Vec::new(),
+            })
             .collect();
         let processor_ids: Vec<NodeId> = (first_processor..nodes.len()).collect();
         let mut indegree: HashMap<NodeId, usize> = processor_ids.iter().map(|p| (*p, 0)).collect();
-        let proc_edges: Vec<(NodeId, NodeId)> =
-            edges.iter().copied().filter(|(a, _)| *a >= first_processor).collect();
+        let proc_edges: Vec<(NodeId, NodeId)> = edges
+            .iter()
+            .copied()
+            .filter(|(a, _)| *a >= first_processor)
+            .collect();
         for (_, b) in &proc_edges {
             *indegree.get_mut(b).expect("edge target is a processor") += 1;
         }
-        let mut ready: Vec<NodeId> = processor_ids.iter().copied().filter(|p| indegree[p] == 0).collect();
+        let mut ready: Vec<NodeId> = processor_ids
+            .iter()
+            .copied()
+            .filter(|p| indegree[p] == 0)
+            .collect();
         ready.reverse();
         let mut ordered = Vec::new();
         while let Some(p) = ready.pop() {
@@ -749,7 +943,10 @@ impl<'a> Compiler<'a> {
             cyclic.sort_unstable();
             return Err(SpecError::one(
                 "processors",
-                format!("processor outputs form a cycle through {}; break it with a repartition edge or a sink", cyclic.join(", ")),
+                format!(
+                    "processor outputs form a cycle through {}; break it with a repartition edge or a sink",
+                    cyclic.join(", ")
+                ),
             ));
         }
         for p in ordered {
@@ -778,13 +975,19 @@ impl<'a> Compiler<'a> {
         // Partition counts and co-partitioning.
         let default_partitions = spec.default_partitions.unwrap_or(1).max(1);
         let declared = |topic: &str| -> Option<u32> {
-            self.actual.get(topic).copied().or_else(|| spec.topics.get(topic).map(|t| t.partitions()))
+            self.actual
+                .get(topic)
+                .copied()
+                .or_else(|| spec.topics.get(topic).map(|t| t.partitions()))
         };
         let mut partitions: BTreeMap<String, u32> = BTreeMap::new();
         let mut problems = Vec::new();
         for (name, t) in &spec.topics {
             if t.partitions() == 0 {
-                problems.push(Problem { path: format!("topics.{name}"), message: "a topic needs at least one partition".into() });
+                problems.push(Problem {
+                    path: format!("topics.{name}"),
+                    message: "a topic needs at least one partition".into(),
+                });
             }
         }
         // Which sub-topology writes each repartition topic (upstream of its readers).
@@ -793,8 +996,15 @@ impl<'a> Compiler<'a> {
             if let NodeKind::Processor(p) = &node.kind {
                 for o in &p.outputs {
                     for t in &o.targets {
-                        if let Target::Topic { topic, internal: true } = t {
-                            repartition_writers.entry(topic.clone()).or_default().insert(node.subtopology);
+                        if let Target::Topic {
+                            topic,
+                            internal: true,
+                        } = t
+                        {
+                            repartition_writers
+                                .entry(topic.clone())
+                                .or_default()
+                                .insert(node.subtopology);
                         }
                     }
                 }
@@ -816,7 +1026,9 @@ impl<'a> Compiler<'a> {
                     let explicit = match &nodes[*node].kind {
                         NodeKind::Repartition { .. } => {
                             let name = &nodes[*node].name;
-                            spec.repartitions[name].partitions.or_else(|| self.actual.get(topic).copied())
+                            spec.repartitions[name]
+                                .partitions
+                                .or_else(|| self.actual.get(topic).copied())
                         }
                         _ => Some(declared(topic).unwrap_or(default_partitions)),
                     };
@@ -828,7 +1040,9 @@ impl<'a> Compiler<'a> {
                                     continue;
                                 }
                                 match resolved[*up] {
-                                    Some(n) => inherited = Some(inherited.map_or(n, |m: u32| m.max(n))),
+                                    Some(n) => {
+                                        inherited = Some(inherited.map_or(n, |m: u32| m.max(n)))
+                                    }
                                     None => waiting = true,
                                 }
                             }
@@ -837,9 +1051,13 @@ impl<'a> Compiler<'a> {
                 }
                 let count = if let Some((_, first)) = known.first() {
                     if known.iter().any(|(_, n)| n != first) {
-                        let procs: Vec<&str> =
-                            subtopologies[sub].processors.iter().map(|p| nodes[*p].name.as_str()).collect();
-                        let counts: Vec<String> = known.iter().map(|(t, n)| format!("{t} has {n}")).collect();
+                        let procs: Vec<&str> = subtopologies[sub]
+                            .processors
+                            .iter()
+                            .map(|p| nodes[*p].name.as_str())
+                            .collect();
+                        let counts: Vec<String> =
+                            known.iter().map(|(t, n)| format!("{t} has {n}")).collect();
                         problems.push(Problem {
                             path: "topics".into(),
                             message: format!(
@@ -881,10 +1099,16 @@ impl<'a> Compiler<'a> {
             }
         }
         for g in &globals {
-            partitions.insert(g.input.topic.clone(), declared(&g.input.topic).unwrap_or(default_partitions));
+            partitions.insert(
+                g.input.topic.clone(),
+                declared(&g.input.topic).unwrap_or(default_partitions),
+            );
         }
         for s in spec.sinks.values() {
-            partitions.insert(s.topic.clone(), declared(&s.topic).unwrap_or(default_partitions));
+            partitions.insert(
+                s.topic.clone(),
+                declared(&s.topic).unwrap_or(default_partitions),
+            );
         }
         for store in &stores {
             if let (Some(changelog), Some(sub)) = (&store.changelog, store.subtopology) {
@@ -892,7 +1116,10 @@ impl<'a> Compiler<'a> {
             }
         }
         let dead_letter_topic = format!("{app}-dlq");
-        partitions.insert(dead_letter_topic.clone(), spec.dead_letter_partitions.unwrap_or(1).max(1));
+        partitions.insert(
+            dead_letter_topic.clone(),
+            spec.dead_letter_partitions.unwrap_or(1).max(1),
+        );
 
         Ok(Topology {
             name: app,
@@ -923,17 +1150,33 @@ impl<'a> Compiler<'a> {
             return id;
         }
         if !path.is_empty() && self.spec.stores.contains_key(name) {
-            self.problem(path, format!("store name `{name}` is also declared under stores:"));
+            self.problem(
+                path,
+                format!("store name `{name}` is also declared under stores:"),
+            );
         }
         ids.insert(name.to_owned(), stores.len());
-        stores.push(StoreDef { name: name.to_owned(), owner, changelog: None, subtopology: None });
+        stores.push(StoreDef {
+            name: name.to_owned(),
+            owner,
+            changelog: None,
+            subtopology: None,
+        });
         stores.len() - 1
     }
 }
 
 fn names_of(kinds: &BTreeMap<String, Kind>, kind: Kind) -> String {
-    let names: Vec<&str> = kinds.iter().filter(|(_, k)| **k == kind).map(|(n, _)| n.as_str()).collect();
-    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+    let names: Vec<&str> = kinds
+        .iter()
+        .filter(|(_, k)| **k == kind)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
 }
 
 #[cfg(test)]

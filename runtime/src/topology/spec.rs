@@ -91,9 +91,7 @@ pub enum ProcessingGuarantee {
 #[serde(untagged)]
 pub enum TopicSpec {
     Count(u32),
-    Detailed {
-        partitions: u32,
-    },
+    Detailed { partitions: u32 },
 }
 
 impl TopicSpec {

@@ -1,13 +1,13 @@
 //! Loading a component: validate, precompile (or reuse the cached form), check
 //! that it implements the contract, and prepare it for fast instantiation.
 
-use wasmtime::component::types::ComponentItem;
 use wasmtime::component::Component;
+use wasmtime::component::types::ComponentItem;
 
+use super::CONTRACT;
 use super::bindings::ProcessorPre;
 use super::engine::WasmEngine;
 use super::host::GuestState;
-use super::CONTRACT;
 
 /// Why a component cannot be used. Every variant is the uploader's to fix,
 /// except `Internal`.
@@ -42,7 +42,10 @@ pub struct LoadedComponent {
 
 impl std::fmt::Debug for LoadedComponent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedComponent").field("sha256", &self.sha256).field("size", &self.size).finish()
+        f.debug_struct("LoadedComponent")
+            .field("sha256", &self.sha256)
+            .field("size", &self.size)
+            .finish()
     }
 }
 
@@ -53,7 +56,11 @@ const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
 const REQUIRED_EXPORTS: [&str; 3] = ["init", "process", "punctuate"];
 
 impl LoadedComponent {
-    pub(crate) fn load(engine: &WasmEngine, bytes: &[u8], sha256: String) -> Result<Self, LoadError> {
+    pub(crate) fn load(
+        engine: &WasmEngine,
+        bytes: &[u8],
+        sha256: String,
+    ) -> Result<Self, LoadError> {
         if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
             return Err(LoadError::NotWasm);
         }
@@ -62,16 +69,23 @@ impl LoadedComponent {
         }
         let component = compile_or_cached(engine, bytes, &sha256)?;
         let ty = component.component_type();
-        let exports: Vec<String> = ty.exports(engine.engine()).map(|(name, _)| name.to_owned()).collect();
-        let imports: Vec<String> = ty.imports(engine.engine()).map(|(name, _)| name.to_owned()).collect();
+        let exports: Vec<String> = ty
+            .exports(engine.engine())
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let imports: Vec<String> = ty
+            .imports(engine.engine())
+            .map(|(name, _)| name.to_owned())
+            .collect();
 
         // Name what is missing before asking wasmtime, whose messages are terser.
         let missing: Vec<&str> = REQUIRED_EXPORTS
             .iter()
             .copied()
             .filter(|want| {
-                !ty.exports(engine.engine())
-                    .any(|(name, item)| name == *want && matches!(item.ty, ComponentItem::ComponentFunc(_)))
+                !ty.exports(engine.engine()).any(|(name, item)| {
+                    name == *want && matches!(item.ty, ComponentItem::ComponentFunc(_))
+                })
             })
             .collect();
         if !missing.is_empty() {
@@ -79,7 +93,11 @@ impl LoadedComponent {
                 "missing export{} {} (it exports: {})",
                 if missing.len() > 1 { "s" } else { "" },
                 missing.join(", "),
-                if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") }
+                if exports.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    exports.join(", ")
+                }
             )));
         }
         for import in &imports {
@@ -95,8 +113,16 @@ impl LoadedComponent {
         let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
             LoadError::WrongWorld(format!("{} (weir provides {CONTRACT} imports and WASI 0.2 without files, network or environment)", root_message(&e)))
         })?;
-        let pre = ProcessorPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(root_message(&e)))?;
-        Ok(LoadedComponent { sha256, size: bytes.len(), component, pre, exports, imports })
+        let pre =
+            ProcessorPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(root_message(&e)))?;
+        Ok(LoadedComponent {
+            sha256,
+            size: bytes.len(),
+            component,
+            pre,
+            exports,
+            imports,
+        })
     }
 
     pub fn sha256(&self) -> &str {
@@ -130,7 +156,11 @@ fn root_message(e: &wasmtime::Error) -> String {
     parts.join(": ")
 }
 
-fn compile_or_cached(engine: &WasmEngine, bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
+fn compile_or_cached(
+    engine: &WasmEngine,
+    bytes: &[u8],
+    sha256: &str,
+) -> Result<Component, LoadError> {
     let cache = engine.cache_path(sha256);
     if let Some(path) = &cache
         && path.exists()
@@ -140,12 +170,22 @@ fn compile_or_cached(engine: &WasmEngine, bytes: &[u8], sha256: &str) -> Result<
         // weir's own cache directory.
         match unsafe { Component::deserialize_file(engine.engine(), path) } {
             Ok(c) => return Ok(c),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding unreadable cached component"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "discarding unreadable cached component")
+            }
         }
     }
     let started = std::time::Instant::now();
-    let compiled = engine.engine().precompile_component(bytes).map_err(|e| LoadError::Invalid(root_message(&e)))?;
-    tracing::info!(sha256, bytes = bytes.len(), elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
+    let compiled = engine
+        .engine()
+        .precompile_component(bytes)
+        .map_err(|e| LoadError::Invalid(root_message(&e)))?;
+    tracing::info!(
+        sha256,
+        bytes = bytes.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "compiled component"
+    );
     if let Some(path) = &cache {
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let written = std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, path));
@@ -154,5 +194,6 @@ fn compile_or_cached(engine: &WasmEngine, bytes: &[u8], sha256: &str) -> Result<
         }
     }
     // SAFETY: `compiled` was produced just now by this engine.
-    unsafe { Component::deserialize(engine.engine(), &compiled) }.map_err(|e| LoadError::Internal(root_message(&e)))
+    unsafe { Component::deserialize(engine.engine(), &compiled) }
+        .map_err(|e| LoadError::Internal(root_message(&e)))
 }

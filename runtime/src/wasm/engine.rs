@@ -31,7 +31,11 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { cache_dir: None, max_instances: 256, max_memory_bytes: 1 << 30 }
+        EngineConfig {
+            cache_dir: None,
+            max_instances: 256,
+            max_memory_bytes: 1 << 30,
+        }
     }
 }
 
@@ -55,6 +59,10 @@ impl WasmEngine {
         // Deadlines: every call gets an epoch deadline; the ticker advances epochs.
         wasm.epoch_interruption(true);
         wasm.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if std::env::var("WEIR_WASM_PROFILER").as_deref() == Ok("perfmap") {
+            // `perf record` can then name guest functions (/tmp/perf-PID.map).
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let mut pool = PoolingAllocationConfig::default();
         let instances = config.max_instances.max(1);
         pool.total_component_instances(instances);
@@ -71,7 +79,10 @@ impl WasmEngine {
 
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        super::bindings::Processor::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)?;
+        super::bindings::Processor::add_to_linker::<GuestState, HasSelf<GuestState>>(
+            &mut linker,
+            |s| s,
+        )?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -120,23 +131,37 @@ impl WasmEngine {
     /// Validates, precompiles (or fetches from cache) and prepares a component.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedComponent>, LoadError> {
         let sha256 = hex::encode(Sha256::digest(bytes));
-        if let Some(found) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&sha256) {
+        if let Some(found) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&sha256)
+        {
             return Ok(found.clone());
         }
         let loaded = Arc::new(LoadedComponent::load(self, bytes, sha256.clone())?);
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(sha256, loaded.clone());
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sha256, loaded.clone());
         Ok(loaded)
     }
 
     /// Loads a component from a file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedComponent>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Io { path: path.display().to_string(), message: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| LoadError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         self.load(&bytes)
     }
 
     /// Where the precompiled form of a component lives on disk, if caching.
     pub(crate) fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
-        self.config.cache_dir.as_ref().map(|d| d.join(format!("{sha256}-{}.cwasm", self.engine_hash)))
+        self.config
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{sha256}-{}.cwasm", self.engine_hash)))
     }
 
     /// Converts a wall-clock deadline into epoch ticks.

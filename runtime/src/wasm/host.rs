@@ -17,14 +17,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::ResourceLimiter;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::clocks::HostWallClock;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::weir::processor::{context, emitter, store, types};
+use crate::record::Emitted;
 use crate::state::{StateError, TaskStores};
 
 /// What a store resource handle refers to: an index into the task's stores.
@@ -75,8 +76,8 @@ pub struct GuestState {
 #[derive(Default)]
 pub struct CallState {
     pub stores: TaskStores,
-    /// Emitted records with the index of their output.
-    pub emitted: Vec<(usize, types::OutputRecord)>,
+    /// Emitted records, in order.
+    pub emitted: Vec<Emitted>,
     /// A contract violation seen during the call: the call fails.
     pub violation: Option<String>,
     pub stream_time: i64,
@@ -100,7 +101,9 @@ impl GuestState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        let limits = GuestLimiter { memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX) };
+        let limits = GuestLimiter {
+            memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+        };
         GuestState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -120,12 +123,17 @@ fn seeded_rng() -> rand::rngs::StdRng {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 fn guest_error(message: impl Into<String>) -> types::Error {
-    types::Error { message: message.into() }
+    types::Error {
+        message: message.into(),
+    }
 }
 
 fn fault(e: StateError) -> wasmtime::Error {
@@ -136,55 +144,126 @@ impl types::Host for GuestState {}
 
 impl store::Host for GuestState {}
 
+/// The bytes of `span` within `data`, or why not.
+fn slice(data: &[u8], span: types::Span) -> Result<&[u8], String> {
+    let start = span.offset as usize;
+    data.get(start..start.saturating_add(span.len as usize))
+        .ok_or_else(|| {
+            format!(
+                "span {}+{} is outside its buffer of {} bytes",
+                span.offset,
+                span.len,
+                data.len()
+            )
+        })
+}
+
+fn push_span(data: &mut Vec<u8>, bytes: &[u8]) -> types::Span {
+    let span = types::Span {
+        offset: data.len() as u32,
+        len: bytes.len() as u32,
+    };
+    data.extend_from_slice(bytes);
+    span
+}
+
+impl GuestState {
+    /// Records a contract violation (the call fails) and returns it as the
+    /// guest-visible error.
+    fn violation(&mut self, message: String) -> types::Error {
+        self.call.violation.get_or_insert_with(|| message.clone());
+        guest_error(message)
+    }
+}
+
 impl store::HostStore for GuestState {
-    fn open(&mut self, name: String) -> wasmtime::Result<Result<Resource<StoreHandle>, types::Error>> {
+    fn open(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Resource<StoreHandle>, types::Error>> {
         let Some(grant) = self.info.grants.iter().find(|g| g.name == name) else {
             let granted: Vec<&str> = self.info.grants.iter().map(|g| g.name.as_str()).collect();
             return Ok(Err(guest_error(format!(
                 "store `{name}` is not granted to processor `{}` (granted: {})",
                 self.info.processor,
-                if granted.is_empty() { "none".to_owned() } else { granted.join(", ") }
+                if granted.is_empty() {
+                    "none".to_owned()
+                } else {
+                    granted.join(", ")
+                }
             ))));
         };
-        let handle = StoreHandle { index: grant.index, writable: grant.writable };
+        let handle = StoreHandle {
+            index: grant.index,
+            writable: grant.writable,
+        };
         Ok(Ok(self.table.push(handle)?))
     }
 
-    fn get(&mut self, this: Resource<StoreHandle>, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+    fn get(
+        &mut self,
+        this: Resource<StoreHandle>,
+        key: Vec<u8>,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
         let index = self.table.get(&this)?.index;
         self.call.stores.get(index).get(&key).map_err(fault)
     }
 
-    fn get_many(&mut self, this: Resource<StoreHandle>, keys: Vec<Vec<u8>>) -> wasmtime::Result<Vec<Option<Vec<u8>>>> {
+    fn get_many(
+        &mut self,
+        this: Resource<StoreHandle>,
+        keys: types::ByteList,
+    ) -> wasmtime::Result<types::OptionalByteList> {
         let index = self.table.get(&this)?.index;
         let store = self.call.stores.get(index);
-        keys.iter().map(|k| store.get(k).map_err(fault)).collect()
-    }
-
-    fn put(&mut self, this: Resource<StoreHandle>, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<Result<(), types::Error>> {
-        self.write_many(this, vec![(key, Some(value))])
-    }
-
-    fn delete(&mut self, this: Resource<StoreHandle>, key: Vec<u8>) -> wasmtime::Result<Result<(), types::Error>> {
-        self.write_many(this, vec![(key, None)])
+        let mut data = Vec::new();
+        let mut items = Vec::with_capacity(keys.items.len());
+        for span in keys.items {
+            let key = match slice(&keys.data, span) {
+                Ok(k) => k,
+                Err(message) => {
+                    self.call.violation.get_or_insert(message);
+                    items.push(None);
+                    continue;
+                }
+            };
+            let start = data.len();
+            let found = store.get_into(key, &mut data).map_err(fault)?;
+            items.push(found.then(|| types::Span {
+                offset: start as u32,
+                len: (data.len() - start) as u32,
+            }));
+        }
+        Ok(types::OptionalByteList { data, items })
     }
 
     fn write_many(
         &mut self,
         this: Resource<StoreHandle>,
-        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        writes: types::WriteBatch,
     ) -> wasmtime::Result<Result<(), types::Error>> {
         let handle = self.table.get(&this)?;
         let (index, writable) = (handle.index, handle.writable);
-        let store = self.call.stores.get_mut(index);
         if !writable {
             return Ok(Err(guest_error(format!(
                 "store `{}` is read-only for processor `{}` (it is a table's store)",
-                store.name(),
+                self.call.stores.get(index).name(),
                 self.info.processor
             ))));
         }
-        for (key, value) in writes {
+        // Check every span before writing anything: a bad batch writes nothing.
+        for (k, v) in &writes.writes {
+            if let Err(message) = slice(&writes.data, *k)
+                .and_then(|_| v.map_or(Ok(&[][..]), |v| slice(&writes.data, v)))
+            {
+                return Ok(Err(self.violation(format!("write-many: {message}"))));
+            }
+        }
+        let store = self.call.stores.get_mut(index);
+        for (k, v) in writes.writes {
+            let key = writes.data[k.offset as usize..(k.offset + k.len) as usize].to_vec();
+            let value =
+                v.map(|v| writes.data[v.offset as usize..(v.offset + v.len) as usize].to_vec());
             store.write(key, value);
         }
         Ok(Ok(()))
@@ -196,18 +275,22 @@ impl store::HostStore for GuestState {
         start: Option<Vec<u8>>,
         end: Option<Vec<u8>>,
         limit: u32,
-    ) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    ) -> wasmtime::Result<types::Entries> {
         let index = self.table.get(&this)?.index;
         let lower = start.as_deref().map_or(Bound::Unbounded, Bound::Included);
         let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        self.call.stores.get(index).range(lower, upper, limit as usize).map_err(fault)
-    }
-
-    fn prefix(&mut self, this: Resource<StoreHandle>, prefix: Vec<u8>, limit: u32) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let index = self.table.get(&this)?.index;
-        let end = crate::state::prefix_end(&prefix);
-        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        self.call.stores.get(index).range(Bound::Included(&prefix), upper, limit as usize).map_err(fault)
+        let found = self
+            .call
+            .stores
+            .get(index)
+            .range(lower, upper, limit as usize)
+            .map_err(fault)?;
+        let mut data = Vec::new();
+        let items = found
+            .iter()
+            .map(|(k, v)| (push_span(&mut data, k), push_span(&mut data, v)))
+            .collect();
+        Ok(types::Entries { data, items })
     }
 
     fn drop(&mut self, this: Resource<StoreHandle>) -> wasmtime::Result<()> {
@@ -217,27 +300,62 @@ impl store::HostStore for GuestState {
 }
 
 impl emitter::Host for GuestState {
-    fn emit(&mut self, record: types::OutputRecord) -> wasmtime::Result<Result<(), types::Error>> {
-        self.emit_many(vec![record])
-    }
-
-    fn emit_many(&mut self, records: Vec<types::OutputRecord>) -> wasmtime::Result<Result<(), types::Error>> {
-        self.call.emitted.reserve(records.len());
-        for record in records {
-            match self.info.outputs.iter().position(|o| *o == record.output) {
-                Some(index) => self.call.emitted.push((index, record)),
-                None => {
-                    let message = format!(
-                        "output `{}` is not declared for processor `{}` (declared: {})",
-                        record.output,
-                        self.info.processor,
-                        if self.info.outputs.is_empty() { "none".to_owned() } else { self.info.outputs.join(", ") }
-                    );
-                    self.call.violation.get_or_insert_with(|| message.clone());
-                    return Ok(Err(guest_error(message)));
+    fn emit(&mut self, batch: types::OutputBatch) -> wasmtime::Result<Result<(), types::Error>> {
+        let types::OutputBatch {
+            data,
+            headers,
+            records,
+        } = batch;
+        let mut emitted = Vec::with_capacity(records.len());
+        for r in records {
+            let Some(_) = self.info.outputs.get(r.output as usize) else {
+                let message = format!(
+                    "output #{} is not declared for processor `{}` (declared: {})",
+                    r.output,
+                    self.info.processor,
+                    if self.info.outputs.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        self.info.outputs.join(", ")
+                    }
+                );
+                return Ok(Err(self.violation(message)));
+            };
+            let first = r.first_header as usize;
+            let header_refs =
+                match headers.get(first..first.saturating_add(r.header_count as usize)) {
+                    Some(h) => h,
+                    None => {
+                        return Ok(Err(
+                            self.violation("emit: header range outside the batch".to_owned())
+                        ));
+                    }
+                };
+            let bytes =
+                |s: Option<types::Span>| s.map(|s| slice(&data, s).map(<[u8]>::to_vec)).transpose();
+            let (key, value) = match (bytes(r.key), bytes(r.value)) {
+                (Ok(k), Ok(v)) => (k, v),
+                (Err(m), _) | (_, Err(m)) => return Ok(Err(self.violation(format!("emit: {m}")))),
+            };
+            let mut hs = Vec::with_capacity(header_refs.len());
+            for h in header_refs {
+                match slice(&data, h.value) {
+                    Ok(v) => hs.push((h.name.clone(), v.to_vec())),
+                    Err(m) => {
+                        return Ok(Err(self.violation(format!("emit: header {}: {m}", h.name))));
+                    }
                 }
             }
+            emitted.push(Emitted {
+                output: r.output as usize,
+                key,
+                value,
+                timestamp: r.timestamp,
+                headers: hs,
+                input_index: r.input_index,
+            });
         }
+        self.call.emitted.append(&mut emitted);
         Ok(Ok(()))
     }
 }
@@ -261,18 +379,32 @@ impl context::Host for GuestState {
     fn wall_clock_time(&mut self) -> wasmtime::Result<i64> {
         Ok(self.wall_clock.load(Ordering::Relaxed))
     }
-    fn schedule(&mut self, kind: types::Punctuation, interval_ms: u64) -> wasmtime::Result<Result<(), types::Error>> {
+    fn schedule(
+        &mut self,
+        kind: types::Punctuation,
+        interval_ms: u64,
+    ) -> wasmtime::Result<Result<(), types::Error>> {
         self.call.schedules.push((kind, interval_ms));
         Ok(Ok(()))
     }
     fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
         let (app, processor, task) = (&self.info.app, &self.info.processor, &self.info.task_id);
         match level {
-            types::LogLevel::Trace => tracing::trace!(target: "weir::guest", app, processor, task, "{message}"),
-            types::LogLevel::Debug => tracing::debug!(target: "weir::guest", app, processor, task, "{message}"),
-            types::LogLevel::Info => tracing::info!(target: "weir::guest", app, processor, task, "{message}"),
-            types::LogLevel::Warn => tracing::warn!(target: "weir::guest", app, processor, task, "{message}"),
-            types::LogLevel::Error => tracing::error!(target: "weir::guest", app, processor, task, "{message}"),
+            types::LogLevel::Trace => {
+                tracing::trace!(target: "weir::guest", app, processor, task, "{message}")
+            }
+            types::LogLevel::Debug => {
+                tracing::debug!(target: "weir::guest", app, processor, task, "{message}")
+            }
+            types::LogLevel::Info => {
+                tracing::info!(target: "weir::guest", app, processor, task, "{message}")
+            }
+            types::LogLevel::Warn => {
+                tracing::warn!(target: "weir::guest", app, processor, task, "{message}")
+            }
+            types::LogLevel::Error => {
+                tracing::error!(target: "weir::guest", app, processor, task, "{message}")
+            }
         }
         Ok(())
     }
@@ -287,21 +419,36 @@ pub(crate) struct GuestLimiter {
 
 /// The trap raised when a guest grows its memory past its limit.
 #[derive(Debug, thiserror::Error)]
-#[error("memory limit exceeded: the guest asked for {desired} bytes of linear memory, its limit is {limit}")]
+#[error(
+    "memory limit exceeded: the guest asked for {desired} bytes of linear memory, its limit is {limit}"
+)]
 pub struct MemoryLimitExceeded {
     pub desired: usize,
     pub limit: usize,
 }
 
 impl ResourceLimiter for GuestLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
-            return Err(wasmtime::Error::new(MemoryLimitExceeded { desired, limit: self.memory_bytes }));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                desired,
+                limit: self.memory_bytes,
+            }));
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
     }
 }
@@ -340,7 +487,12 @@ struct OutputState {
 impl GuestOutput {
     fn new(info: Arc<InstanceInfo>, stream: &'static str) -> Self {
         GuestOutput {
-            inner: Arc::new(Mutex::new(OutputState { info, stream, line: Vec::new(), recent: String::new() })),
+            inner: Arc::new(Mutex::new(OutputState {
+                info,
+                stream,
+                line: Vec::new(),
+                recent: String::new(),
+            })),
         }
     }
 
@@ -357,7 +509,11 @@ impl GuestOutput {
 
     /// Forgets recent output (at the start of a call).
     pub(crate) fn clear_recent(&self) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).recent.clear();
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recent
+            .clear();
     }
 
     /// What the guest wrote since the last clear, including an unfinished line.
@@ -421,7 +577,11 @@ impl OutputStream for GuestOutput {
 }
 
 impl tokio::io::AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.write_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -5,16 +5,15 @@ use std::sync::atomic::Ordering;
 
 use wasmtime::Store;
 
+use super::Punctuation;
 use super::bindings::Processor;
+use super::bindings::weir::processor::types;
 use super::component::LoadedComponent;
 use super::engine::WasmEngine;
 use super::host::{GuestState, HostFault, InstanceInfo, MemoryLimitExceeded};
-use super::{GuestOutput, GuestRecord, Punctuation};
+use crate::record::{Emitted, TaskRecord};
 use crate::state::TaskStores;
 use crate::topology::Limits;
-
-/// A record a guest emitted, with the index of the output it named.
-pub type Emitted = (usize, GuestOutput);
 
 /// Time as the guest sees it during a call.
 #[derive(Debug, Clone, Copy, Default)]
@@ -91,6 +90,8 @@ pub struct ProcessorInstance {
     component: Arc<LoadedComponent>,
     timeout_ticks: u64,
     timeout: std::time::Duration,
+    /// Reused between calls: the flat batch handed to `process`.
+    batch: types::Batch,
 }
 
 impl ProcessorInstance {
@@ -107,11 +108,27 @@ impl ProcessorInstance {
         store.limiter(|s| &mut s.limits);
         let timeout_ticks = WasmEngine::ticks_for(limits.call_timeout);
         store.set_epoch_deadline(timeout_ticks);
-        let bindings = component.pre().instantiate(&mut store).map_err(|e| InstantiateError {
-            processor: processor.clone(),
-            message: describe_instantiate_error(&e, engine),
-        })?;
-        Ok(ProcessorInstance { store, bindings, component, timeout_ticks, timeout: limits.call_timeout })
+        let bindings = component
+            .pre()
+            .instantiate(&mut store)
+            .map_err(|e| InstantiateError {
+                processor: processor.clone(),
+                message: describe_instantiate_error(&e, engine),
+            })?;
+        let batch = types::Batch {
+            data: Vec::new(),
+            topics: Vec::new(),
+            headers: Vec::new(),
+            records: Vec::new(),
+        };
+        Ok(ProcessorInstance {
+            store,
+            bindings,
+            component,
+            timeout_ticks,
+            timeout: limits.call_timeout,
+            batch,
+        })
     }
 
     pub fn component(&self) -> &Arc<LoadedComponent> {
@@ -119,25 +136,56 @@ impl ProcessorInstance {
     }
 
     /// Calls `init` with the processor's config.
-    pub fn init(&mut self, stores: &mut TaskStores, time: CallTime, config: &[(String, String)]) -> CallOutcome {
-        self.call(stores, time, |b, s| Ok(b.call_init(s, config)?.map_err(|e| (None, e.message))))
+    pub fn init(
+        &mut self,
+        stores: &mut TaskStores,
+        time: CallTime,
+        config: &[(String, String)],
+    ) -> CallOutcome {
+        self.call(stores, time, |b, s| {
+            Ok(b.call_init(s, config)?.map_err(|e| (None, e.message)))
+        })
     }
 
     /// Calls `process` with a batch of records.
-    pub fn process(&mut self, stores: &mut TaskStores, time: CallTime, batch: &[GuestRecord]) -> CallOutcome {
-        self.call(stores, time, |b, s| Ok(b.call_process(s, batch)?.map_err(|e| (Some(e.index), e.error.message))))
+    pub fn process(
+        &mut self,
+        stores: &mut TaskStores,
+        time: CallTime,
+        records: &[TaskRecord],
+    ) -> CallOutcome {
+        let mut batch = std::mem::replace(&mut self.batch, encode_batch(&[]));
+        fill_batch(&mut batch, records);
+        let outcome = self.call(stores, time, |b, s| {
+            Ok(b.call_process(s, &batch)?
+                .map_err(|e| (Some(e.index), e.error.message)))
+        });
+        self.batch = batch;
+        outcome
     }
 
     /// Calls `punctuate`.
-    pub fn punctuate(&mut self, stores: &mut TaskStores, time: CallTime, kind: Punctuation, timestamp: i64) -> CallOutcome {
-        self.call(stores, time, |b, s| Ok(b.call_punctuate(s, kind, timestamp)?.map_err(|e| (None, e.message))))
+    pub fn punctuate(
+        &mut self,
+        stores: &mut TaskStores,
+        time: CallTime,
+        kind: Punctuation,
+        timestamp: i64,
+    ) -> CallOutcome {
+        self.call(stores, time, |b, s| {
+            Ok(b.call_punctuate(s, kind, timestamp)?
+                .map_err(|e| (None, e.message)))
+        })
     }
 
     fn call(
         &mut self,
         stores: &mut TaskStores,
         time: CallTime,
-        f: impl FnOnce(&Processor, &mut Store<GuestState>) -> wasmtime::Result<Result<(), (Option<u32>, String)>>,
+        f: impl FnOnce(
+            &Processor,
+            &mut Store<GuestState>,
+        ) -> wasmtime::Result<Result<(), (Option<u32>, String)>>,
     ) -> CallOutcome {
         let data = self.store.data_mut();
         data.call.stores = std::mem::take(stores);
@@ -156,13 +204,25 @@ impl ProcessorInstance {
         match result {
             Ok(Ok(())) => match violation {
                 None => Ok(CallOk { emitted, schedules }),
-                Some(message) => {
-                    Err(CallFailure { kind: FailureKind::ContractViolation, message, index: None, poisoned: false })
-                }
+                Some(message) => Err(CallFailure {
+                    kind: FailureKind::ContractViolation,
+                    message,
+                    index: None,
+                    poisoned: false,
+                }),
             },
             Ok(Err((index, message))) => {
-                let kind = if violation.is_some() { FailureKind::ContractViolation } else { FailureKind::GuestError };
-                Err(CallFailure { kind, message, index, poisoned: false })
+                let kind = if violation.is_some() {
+                    FailureKind::ContractViolation
+                } else {
+                    FailureKind::GuestError
+                };
+                Err(CallFailure {
+                    kind,
+                    message,
+                    index,
+                    poisoned: false,
+                })
             }
             Err(trap) => Err(self.classify_trap(trap)),
         }
@@ -170,15 +230,28 @@ impl ProcessorInstance {
 
     fn classify_trap(&mut self, trap: wasmtime::Error) -> CallFailure {
         if let Some(HostFault(e)) = trap.downcast_ref::<HostFault>() {
-            return CallFailure { kind: FailureKind::HostFault, message: e.to_string(), index: None, poisoned: true };
+            return CallFailure {
+                kind: FailureKind::HostFault,
+                message: e.to_string(),
+                index: None,
+                poisoned: true,
+            };
         }
         if let Some(e) = trap.downcast_ref::<MemoryLimitExceeded>() {
-            return CallFailure { kind: FailureKind::MemoryLimit, message: e.to_string(), index: None, poisoned: true };
+            return CallFailure {
+                kind: FailureKind::MemoryLimit,
+                message: e.to_string(),
+                index: None,
+                poisoned: true,
+            };
         }
         if let Some(wasmtime::Trap::Interrupt) = trap.downcast_ref::<wasmtime::Trap>() {
             return CallFailure {
                 kind: FailureKind::Timeout,
-                message: format!("call exceeded its time limit of {:?} and was stopped", self.timeout),
+                message: format!(
+                    "call exceeded its time limit of {:?} and was stopped",
+                    self.timeout
+                ),
                 index: None,
                 poisoned: true,
             };
@@ -188,8 +261,17 @@ impl ProcessorInstance {
             None => format!("guest trapped: {trap}"),
         };
         let stderr = self.store.data().stderr.recent();
-        let message = if stderr.is_empty() { what } else { format!("{what}; guest stderr: {stderr}") };
-        CallFailure { kind: FailureKind::Trap, message, index: None, poisoned: true }
+        let message = if stderr.is_empty() {
+            what
+        } else {
+            format!("{what}; guest stderr: {stderr}")
+        };
+        CallFailure {
+            kind: FailureKind::Trap,
+            message,
+            index: None,
+            poisoned: true,
+        }
     }
 }
 
@@ -203,5 +285,84 @@ fn describe_instantiate_error(e: &wasmtime::Error, engine: &WasmEngine) -> Strin
         )
     } else {
         text
+    }
+}
+
+fn encode_batch(records: &[TaskRecord]) -> types::Batch {
+    let mut batch = types::Batch {
+        data: Vec::new(),
+        topics: Vec::new(),
+        headers: Vec::new(),
+        records: Vec::new(),
+    };
+    fill_batch(&mut batch, records);
+    batch
+}
+
+/// Lays records out flat: every byte string in `data`, records by span.
+fn fill_batch(batch: &mut types::Batch, records: &[TaskRecord]) {
+    batch.data.clear();
+    batch.topics.clear();
+    batch.headers.clear();
+    batch.records.clear();
+    let size: usize = records
+        .iter()
+        .map(|r| {
+            r.key.as_ref().map_or(0, Vec::len)
+                + r.value.as_ref().map_or(0, Vec::len)
+                + r.old_value.as_ref().map_or(0, Vec::len)
+                + r.headers.iter().map(|(_, v)| v.len()).sum::<usize>()
+        })
+        .sum();
+    batch.data.reserve(size);
+    let mut topics: Vec<&std::sync::Arc<str>> = Vec::new();
+    for r in records {
+        let mut push = |bytes: &Option<Vec<u8>>| {
+            bytes.as_ref().map(|b| {
+                let span = types::Span {
+                    offset: batch.data.len() as u32,
+                    len: b.len() as u32,
+                };
+                batch.data.extend_from_slice(b);
+                span
+            })
+        };
+        let key = push(&r.key);
+        let value = push(&r.value);
+        let old_value = push(&r.old_value);
+        let first_header = batch.headers.len() as u32;
+        for (name, v) in &r.headers {
+            let span = types::Span {
+                offset: batch.data.len() as u32,
+                len: v.len() as u32,
+            };
+            batch.data.extend_from_slice(v);
+            batch.headers.push(types::Header {
+                name: name.clone(),
+                value: span,
+            });
+        }
+        let topic = match topics
+            .iter()
+            .position(|t| std::sync::Arc::ptr_eq(t, &r.topic) || **t == r.topic)
+        {
+            Some(i) => i,
+            None => {
+                topics.push(&r.topic);
+                batch.topics.push(r.topic.to_string());
+                topics.len() - 1
+            }
+        };
+        batch.records.push(types::Record {
+            key,
+            value,
+            old_value,
+            timestamp: r.timestamp,
+            first_header,
+            header_count: r.headers.len() as u32,
+            topic: topic as u32,
+            partition: r.partition,
+            offset: r.offset,
+        });
     }
 }

@@ -34,7 +34,9 @@ mod instance;
 pub use component::{LoadError, LoadedComponent};
 pub use engine::{EngineConfig, WasmEngine};
 pub use host::{GuestState, InstanceInfo, StoreGrantInfo};
-pub use instance::{CallFailure, CallOutcome, CallTime, Emitted, FailureKind, InstantiateError, ProcessorInstance};
+pub use instance::{
+    CallFailure, CallOk, CallOutcome, CallTime, FailureKind, InstantiateError, ProcessorInstance,
+};
 
 /// Generated from `wit/`: the host side of the contract.
 pub mod bindings {
@@ -48,10 +50,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::weir::processor::types::{
-    BatchError as GuestBatchError, Error as GuestError, Header as GuestHeader, OutputRecord as GuestOutput,
-    Punctuation, Record as GuestRecord,
-};
+pub use bindings::weir::processor::types::Punctuation;
 
 /// The contract version this host implements.
 pub const CONTRACT: &str = "weir:processor@0.1.0";

@@ -2,7 +2,8 @@
 //!
 //! Each record's value says what to do: `loop` spins forever, `alloc` grows
 //! memory without bound, `panic` panics, `undeclared` emits to an output the
-//! spec does not declare, bypassing the SDK's own check, `fail` returns an
+//! spec does not declare, bypassing the SDK's own check (`emit-nowhere` does
+//! it through the SDK, which refuses it), `fail` returns an
 //! error, `print` writes to stdout and stderr; anything else is forwarded to
 //! the output `out`. Config `init=fail` makes `init` fail and `init=trap`
 //! makes it panic.
@@ -38,6 +39,7 @@ impl Processor for Misbehave {
             b"panic" => panic!("misbehave: panic requested by record"),
             b"fail" => bail!("misbehave: failure requested by record"),
             b"undeclared" => emit_undeclared(),
+            b"emit-nowhere" => ctx.emit("nowhere", rec.key(), rec.value()),
             b"print" => {
                 println!("misbehave says hello on stdout");
                 eprintln!("misbehave says hello on stderr");
@@ -51,16 +53,22 @@ impl Processor for Misbehave {
 #[cfg(target_arch = "wasm32")]
 fn emit_undeclared() -> Result<()> {
     use weir_sdk::bindings::weir::processor::{emitter, types};
-    // Straight to the host, so the host's check is what is tested.
-    let record = types::OutputRecord {
-        output: "undeclared".into(),
-        key: None,
-        value: Some(b"x".to_vec()),
-        timestamp: 0,
+    // Straight to the host with an output index the spec does not declare,
+    // so the host's own check is what is tested.
+    let batch = types::OutputBatch {
+        data: b"x".to_vec(),
         headers: Vec::new(),
-        input_index: 0,
+        records: vec![types::OutputRecord {
+            output: 99,
+            key: None,
+            value: Some(types::Span { offset: 0, len: 1 }),
+            timestamp: 0,
+            first_header: 0,
+            header_count: 0,
+            input_index: 0,
+        }],
     };
-    emitter::emit(&record).map_err(|e| Error::msg(e.message))
+    emitter::emit(&batch).map_err(|e| Error::msg(e.message))
 }
 
 #[cfg(not(target_arch = "wasm32"))]

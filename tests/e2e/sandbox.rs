@@ -1,0 +1,295 @@
+//! The sandbox holds: misbehaving guests are stopped, their records meet the
+//! error policy, nothing of a failed call is applied, other tasks are not
+//! affected; bad components are refused with a clear error.
+
+use weir::task::TaskError;
+use weir::wasm::LoadError;
+
+use crate::common::{engine, header, on_topic, rec, runner, values};
+
+/// One misbehave processor on a 2-partition topic; `{policy}` and `{limits}` filled in.
+fn misbehave_spec(policy: &str, limits: &str) -> String {
+    format!(
+        r#"
+name: sandbox
+topics: {{ in: 2, out: 2 }}
+sources:
+  in: {{ topic: in, to: [m] }}
+processors:
+  m:
+    component: "{{guests}}/misbehave.wasm"
+    outputs: {{ out: out }}
+    on_error: {policy}
+    limits: {limits}
+sinks:
+  out: {{ topic: out }}
+"#
+    )
+}
+
+/// Appends values to partition 0 of `in` without processing, then processes
+/// them together so they reach the guest as one batch.
+fn one_batch(
+    r: &mut weir::testdriver::OfflineRunner,
+    values: &[&str],
+) -> Result<(), (String, TaskError)> {
+    for (i, v) in values.iter().enumerate() {
+        r.append_input("in", Some(0), rec(&format!("k{i}"), v));
+    }
+    r.pump()
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_at_the_deadline_and_dead_lettered() {
+    let mut r = runner(&misbehave_spec("dead-letter", "{ call_timeout: 100ms }"));
+    let started = std::time::Instant::now();
+    one_batch(&mut r, &["a", "loop", "b"]).unwrap();
+    let out = r.outputs(false);
+    assert_eq!(
+        values(&out, "out"),
+        ["a", "b"],
+        "the records around the loop are processed once each"
+    );
+    let dlq = on_topic(&out, "sandbox-dlq");
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        header(dlq[0], "weir.error.kind").as_deref(),
+        Some("timeout")
+    );
+    assert!(header(dlq[0], "weir.error").unwrap().contains("time limit"));
+    assert_eq!(header(dlq[0], "weir.source.offset").as_deref(), Some("1"));
+    // Stopped, not hung: (batch call + replay of the looping record) deadlines, with slack.
+    assert!(started.elapsed().as_secs() < 30);
+}
+
+#[test]
+fn unbounded_allocation_hits_the_memory_cap_and_is_dead_lettered() {
+    let mut r = runner(&misbehave_spec("dead-letter", "{ memory: 16MiB }"));
+    one_batch(&mut r, &["alloc", "after"]).unwrap();
+    let out = r.outputs(false);
+    assert_eq!(values(&out, "out"), ["after"]);
+    let dlq = on_topic(&out, "sandbox-dlq");
+    assert_eq!(
+        header(dlq[0], "weir.error.kind").as_deref(),
+        Some("memory-limit"),
+        "{:?}",
+        dlq[0]
+    );
+    assert!(
+        header(dlq[0], "weir.error")
+            .unwrap()
+            .contains("limit is 16777216")
+    );
+}
+
+#[test]
+fn a_panic_affects_only_its_record_and_task() {
+    let mut r = runner(&misbehave_spec("dead-letter", "{}"));
+    // Partition 1 gets a healthy stream while partition 0's guest panics.
+    r.append_input("in", Some(1), rec("x", "one"));
+    one_batch(&mut r, &["ok1", "ok2", "panic", "ok3"]).unwrap();
+    r.append_input("in", Some(1), rec("x", "two"));
+    r.append_input("in", Some(0), rec("y", "after-panic"));
+    r.pump().unwrap();
+    let out = r.outputs(false);
+    let mut got = values(&out, "out");
+    got.sort();
+    // Each healthy record exactly once: the emits of the failed batch call were dropped.
+    assert_eq!(got, ["after-panic", "ok1", "ok2", "ok3", "one", "two"]);
+    let dlq = on_topic(&out, "sandbox-dlq");
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(header(dlq[0], "weir.error.kind").as_deref(), Some("trap"));
+    let error = header(dlq[0], "weir.error").unwrap();
+    assert!(
+        error.contains("misbehave: panic requested by record"),
+        "the guest's panic message is reported: {error}"
+    );
+    assert_eq!(header(dlq[0], "weir.task").as_deref(), Some("sandbox/0_0"));
+}
+
+#[test]
+fn emitting_to_an_undeclared_output_is_refused_by_the_host() {
+    let mut r = runner(&misbehave_spec("dead-letter", "{}"));
+    one_batch(&mut r, &["undeclared", "fine"]).unwrap();
+    let out = r.outputs(false);
+    assert_eq!(values(&out, "out"), ["fine"]);
+    let dlq = on_topic(&out, "sandbox-dlq");
+    assert_eq!(
+        header(dlq[0], "weir.error.kind").as_deref(),
+        Some("contract-violation")
+    );
+    assert!(
+        header(dlq[0], "weir.error")
+            .unwrap()
+            .contains("output #99 is not declared for processor `m` (declared: out)")
+    );
+}
+
+#[test]
+fn the_sdk_refuses_undeclared_outputs_before_the_host_sees_them() {
+    let mut r = runner(&misbehave_spec("dead-letter", "{}"));
+    one_batch(&mut r, &["fine", "emit-nowhere"]).unwrap();
+    let out = r.outputs(false);
+    assert_eq!(values(&out, "out"), ["fine"]);
+    let dlq = on_topic(&out, "sandbox-dlq");
+    assert_eq!(
+        header(dlq[0], "weir.error.kind").as_deref(),
+        Some("guest-error")
+    );
+    assert!(
+        header(dlq[0], "weir.error")
+            .unwrap()
+            .contains("output `nowhere` is not declared for processor `m`")
+    );
+}
+
+#[test]
+fn a_guest_error_with_policy_skip_drops_only_that_record() {
+    let mut r = runner(&misbehave_spec("skip", "{}"));
+    one_batch(&mut r, &["a", "fail", "b"]).unwrap();
+    let out = r.outputs(false);
+    assert_eq!(values(&out, "out"), ["a", "b"]);
+    assert!(on_topic(&out, "sandbox-dlq").is_empty());
+    assert_eq!(r.tasks()[0].metrics().skipped, 1);
+}
+
+#[test]
+fn policy_fail_stops_the_task_and_commits_nothing_of_its_transaction() {
+    let mut r = runner(&misbehave_spec("fail", "{}"));
+    let err = one_batch(&mut r, &["a", "fail", "b"]).unwrap_err();
+    let (task, error) = err;
+    assert_eq!(task, "sandbox/0_0");
+    match &error {
+        TaskError::Failed(f) => {
+            assert_eq!(
+                (f.processor.as_str(), f.offset, f.kind),
+                ("m", 1, "guest-error")
+            );
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(error.to_string().contains("error policy is `fail`"));
+    // "a" was processed in the aborted transaction: it must not be visible.
+    assert!(r.outputs(false).is_empty());
+    assert_eq!(
+        r.backend.position(&(std::sync::Arc::from("in"), 0)),
+        0,
+        "input offsets stay uncommitted"
+    );
+}
+
+#[test]
+fn guest_stdout_and_stderr_go_to_the_host_log_tagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = misbehave_spec("dead-letter", "{}")
+        .replace("{guests}", &weir_tests::guests_dir().display().to_string());
+    std::fs::write(dir.path().join("app.yaml"), spec).unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"topic\": \"in\", \"key\": \"k\", \"value\": \"print\"}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["test", "--spec"])
+        .arg(dir.path().join("app.yaml"))
+        .arg("--input")
+        .arg(dir.path().join("in.jsonl"))
+        .env("WEIR_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for stream in ["stdout", "stderr"] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("misbehave says hello on {stream}")))
+            .unwrap_or_else(|| panic!("guest {stream} not in the host log:\n{stderr}"));
+        assert!(
+            line.contains("processor=m")
+                && line.contains("task=sandbox/0_")
+                && line.contains(stream),
+            "{line}"
+        );
+    }
+    // Guest output never mixes into the records on stdout.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("says hello"));
+}
+
+#[test]
+fn a_failing_init_stops_the_task_with_the_guests_message() {
+    let spec = misbehave_spec("dead-letter", "{}")
+        .replace("    outputs:", "    config: { init: fail }\n    outputs:");
+    let yaml = spec.replace("{guests}", &weir_tests::guests_dir().display().to_string());
+    let topology =
+        weir::topology::Topology::compile(weir::topology::parse_spec(&yaml).unwrap()).unwrap();
+    let engine = engine();
+    let components = weir::testdriver::load_components(
+        &topology,
+        std::path::Path::new("."),
+        &engine,
+        &Default::default(),
+    )
+    .unwrap();
+    let app = std::sync::Arc::new(weir::task::AppRuntime {
+        topology: std::sync::Arc::new(topology),
+        engine,
+        components,
+    });
+    let err = weir::testdriver::OfflineRunner::new(app).unwrap_err();
+    assert!(
+        err.to_string().contains("init refused: configured to fail"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_corrupt_file_is_not_wasm() {
+    let err = engine().load(b"definitely not a component").unwrap_err();
+    assert!(matches!(err, LoadError::NotWasm), "{err}");
+    assert!(err.to_string().contains("not a WebAssembly file"));
+}
+
+#[test]
+fn a_truncated_component_is_invalid() {
+    let bytes = std::fs::read(weir_tests::guest("key-count")).unwrap();
+    let err = engine().load(&bytes[..bytes.len() / 2]).unwrap_err();
+    assert!(matches!(err, LoadError::Invalid(_)), "{err}");
+}
+
+#[test]
+fn a_core_module_is_refused_with_how_to_build_a_component() {
+    let module = wat::parse_str("(module (func (export \"process\")))").unwrap();
+    let err = engine().load(&module).unwrap_err();
+    assert!(matches!(err, LoadError::CoreModule), "{err}");
+    assert!(err.to_string().contains("wasm32-wasip2"));
+}
+
+#[test]
+fn a_component_of_another_world_is_refused_naming_what_is_missing() {
+    let err = engine()
+        .load_file(&weir_tests::guest("wrong-world"))
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, LoadError::WrongWorld(_)), "{text}");
+    assert!(
+        text.contains("missing exports init, process, punctuate"),
+        "{text}"
+    );
+    assert!(text.contains("it exports: greet"), "{text}");
+}
+
+#[test]
+fn the_examples_load_and_are_cached_by_content() {
+    let a = engine()
+        .load_file(&weir_tests::guest("reservation"))
+        .unwrap();
+    let b = engine()
+        .load_file(&weir_tests::guest("reservation"))
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    assert_eq!(a.sha256().len(), 64);
+    for export in ["init", "process", "punctuate"] {
+        assert!(a.exports().iter().any(|e| e == export));
+    }
+}
