@@ -17,8 +17,71 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where the client commands find a running `weir serve`.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run weir: the HTTP API and every deployed application. Without
+    /// brokers, on the embedded backend in --data-dir.
+    Serve {
+        /// A TOML configuration file (see the `config` module docs).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (default ./weir-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to serve HTTP on (default 127.0.0.1:8080; port 0 picks one).
+        #[arg(long)]
+        http: Option<String>,
+        /// Kafka bootstrap servers (empty: the embedded backend).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// How often tasks commit, e.g. 100ms.
+        #[arg(long)]
+        commit_interval: Option<String>,
+    },
+    /// Deploy an application spec to a running weir (uploading the component
+    /// files it names).
+    Deploy {
+        spec: PathBuf,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Send JSONL records from stdin to a topic (the `weir test` input format;
+    /// "topic" may be omitted).
+    Produce {
+        topic: String,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Print a topic's records as JSONL (the `weir test` output format).
+    Consume {
+        topic: String,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        /// Offset to start from, in each partition.
+        #[arg(long, default_value_t = 0)]
+        from: i64,
+        /// Most records to print (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Add each record's offset.
+        #[arg(long)]
+        offsets: bool,
+    },
+    /// Show an application's status.
+    Status {
+        app: String,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a topology offline over a JSONL input file and print every output
     /// record (dead letters included) as JSONL.
     Test {
@@ -117,6 +180,70 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Serve {
+            config,
+            data_dir,
+            http,
+            brokers,
+            commit_interval,
+        } => {
+            let mut cfg =
+                crate::config::Config::load(config.as_deref(), |k| std::env::var(k).ok())?;
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(h) = http {
+                cfg.http = h
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--http `{h}`: {e}"))?;
+            }
+            if let Some(b) = brokers {
+                cfg.brokers = b;
+            }
+            if let Some(c) = commit_interval {
+                cfg.commit_interval = crate::topology::parse_duration(&c)
+                    .map_err(|e| anyhow::anyhow!("--commit-interval: {e}"))?;
+            }
+            crate::serve::serve(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deploy { spec, server } => {
+            crate::client::deploy(&spec, server.trim_end_matches('/'))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Produce { topic, server } => {
+            let n = crate::client::produce(
+                &topic,
+                server.trim_end_matches('/'),
+                std::io::stdin().lock(),
+            )?;
+            eprintln!("produced {n} records to {topic}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Consume {
+            topic,
+            server,
+            from,
+            limit,
+            partition,
+            offsets,
+        } => {
+            let mut out = std::io::stdout().lock();
+            crate::client::consume(
+                &topic,
+                server.trim_end_matches('/'),
+                from,
+                limit,
+                partition,
+                offsets,
+                &mut out,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { app, server, json } => {
+            crate::client::status(&app, server.trim_end_matches('/'), json)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench { which } => match which {
             BenchCommand::ComponentVsNative {

@@ -53,7 +53,15 @@ struct RawLine {
 }
 
 /// Parses one input line (without its number: callers add it to errors).
+/// A record without `"timestamp"` gets timestamp 0 (deterministic for `weir test`).
 pub fn parse_input_line(line: &str) -> Result<InputLine, String> {
+    parse_input_line_at(line, 0)
+}
+
+/// Like [`parse_input_line`], giving records without `"timestamp"` the
+/// timestamp `default_timestamp` (the produce API uses the current time, as
+/// a Kafka producer does).
+pub fn parse_input_line_at(line: &str, default_timestamp: i64) -> Result<InputLine, String> {
     let raw: RawLine = serde_json::from_str(line).map_err(|e| format!("not a record line: {e}"))?;
     if let Some(ms) = raw.wall_clock {
         if raw.topic.is_some() || raw.key.is_some() || raw.value.is_some() {
@@ -92,7 +100,7 @@ pub fn parse_input_line(line: &str) -> Result<InputLine, String> {
         record: Record {
             key: to_bytes(raw.key, "key")?,
             value: to_bytes(raw.value, "value")?,
-            timestamp: raw.timestamp.unwrap_or(0),
+            timestamp: raw.timestamp.unwrap_or(default_timestamp),
             headers,
         },
     })

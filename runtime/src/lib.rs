@@ -11,17 +11,27 @@
 //! - [`task`]: the executor: one task per sub-topology × partition.
 //! - [`state`]: store overlays over committed state.
 //! - [`backend`]: where records come from and go to, and how a commit
-//!   happens (in memory for `weir test`).
+//!   happens (in memory for `weir test`; the embedded RocksDB backend for
+//!   `weir serve`).
+//! - [`node`], [`api`], [`registry`], [`config`]: `weir serve`, its HTTP
+//!   API, the component registry, configuration; [`client`]: the CLI clients.
 //! - [`partitioner`]: Kafka's murmur2 default partitioner.
 //! - [`testdriver`]: `weir test`, the offline topology runner.
 
+pub mod api;
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod client;
+pub mod config;
 pub mod jsonl;
+pub mod node;
 pub mod partitioner;
 pub mod record;
+pub mod registry;
+pub mod serve;
 pub mod state;
+pub mod status;
 pub mod task;
 pub mod testdriver;
 pub mod topology;

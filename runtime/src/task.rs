@@ -1018,6 +1018,15 @@ impl Task {
         }
     }
 
+    /// Gives back input positions taken by [`prepare_commit`](Self::prepare_commit)
+    /// but not committed (at-least-once commits effects before positions).
+    /// Positions recorded since then are newer and win.
+    pub fn restore_positions(&mut self, positions: BTreeMap<TopicPartition, i64>) {
+        for (tp, offset) in positions {
+            self.positions.entry(tp).or_insert(offset);
+        }
+    }
+
     /// True when the open transaction has anything to commit.
     pub fn has_uncommitted(&self) -> bool {
         !self.produced.is_empty()

@@ -1,6 +1,9 @@
 //! weir's end-to-end tests: real components (built from this workspace by
 //! `weir-tests`' build script), the real `weir` binary.
 
+mod bad_state;
 mod common;
+mod crash;
 mod examples;
 mod sandbox;
+mod server;

@@ -5,5 +5,8 @@
 //! for a task from its backend, hands it to the task, and at commit points
 //! passes the task's [`TaskCommit`](crate::task::TaskCommit) to the backend.
 //! - [`memory`]: everything in memory; deterministic; used by `weir test`.
+//! - [`embedded`]: RocksDB in a local data directory; durable, exactly-once;
+//!   what `weir serve` runs on without brokers.
 
+pub mod embedded;
 pub mod memory;

@@ -10,6 +10,7 @@
 
 pub mod memory;
 mod overlay;
+pub mod rocks;
 
 use std::ops::Bound;
 use std::sync::Arc;

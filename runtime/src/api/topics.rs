@@ -1,0 +1,245 @@
+//! `/v1/topics`: list and create topics of the embedded backend; produce
+//! records to a topic and read them back.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, ApiResult, blocking, body_error};
+use crate::backend::embedded::BackendError;
+use crate::jsonl::{InputLine, OutputLine, parse_input_line_at};
+use crate::node::Node;
+use crate::partitioner::partition_for;
+
+pub fn routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/v1/topics", get(list).post(create))
+        .route("/v1/topics/{topic}/records", post(produce).get(read))
+}
+
+fn unknown_topic(topic: &str) -> ApiError {
+    ApiError::not_found(
+        "unknown-topic",
+        format!(
+            "topic `{topic}` does not exist; deploying an application creates its topics, or POST /v1/topics {{\"name\", \"partitions\"}}"
+        ),
+    )
+}
+
+async fn list(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse> {
+    blocking(move || {
+        let topics: Vec<_> = node
+            .backend
+            .topics()
+            .iter()
+            .map(|t| {
+                let ends: Vec<i64> = (0..t.partitions()).map(|p| t.end_offset(p)).collect();
+                json!({ "name": &*t.name, "partitions": t.partitions(), "end_offsets": ends })
+            })
+            .collect();
+        Ok(Json(json!({ "topics": topics })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTopic {
+    name: String,
+    partitions: u32,
+}
+
+async fn create(
+    State(node): State<Arc<Node>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let body = body.map_err(body_error)?;
+    let t: NewTopic = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "bad-request",
+            format!("expected {{\"name\", \"partitions\"}}: {e}"),
+        )
+    })?;
+    if t.partitions == 0
+        || t.name.is_empty()
+        || !t
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(ApiError::bad_request(
+            "bad-request",
+            "a topic needs a name of a-z A-Z 0-9 . _ - and at least one partition",
+        ));
+    }
+    blocking(
+        move || match node.backend.create_topic(&t.name, t.partitions) {
+            Ok(topic) => Ok((
+                StatusCode::CREATED,
+                Json(json!({ "name": &*topic.name, "partitions": topic.partitions() })),
+            )),
+            Err(e @ BackendError::PartitionMismatch { .. }) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "topic-exists",
+                e.to_string(),
+            )),
+            Err(e) => Err(ApiError::internal(e.to_string())),
+        },
+    )
+    .await
+}
+
+/// Body: JSONL in `weir test`'s input format; `topic` may be omitted.
+async fn produce(
+    State(node): State<Arc<Node>>,
+    Path(topic): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let body = body.map_err(body_error)?;
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("bad-records", "the body is not UTF-8 JSONL"))?;
+    blocking(move || {
+        let t = node
+            .backend
+            .topic(&topic)
+            .ok_or_else(|| unknown_topic(&topic))?;
+        let mut records = Vec::new();
+        let now_ms = crate::backend::embedded::now_us() / 1000;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let with_topic = inject_topic(line, &topic);
+            let parsed = parse_input_line_at(&with_topic, now_ms).map_err(|e| {
+                ApiError::bad_request("bad-records", format!("line {}: {e}", i + 1))
+            })?;
+            let InputLine::Record {
+                topic: named,
+                partition,
+                record,
+            } = parsed
+            else {
+                return Err(ApiError::bad_request(
+                    "bad-records",
+                    format!("line {}: wall_clock lines are for weir test only", i + 1),
+                ));
+            };
+            if named != topic {
+                return Err(ApiError::bad_request(
+                    "bad-records",
+                    format!(
+                        "line {}: topic `{named}` but the URL names `{topic}`",
+                        i + 1
+                    ),
+                ));
+            }
+            if let Some(p) = partition
+                && p >= t.partitions()
+            {
+                return Err(ApiError::bad_request(
+                    "bad-records",
+                    format!(
+                        "line {}: partition {p} does not exist (topic `{topic}` has {})",
+                        i + 1,
+                        t.partitions()
+                    ),
+                ));
+            }
+            let partition = partition
+                .unwrap_or_else(|| partition_for(record.key.as_deref(), t.partitions(), 0));
+            records.push((t.clone(), partition, record));
+        }
+        let partitions: Vec<u32> = records.iter().map(|(_, p, _)| *p).collect();
+        // All lines or none: one atomic append.
+        let offsets = node.backend.append(records).map_err(|e| match e {
+            BackendError::Storage(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage-failure",
+                e.to_string(),
+            ),
+            e => ApiError::internal(e.to_string()),
+        })?;
+        let written: Vec<_> = partitions
+            .iter()
+            .zip(offsets)
+            .map(|(p, o)| json!({ "partition": p, "offset": o }))
+            .collect();
+        Ok(Json(json!({ "records": written })))
+    })
+    .await
+}
+
+/// Adds `"topic"` to a line that has none, so one parser serves both formats.
+fn inject_topic(line: &str, topic: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(serde_json::Value::Object(mut map)) if !map.contains_key("topic") => {
+            map.insert("topic".into(), json!(topic));
+            serde_json::Value::Object(map).to_string()
+        }
+        _ => line.to_owned(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    /// Offset to start from, in every partition read (default 0).
+    from: Option<i64>,
+    /// Most records returned (default 1000).
+    limit: Option<usize>,
+    /// One partition only.
+    partition: Option<u32>,
+}
+
+async fn read(
+    State(node): State<Arc<Node>>,
+    Path(topic): Path<String>,
+    Query(q): Query<ReadQuery>,
+) -> ApiResult<impl IntoResponse> {
+    blocking(move || {
+        let t = node
+            .backend
+            .topic(&topic)
+            .ok_or_else(|| unknown_topic(&topic))?;
+        let partitions: Vec<u32> = match q.partition {
+            Some(p) if p < t.partitions() => vec![p],
+            Some(p) => {
+                return Err(ApiError::bad_request(
+                    "bad-request",
+                    format!(
+                        "partition {p} does not exist (topic `{topic}` has {})",
+                        t.partitions()
+                    ),
+                ));
+            }
+            None => (0..t.partitions()).collect(),
+        };
+        let limit = q.limit.unwrap_or(1000).min(100_000);
+        let from = q.from.unwrap_or(0).max(0);
+        let mut records = Vec::new();
+        for p in partitions {
+            let room = limit.saturating_sub(records.len());
+            for r in node
+                .backend
+                .read(&t, p, from, room)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+            {
+                let line = OutputLine::new(&r.topic, r.partition, &r.record);
+                let mut v = serde_json::to_value(line).expect("json");
+                v["offset"] = json!(r.offset);
+                records.push(v);
+            }
+        }
+        Ok(Json(json!({ "records": records })))
+    })
+    .await
+}

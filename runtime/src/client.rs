@@ -1,0 +1,227 @@
+//! The CLI clients of a running `weir serve`: `deploy`, `produce`,
+//! `consume`, `status`. Plain blocking HTTP; errors print the server's
+//! `detail`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::testdriver::component_path;
+use crate::topology::load_spec;
+
+/// Lines per produce request.
+const PRODUCE_CHUNK: usize = 5000;
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// Sends a request; returns the JSON body of a 2xx answer, or an error
+/// carrying the server's `detail`.
+pub fn call(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::Result<Value> {
+    let agent = agent();
+    let response = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("DELETE", _) => agent.delete(url).call(),
+        ("POST", Some((ct, b))) => agent.post(url).header("content-type", ct).send(&b[..]),
+        ("PUT", Some((ct, b))) => agent.put(url).header("content-type", ct).send(&b[..]),
+        _ => unreachable!("method {method} with body"),
+    }
+    .with_context(|| format!("cannot reach weir at {url}"))?;
+    let status = response.status().as_u16();
+    let text = response.into_body().read_to_string().unwrap_or_default();
+    let json: Value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    if status >= 400 {
+        let code = json.get("error").and_then(Value::as_str).unwrap_or("error");
+        let detail = json
+            .get("detail")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| json.to_string());
+        bail!("server refused ({status} {code}): {detail}");
+    }
+    Ok(json)
+}
+
+/// Uploads the components a spec names by path, then deploys the spec.
+pub fn deploy(spec_path: &Path, server: &str) -> anyhow::Result<()> {
+    let mut spec =
+        load_spec(spec_path).map_err(|e| anyhow::anyhow!("{}:\n{e}", spec_path.display()))?;
+    let base = spec_path.parent().unwrap_or(Path::new("."));
+    let mut uploaded: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for (name, processor) in spec.processors.iter_mut() {
+        let Some(path) = component_path(&processor.component, base) else {
+            continue;
+        };
+        if let Some(reference) = uploaded.get(&path) {
+            processor.component = reference.clone();
+            continue;
+        }
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("processor `{name}`: cannot read {}", path.display()))?;
+        let answer = call(
+            "POST",
+            &format!("{server}/v1/components"),
+            Some(("application/wasm", bytes)),
+        )
+        .with_context(|| format!("processor `{name}`: uploading {}", path.display()))?;
+        let reference = answer["reference"]
+            .as_str()
+            .context("upload answer without reference")?
+            .to_owned();
+        eprintln!("uploaded {} as {reference}", path.display());
+        processor.component = reference.clone();
+        uploaded.insert(path, reference);
+    }
+    let body = serde_json::to_vec(&spec)?;
+    let status = call(
+        "PUT",
+        &format!("{server}/v1/apps/{}", spec.name),
+        Some(("application/json", body)),
+    )?;
+    eprintln!("deployed {}", spec.name);
+    print_status(&status);
+    Ok(())
+}
+
+/// Sends JSONL records from `input` to a topic.
+pub fn produce(topic: &str, server: &str, input: impl BufRead) -> anyhow::Result<u64> {
+    let url = format!("{server}/v1/topics/{topic}/records");
+    let mut chunk = String::new();
+    let mut lines = 0usize;
+    let mut total = 0u64;
+    let mut line_no = 0usize;
+    let mut first_in_chunk = 1usize;
+    for line in input.lines() {
+        let line = line.context("reading records from stdin")?;
+        line_no += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if lines == 0 {
+            first_in_chunk = line_no;
+        }
+        chunk.push_str(&line);
+        chunk.push('\n');
+        lines += 1;
+        if lines == PRODUCE_CHUNK {
+            total += send_chunk(&url, std::mem::take(&mut chunk), first_in_chunk)?;
+            lines = 0;
+        }
+    }
+    if lines > 0 {
+        total += send_chunk(&url, chunk, first_in_chunk)?;
+    }
+    Ok(total)
+}
+
+fn send_chunk(url: &str, chunk: String, first_line: usize) -> anyhow::Result<u64> {
+    let answer = call(
+        "POST",
+        url,
+        Some(("application/x-ndjson", chunk.into_bytes())),
+    )
+    .with_context(|| format!("records starting at input line {first_line}"))?;
+    Ok(answer["records"].as_array().map_or(0, |a| a.len() as u64))
+}
+
+/// Prints records of a topic as JSONL (the `weir test` output format).
+pub fn consume(
+    topic: &str,
+    server: &str,
+    from: i64,
+    limit: Option<usize>,
+    partition: Option<u32>,
+    offsets: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<usize> {
+    let topics = call("GET", &format!("{server}/v1/topics"), None)?;
+    let count = topics["topics"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == topic))
+        .and_then(|t| t["partitions"].as_u64())
+        .with_context(|| format!("topic `{topic}` does not exist on {server}"))?
+        as u32;
+    let partitions: Vec<u32> = match partition {
+        Some(p) => vec![p],
+        None => (0..count).collect(),
+    };
+    let mut printed = 0;
+    for p in partitions {
+        let mut next = from;
+        loop {
+            let room = limit.map_or(1000, |l| l.saturating_sub(printed).min(1000));
+            if room == 0 {
+                return Ok(printed);
+            }
+            let page = call(
+                "GET",
+                &format!(
+                    "{server}/v1/topics/{topic}/records?partition={p}&from={next}&limit={room}"
+                ),
+                None,
+            )?;
+            let records = page["records"].as_array().cloned().unwrap_or_default();
+            if records.is_empty() {
+                break;
+            }
+            for mut r in records {
+                next = r["offset"].as_i64().unwrap_or(next) + 1;
+                if !offsets && let Some(map) = r.as_object_mut() {
+                    map.remove("offset");
+                }
+                writeln!(out, "{r}")?;
+                printed += 1;
+            }
+        }
+    }
+    Ok(printed)
+}
+
+/// Prints an application's status.
+pub fn status(app: &str, server: &str, json: bool) -> anyhow::Result<()> {
+    let status = call("GET", &format!("{server}/v1/apps/{app}"), None)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_status(&status);
+    }
+    Ok(())
+}
+
+fn print_status(s: &Value) {
+    println!(
+        "{}: {} ({}, {}), lag {}",
+        s["name"].as_str().unwrap_or("?"),
+        s["state"].as_str().unwrap_or("?"),
+        s["backend"].as_str().unwrap_or("?"),
+        s["guarantee"].as_str().unwrap_or("?"),
+        s["lag"]
+    );
+    for t in s["tasks"].as_array().into_iter().flatten() {
+        let error = t["error"]
+            .as_str()
+            .map(|e| format!(" — {e}"))
+            .unwrap_or_default();
+        println!(
+            "  task {} {}: in {} dead-letters {} commits {}{error}",
+            t["id"].as_str().unwrap_or("?"),
+            t["state"].as_str().unwrap_or("?"),
+            t["records_in"],
+            t["dead_letters"],
+            t["commits"]
+        );
+    }
+}

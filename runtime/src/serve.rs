@@ -1,0 +1,82 @@
+//! `weir serve`: opens the node, resumes its applications, serves the HTTP
+//! API until SIGINT/SIGTERM, then stops every application with a final commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::node::Node;
+
+/// How often retention runs on the embedded log.
+const RETENTION_EVERY: Duration = Duration::from_secs(30);
+
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    if !config.brokers.is_empty() {
+        anyhow::bail!(
+            "brokers = `{}`: the Kafka backend is not available in this build yet; leave brokers empty to run the embedded backend",
+            config.brokers
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let node = Node::open(config.clone())?;
+    tracing::info!(data_dir = %config.data_dir.display(), apps = node.applications().len(), "data dir opened");
+
+    let retention = {
+        let node = node.clone();
+        std::thread::Builder::new()
+            .name("weir-retention".into())
+            .spawn(move || retention_loop(&node))?
+    };
+    let _ = retention;
+
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.http).await?;
+        let addr = listener.local_addr()?;
+        // The first line on stdout: scripts and tests read the bound address here.
+        println!("listening http://{addr}");
+        tracing::info!(%addr, "weir serving (embedded backend)");
+        let app = crate::api::router(node.clone());
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        anyhow::Ok(())
+    })?;
+    tracing::info!("shutting down: committing and stopping applications");
+    node.shutdown();
+    Ok(())
+}
+
+fn retention_loop(node: &Arc<Node>) {
+    loop {
+        std::thread::sleep(RETENTION_EVERY);
+        match node
+            .backend
+            .enforce_retention(node.config.retention, node.config.retention_bytes)
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(records = n, "retention dropped old records"),
+            Err(e) => tracing::warn!(error = %e, "retention failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
