@@ -19,6 +19,7 @@ const GUESTS: &[&str] = &[
     "enrichment",
     "misbehave",
     "wrong-world",
+    "passthrough",
 ];
 
 fn main() {

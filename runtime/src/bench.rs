@@ -13,7 +13,7 @@ use weir_sdk::testing::TestDriver;
 use crate::record::TaskRecord;
 use crate::state::memory::MemoryStore;
 use crate::state::{StoreOverlay, TaskStores};
-use crate::topology::Limits;
+use crate::topology::{Limits, Topology};
 use crate::wasm::{
     CallTime, EngineConfig, InstanceInfo, ProcessorInstance, StoreGrantInfo, WasmEngine,
 };
@@ -206,4 +206,419 @@ fn run_component(
         elapsed.as_nanos() as f64 / orders.len() as f64,
         emitted.values().sum(),
     ))
+}
+
+/// Settings of `weir bench embedded`.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBench {
+    /// Directory holding the guest components (default: the workspace build output).
+    pub guests: PathBuf,
+    /// Records of the throughput phase.
+    pub records: usize,
+    /// Records per second offered in the latency phase.
+    pub latency_rate: usize,
+    pub commit_interval: std::time::Duration,
+    pub workers: usize,
+    pub partitions: u32,
+}
+
+impl Default for EmbeddedBench {
+    fn default() -> Self {
+        EmbeddedBench {
+            guests: PathBuf::from("target/wasm32-wasip2/guest"),
+            records: 200_000,
+            latency_rate: 2_000,
+            commit_interval: std::time::Duration::from_millis(100),
+            workers: 2,
+            partitions: 4,
+        }
+    }
+}
+
+/// One scenario's figures.
+struct Figures {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// What runs in a scenario.
+enum Scenario {
+    /// The backend's own read → write loop, no wasm.
+    Raw,
+    /// A spec run by weir.
+    App {
+        spec: String,
+        input: &'static str,
+        outputs: &'static [&'static str],
+    },
+}
+
+const PASSTHROUGH_SPEC: &str = r#"
+name: bench
+topics: { in: {P}, out: {P} }
+sources: { in: { topic: in, to: [p] } }
+processors:
+  p: { component: "{G}/passthrough.wasm", outputs: { out: out } }
+sinks: { out: { topic: out } }
+"#;
+
+const KEY_COUNT_SPEC: &str = r#"
+name: bench
+topics: { in: {P}, out: {P} }
+sources: { in: { topic: in, to: [count] } }
+processors:
+  count: { component: "{G}/key_count.wasm", stores: [counts], outputs: { counts: out } }
+stores: { counts: {} }
+sinks: { out: { topic: out } }
+"#;
+
+const RESERVATION_SPEC: &str = r#"
+name: bench
+topics: { in: {P}, adjustments: {P}, validated: {P}, rejected: {P} }
+sources:
+  in: { topic: in, value_format: json, to: [rekey] }
+  adjustments: { topic: adjustments, value_format: json, to: [reserve] }
+processors:
+  rekey: { component: "{G}/reservation.wasm", config: { role: rekey }, outputs: { by-product: by-product } }
+  reserve:
+    component: "{G}/reservation.wasm"
+    config: { role: reserve, adjustments_topic: adjustments }
+    stores: [stock]
+    outputs: { validated: validated, rejected: rejected }
+repartitions: { by-product: { to: [reserve] } }
+stores: { stock: {} }
+sinks: { validated: { topic: validated }, rejected: { topic: rejected } }
+"#;
+
+/// `weir bench embedded`: throughput and end-to-end latency on the embedded
+/// backend, exactly-once, for the raw loop, a passthrough component,
+/// key-count and reservation; last line `ratio <passthrough/raw>`.
+pub fn embedded(settings: EmbeddedBench) -> anyhow::Result<()> {
+    for guest in ["passthrough", "key_count", "reservation"] {
+        let path = settings.guests.join(format!("{guest}.wasm"));
+        anyhow::ensure!(
+            path.exists(),
+            "{} not found: run `cargo guests` first, or pass --guests DIR",
+            path.display()
+        );
+    }
+    let engine = Arc::new(WasmEngine::new(EngineConfig::default())?);
+    let fill = |spec: &str| {
+        spec.replace("{P}", &settings.partitions.to_string())
+            .replace("{G}", &settings.guests.display().to_string())
+    };
+    let scenarios = [
+        ("raw", Scenario::Raw),
+        (
+            "passthrough",
+            Scenario::App {
+                spec: fill(PASSTHROUGH_SPEC),
+                input: "text",
+                outputs: &["out"],
+            },
+        ),
+        (
+            "key-count",
+            Scenario::App {
+                spec: fill(KEY_COUNT_SPEC),
+                input: "text",
+                outputs: &["out"],
+            },
+        ),
+        (
+            "reservation",
+            Scenario::App {
+                spec: fill(RESERVATION_SPEC),
+                input: "orders",
+                outputs: &["validated", "rejected"],
+            },
+        ),
+    ];
+    println!(
+        "embedded backend, exactly-once, {} partitions, {} workers, commit interval {:?}; throughput over {} records, latency at {}/s",
+        settings.partitions,
+        settings.workers,
+        settings.commit_interval,
+        settings.records,
+        settings.latency_rate
+    );
+    let mut results = BTreeMap::new();
+    for (name, scenario) in &scenarios {
+        let f = run_embedded_scenario(&settings, &engine, scenario)?;
+        println!(
+            "{name:12} {:>10.0} records/s   p50 {:>6.1} ms   p99 {:>6.1} ms",
+            f.per_second, f.p50_ms, f.p99_ms
+        );
+        results.insert(*name, f);
+    }
+    println!(
+        "ratio {:.2}",
+        results["passthrough"].per_second / results["raw"].per_second
+    );
+    Ok(())
+}
+
+fn bench_record(kind: &str, i: usize, now_ms: i64) -> crate::record::Record {
+    let (key, value) = match kind {
+        "orders" => {
+            let order = Order {
+                order_id: format!("o{i}"),
+                product_id: format!("p{}", i % PRODUCTS),
+                qty: 1 + (i % 3) as i64,
+            };
+            (
+                order.order_id.clone(),
+                serde_json::to_vec(&order).expect("json"),
+            )
+        }
+        _ => (
+            format!("k{}", i % 10_000),
+            format!("event {i} with a little payload to carry along").into_bytes(),
+        ),
+    };
+    crate::record::Record {
+        key: Some(key.into_bytes()),
+        value: Some(value),
+        timestamp: now_ms,
+        headers: Vec::new(),
+    }
+}
+
+fn run_embedded_scenario(
+    settings: &EmbeddedBench,
+    engine: &Arc<WasmEngine>,
+    scenario: &Scenario,
+) -> anyhow::Result<Figures> {
+    use crate::backend::embedded::runner::{EmbeddedApp, RunnerConfig};
+    use crate::backend::embedded::{EmbeddedBackend, now_us};
+    use crate::partitioner::partition_for;
+
+    let dir = tempfile::tempdir()?;
+    let backend = EmbeddedBackend::open(dir.path(), false)?;
+    let (input_kind, outputs): (&str, Vec<&str>) = match scenario {
+        Scenario::Raw => ("text", vec!["out"]),
+        Scenario::App { input, outputs, .. } => (input, outputs.to_vec()),
+    };
+    let topology = match scenario {
+        Scenario::Raw => None,
+        Scenario::App { spec, .. } => Some(Topology::compile(crate::topology::parse_spec(spec)?)?),
+    };
+    match &topology {
+        Some(t) => crate::backend::embedded::runner::create_topics(&backend, t)?,
+        None => {
+            backend.create_topic("in", settings.partitions)?;
+            backend.create_topic("out", settings.partitions)?;
+        }
+    }
+    let input = backend.topic("in").expect("created");
+    let produce = |from: usize, count: usize| -> anyhow::Result<()> {
+        let now_ms = now_us() / 1000;
+        let batch: Vec<_> = (from..from + count)
+            .map(|i| {
+                let r = bench_record(input_kind, i, now_ms);
+                let p = partition_for(r.key.as_deref(), settings.partitions, 0);
+                (input.clone(), p, r)
+            })
+            .collect();
+        backend.append(batch)?;
+        Ok(())
+    };
+    if input_kind == "orders" {
+        // Plenty of stock, loaded before the clock starts.
+        let adjustments = backend.topic("adjustments").expect("created");
+        let batch: Vec<_> = (0..PRODUCTS)
+            .map(|p| {
+                let adj = Adjustment {
+                    product_id: format!("p{p}"),
+                    delta: 1_000_000,
+                };
+                let r = crate::record::Record {
+                    key: Some(adj.product_id.clone().into_bytes()),
+                    value: Some(serde_json::to_vec(&adj).expect("json")),
+                    timestamp: 0,
+                    headers: Vec::new(),
+                };
+                (
+                    adjustments.clone(),
+                    partition_for(r.key.as_deref(), settings.partitions, 0),
+                    r,
+                )
+            })
+            .collect();
+        backend.append(batch)?;
+    }
+    for start in (0..settings.records).step_by(10_000) {
+        produce(start, 10_000.min(settings.records - start))?;
+    }
+    let out_topics: Vec<_> = outputs
+        .iter()
+        .map(|o| backend.topic(o).expect("output topic"))
+        .collect();
+    let written = || -> i64 {
+        out_topics
+            .iter()
+            .map(|t| (0..t.partitions()).map(|p| t.end_offset(p)).sum::<i64>())
+            .sum()
+    };
+    let expected = settings.records as i64;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let mut raw_threads = Vec::new();
+    let mut app = None;
+    match &topology {
+        None => {
+            for w in 0..settings.workers {
+                let backend = backend.clone();
+                let stop = stop.clone();
+                let settings = settings.clone();
+                raw_threads.push(std::thread::spawn(move || {
+                    raw_loop(&backend, &settings, w, &stop)
+                }));
+            }
+        }
+        Some(t) => {
+            let mut components = BTreeMap::new();
+            for (id, node) in t.nodes.iter().enumerate() {
+                if let crate::topology::NodeKind::Processor(def) = &node.kind {
+                    components.insert(id, engine.load_file(std::path::Path::new(&def.component))?);
+                }
+            }
+            let runtime = Arc::new(crate::task::AppRuntime {
+                topology: Arc::new(t.clone()),
+                engine: engine.clone(),
+                components,
+            });
+            let config = RunnerConfig {
+                commit_interval: settings.commit_interval,
+                max_batch: 1000,
+                workers: settings.workers,
+            };
+            app = Some(EmbeddedApp::start(backend.clone(), runtime, config)?);
+        }
+    }
+    while written() < expected {
+        anyhow::ensure!(
+            started.elapsed().as_secs() < 600,
+            "scenario did not finish: {} of {expected} outputs",
+            written()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let per_second = expected as f64 / started.elapsed().as_secs_f64();
+
+    // Latency: a steady trickle well below capacity; each output's append
+    // time minus its input's timestamp (the produce time, in ms).
+    let mark: Vec<Vec<i64>> = out_topics
+        .iter()
+        .map(|t| (0..t.partitions()).map(|p| t.end_offset(p)).collect())
+        .collect();
+    let tick = std::time::Duration::from_millis(10);
+    let per_tick = (settings.latency_rate / 100).max(1);
+    let ticks = 300;
+    let mut next = settings.records;
+    for _ in 0..ticks {
+        produce(next, per_tick)?;
+        next += per_tick;
+        std::thread::sleep(tick);
+    }
+    let total = expected + (ticks * per_tick) as i64;
+    while written() < total {
+        anyhow::ensure!(
+            started.elapsed().as_secs() < 900,
+            "latency phase did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut latencies = Vec::new();
+    for (t, marks) in out_topics.iter().zip(&mark) {
+        for p in 0..t.partitions() {
+            for (r, appended_us) in backend.read_with_time(t, p, marks[p as usize], usize::MAX)? {
+                latencies.push((appended_us as f64 / 1000.0) - r.record.timestamp as f64);
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    backend.notify();
+    for t in raw_threads {
+        let _ = t.join();
+    }
+    if let Some(app) = app {
+        app.stop();
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Figures {
+        per_second,
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+    })
+}
+
+/// The raw baseline: what a processing loop costs with no wasm, no tasks and
+/// no stores: read a batch, write it to `out`, commit outputs and positions
+/// together every commit interval (the same exactly-once batch weir writes).
+fn raw_loop(
+    backend: &Arc<crate::backend::embedded::EmbeddedBackend>,
+    settings: &EmbeddedBench,
+    worker: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use crate::record::ProducedRecord;
+    use crate::task::TaskCommit;
+    let input = backend.topic("in").expect("in");
+    let out: Arc<str> = Arc::from("out");
+    let partitions: Vec<u32> = (0..settings.partitions)
+        .filter(|p| *p as usize % settings.workers == worker)
+        .collect();
+    let mut read: BTreeMap<u32, i64> = partitions.iter().map(|p| (*p, 0)).collect();
+    let mut produced = Vec::new();
+    let mut positions = BTreeMap::new();
+    let mut last_commit = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let seen = backend.data_version();
+        let mut any = false;
+        for p in &partitions {
+            let records = backend.read(&input, *p, read[p], 1000).expect("read");
+            if let Some(last) = records.last() {
+                read.insert(*p, last.offset + 1);
+                positions.insert((input.name.clone(), *p), last.offset + 1);
+                any = true;
+            }
+            produced.extend(records.into_iter().map(|r| ProducedRecord {
+                topic: out.clone(),
+                partition: r.partition,
+                record: r.record,
+            }));
+        }
+        if last_commit.elapsed() >= settings.commit_interval && !positions.is_empty() {
+            let commit = TaskCommit {
+                task: crate::task::TaskId {
+                    subtopology: 0,
+                    partition: worker as u32,
+                },
+                produced: std::mem::take(&mut produced),
+                changes: Vec::new(),
+                positions: std::mem::take(&mut positions),
+            };
+            backend
+                .commit("raw", commit, &std::collections::HashMap::new())
+                .expect("commit");
+            last_commit = Instant::now();
+        }
+        if !any {
+            backend.wait_for_data(
+                seen,
+                settings
+                    .commit_interval
+                    .min(std::time::Duration::from_millis(50)),
+            );
+        }
+    }
 }

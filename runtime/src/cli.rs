@@ -108,6 +108,20 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// The embedded backend, exactly-once: the raw read→write loop, a
+    /// passthrough component, key-count and reservation; records/s and
+    /// p50/p99 end-to-end latency; last line `ratio <passthrough/raw>`.
+    Embedded {
+        /// Directory of the built guest components.
+        #[arg(long, default_value = "target/wasm32-wasip2/guest")]
+        guests: PathBuf,
+        /// Records of the throughput phase.
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        /// Records per second offered in the latency phase.
+        #[arg(long, default_value_t = 2_000)]
+        latency_rate: usize,
+    },
     /// The reservation processor natively (SDK harness) and as a component,
     /// over the same records; prints ns/record and `ratio <component/native>`.
     ComponentVsNative {
@@ -246,6 +260,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { which } => match which {
+            BenchCommand::Embedded {
+                guests,
+                records,
+                latency_rate,
+            } => {
+                let settings = crate::bench::EmbeddedBench {
+                    guests,
+                    records,
+                    latency_rate,
+                    ..Default::default()
+                };
+                crate::bench::embedded(settings)?;
+                Ok(ExitCode::SUCCESS)
+            }
             BenchCommand::ComponentVsNative {
                 component,
                 records,

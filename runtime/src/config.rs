@@ -13,6 +13,7 @@
 //! fsync = false                     # WEIR_FSYNC: fsync every commit (power-loss safety)
 //! retention = "7d"                  # WEIR_RETENTION: embedded topics, by age
 //! retention_bytes = "0"             # WEIR_RETENTION_BYTES: per partition, 0 = unlimited
+//! retention_check = "30s"           # WEIR_RETENTION_CHECK: how often retention runs
 //! max_instances = 256               # WEIR_MAX_INSTANCES: live wasm instances
 //! max_upload = "50MiB"              # WEIR_MAX_UPLOAD: component upload limit
 //! ```
@@ -44,6 +45,8 @@ pub struct Config {
     pub retention: Duration,
     /// Embedded topics keep at most this many bytes per partition (0 = unlimited).
     pub retention_bytes: u64,
+    /// How often retention runs.
+    pub retention_check: Duration,
     /// Most wasm instances alive at once.
     pub max_instances: u32,
     /// Largest component upload accepted.
@@ -64,6 +67,7 @@ impl Default for Config {
             fsync: false,
             retention: Duration::from_secs(7 * 24 * 3600),
             retention_bytes: 0,
+            retention_check: Duration::from_secs(30),
             max_instances: 256,
             max_upload: 50 << 20,
         }
@@ -83,6 +87,7 @@ struct FileConfig {
     fsync: Option<bool>,
     retention: Option<String>,
     retention_bytes: Option<String>,
+    retention_check: Option<String>,
     max_instances: Option<u32>,
     max_upload: Option<String>,
 }
@@ -133,6 +138,7 @@ impl Config {
                 .transpose()?,
             retention: var("WEIR_RETENTION"),
             retention_bytes: var("WEIR_RETENTION_BYTES"),
+            retention_check: var("WEIR_RETENTION_CHECK"),
             max_instances: var("WEIR_MAX_INSTANCES")
                 .map(|v| {
                     v.parse()
@@ -188,6 +194,9 @@ impl Config {
         }
         if let Some(v) = f.retention_bytes {
             self.retention_bytes = parse_size(&v).map_err(|e| bad("retention_bytes", e))?;
+        }
+        if let Some(v) = f.retention_check {
+            self.retention_check = parse_duration(&v).map_err(|e| bad("retention_check", e))?;
         }
         if let Some(v) = f.max_instances {
             self.max_instances = v.max(1);

@@ -7,9 +7,6 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::node::Node;
 
-/// How often retention runs on the embedded log.
-const RETENTION_EVERY: Duration = Duration::from_secs(30);
-
 pub fn serve(config: Config) -> anyhow::Result<()> {
     if !config.brokers.is_empty() {
         anyhow::bail!(
@@ -51,7 +48,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
 
 fn retention_loop(node: &Arc<Node>) {
     loop {
-        std::thread::sleep(RETENTION_EVERY);
+        std::thread::sleep(node.config.retention_check.max(Duration::from_millis(10)));
         match node
             .backend
             .enforce_retention(node.config.retention, node.config.retention_bytes)

@@ -34,67 +34,90 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// Produces key-count events in chunks until the input topic holds at least
-/// `total` records and `rounds` chunks were sent, killing the server after
-/// (and sometimes during) each chunk at a random moment. Returns the kills,
-/// and how many of them hit while input was waiting to be processed or
-/// committed.
+/// Keeps producing key-count events from a second thread (so work is
+/// always in flight) while killing the server with SIGKILL at random moments
+/// and restarting it, until at least `kills` kills happened and the input
+/// topic holds at least `total` records. A produce request cut by a kill
+/// leaves its whole chunk or none of it (one atomic append); the producer
+/// just goes on. Returns the kills, and how many hit while input was
+/// processed but not yet committed.
 fn produce_while_killing(
     server: &mut Server,
     rng: &mut Rng,
     total: usize,
-    rounds: usize,
+    kills: usize,
     keys: u64,
 ) -> (usize, usize) {
-    let per_round = total.div_ceil(rounds);
-    let mut kills = 0;
-    let mut mid_work = 0;
-    let mut round = 0;
-    while round < rounds || input_size(server) < total {
-        let chunk: String = (0..per_round)
+    let mut chunks = Rng::new("producer");
+    let make = move |chunk_no: usize| -> String {
+        (0..1000)
             .map(|i| {
                 format!(
-                    "{{\"key\":\"k{}\",\"value\":\"e{round}-{i}\"}}\n",
-                    rng.below(keys)
+                    "{{\"key\":\"k{}\",\"value\":\"e{chunk_no}-{i}\"}}\n",
+                    chunks.below(keys)
                 )
             })
-            .collect();
-        if round % 4 == 3 {
-            // Kill while the produce request may be in flight: the chunk is
-            // then all there or not at all (one atomic append).
-            let delay = Duration::from_millis(rng.below(30));
-            let url = server.url.clone();
-            let producer = std::thread::spawn(move || {
-                weir::client::produce("events", &url, std::io::Cursor::new(chunk.into_bytes()))
-                    .is_ok()
-            });
-            std::thread::sleep(delay);
-            server.kill();
-            let _ = producer.join();
-        } else {
-            server.produce("events", &chunk).expect("produce");
-            std::thread::sleep(Duration::from_millis(rng.below(250)));
-            if server
-                .get("/v1/apps/key-count")
-                .is_ok_and(|s| s["lag"].as_i64() > Some(0))
-            {
-                mid_work += 1;
-            }
-            server.kill();
-        }
-        kills += 1;
-        round += 1;
-        server.restart();
-    }
-    (kills, mid_work)
+            .collect()
+    };
+    produce_and_kill(server, rng, "key-count", "events", make, total, kills)
 }
 
-/// Records in the input topic.
-fn input_size(server: &Server) -> usize {
+/// The general form: `make(n)` builds the n-th JSONL chunk for `topic`.
+fn produce_and_kill(
+    server: &mut Server,
+    rng: &mut Rng,
+    app: &str,
+    topic: &'static str,
+    mut make: impl FnMut(usize) -> String + Send + 'static,
+    total: usize,
+    kills: usize,
+) -> (usize, usize) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let url = Arc::new(Mutex::new(server.url.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (url, stop) = (url.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut chunk_no = 0;
+            while !stop.load(Ordering::Acquire) {
+                let chunk = make(chunk_no);
+                chunk_no += 1;
+                let target = url.lock().unwrap().clone();
+                if weir::client::produce(topic, &target, std::io::Cursor::new(chunk.into_bytes()))
+                    .is_err()
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+    };
+    let mut done = 0;
+    let mut mid_work = 0;
+    while done < kills || input_size(server, topic) < total {
+        std::thread::sleep(Duration::from_millis(30 + rng.below(300)));
+        if server
+            .get(&format!("/v1/apps/{app}"))
+            .is_ok_and(|s| s["lag"].as_i64() > Some(0))
+        {
+            mid_work += 1;
+        }
+        server.kill();
+        done += 1;
+        server.restart();
+        *url.lock().unwrap() = server.url.clone();
+    }
+    stop.store(true, Ordering::Release);
+    producer.join().unwrap();
+    (done, mid_work)
+}
+
+/// Records in an input topic.
+fn input_size(server: &Server, topic: &str) -> usize {
     let topics = server.get("/v1/topics").expect("topics");
     topics["topics"]
         .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == "events"))
+        .and_then(|ts| ts.iter().find(|t| t["name"] == topic))
         .map_or(0, |t| {
             t["end_offsets"]
                 .as_array()
@@ -141,7 +164,7 @@ fn key_count_is_exactly_once_across_repeated_kill_9() {
     let mut server = Server::start(&dir.path().join("data"), options);
     server.deploy(&spec);
 
-    let (kills, mid_work) = produce_while_killing(&mut server, &mut rng, 100_000, 24, 500);
+    let (kills, mid_work) = produce_while_killing(&mut server, &mut rng, 100_000, 25, 500);
     assert!(kills >= 20);
     // The kills must land while there is work in flight, or they prove nothing.
     assert!(
@@ -202,7 +225,7 @@ fn at_least_once_never_loses_across_kill_9() {
     };
     let mut server = Server::start(&dir.path().join("data"), options);
     server.deploy(&spec);
-    let _ = produce_while_killing(&mut server, &mut rng, 20_000, 8, 100);
+    let _ = produce_while_killing(&mut server, &mut rng, 20_000, 6, 100);
     server.wait_idle("key-count", Duration::from_secs(120));
     let expected = input_counts(&server);
     let emitted = emitted_counts(&server);
@@ -272,25 +295,33 @@ fn reservation_is_exactly_once_across_repeated_kill_9() {
     server.produce("adjustments", &adjustments).unwrap();
     server.wait_idle("reservation", Duration::from_secs(60));
 
-    let orders = 30_000;
-    let rounds = 20;
-    let per_round = orders / rounds;
-    for round in 0..rounds {
-        let chunk: String = (0..per_round)
+    let mut orders = Rng::new("orders");
+    let make = move |chunk_no: usize| -> String {
+        (0..500)
             .map(|i| {
-                let id = round * per_round + i;
+                let id = chunk_no * 500 + i;
                 // Every 97th order is invalid: it must be dead-lettered exactly once.
-                let qty = if id % 97 == 0 { -1 } else { 1 + rng.below(4) as i64 };
+                let qty = if id % 97 == 0 { -1 } else { 1 + orders.below(4) as i64 };
                 format!(
                     "{{\"key\":\"o{id}\",\"value\":{{\"order_id\":\"o{id}\",\"product_id\":\"p{}\",\"qty\":{qty}}}}}\n",
-                    rng.below(products)
+                    orders.below(products)
                 )
             })
-            .collect();
-        server.produce("orders", &chunk).unwrap();
-        std::thread::sleep(Duration::from_millis(rng.below(300)));
-        server.restart();
-    }
+            .collect()
+    };
+    let (kills, mid_work) = produce_and_kill(
+        &mut server,
+        &mut rng,
+        "reservation",
+        "orders",
+        make,
+        30_000,
+        20,
+    );
+    assert!(
+        mid_work >= 5,
+        "only {mid_work} of {kills} kills hit uncommitted work"
+    );
     server.wait_idle("reservation", Duration::from_secs(180));
 
     // Oracle: replay the reservation logic over the repartition topic, in its
@@ -360,7 +391,7 @@ fn reservation_is_exactly_once_across_repeated_kill_9() {
         assert_eq!(v["value"].as_i64(), Some(*left), "stock of {product}");
     }
     eprintln!(
-        "reservation: {} orders, {rounds} kill -9, exactly once",
+        "reservation: {} orders, {kills} kill -9 ({mid_work} with work in flight), exactly once",
         input.len()
     );
 }

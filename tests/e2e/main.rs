@@ -6,4 +6,5 @@ mod common;
 mod crash;
 mod examples;
 mod sandbox;
+mod serve_cli;
 mod server;

@@ -293,3 +293,70 @@ fn the_examples_load_and_are_cached_by_content() {
         assert!(a.exports().iter().any(|e| e == export));
     }
 }
+
+/// Punctuation runs inside the same machinery as records: stream time fires
+/// when record timestamps pass each interval (once per crossing, as Kafka
+/// Streams does), wall-clock time when the (simulated) clock does.
+#[test]
+fn punctuation_fires_on_stream_time_and_wall_clock() {
+    let spec = misbehave_spec("dead-letter", "{}").replace(
+        "    outputs:",
+        "    config: { stream_every: 1000, wall_every: 500 }\n    outputs:",
+    );
+    let mut r = runner(&spec);
+    let at = |key: &str, ts: i64| weir::record::Record {
+        timestamp: ts,
+        ..rec(key, "x")
+    };
+    use weir::jsonl::InputLine::{Record as Line, WallClock};
+    for line in [
+        Line {
+            topic: "in".into(),
+            partition: Some(0),
+            record: at("a", 100),
+        },
+        Line {
+            topic: "in".into(),
+            partition: Some(0),
+            record: at("a", 900),
+        },
+        Line {
+            topic: "in".into(),
+            partition: Some(0),
+            record: at("a", 1100),
+        },
+        Line {
+            topic: "in".into(),
+            partition: Some(0),
+            record: at("a", 3500),
+        },
+        WallClock(400),
+        WallClock(600),
+        WallClock(2000),
+    ] {
+        r.feed(line).unwrap();
+    }
+    let ticks: Vec<String> = values(&r.outputs(false), "out")
+        .into_iter()
+        .filter(|v| v.contains("punctuation"))
+        .collect();
+    // Partition 0's task: stream time first seen at 100 → due at 1100 (fires
+    // at 1100), then 2100 (stream time jumps to 3500: fires once, at 3500).
+    // Wall clock: first due at 0 + 500 → fires at 600, then at 2000 (once).
+    let task0: Vec<&String> = ticks.iter().filter(|t| t.contains("stream-time")).collect();
+    assert_eq!(
+        task0,
+        [
+            r#"{"punctuation":"stream-time","at":1100}"#,
+            r#"{"punctuation":"stream-time","at":3500}"#
+        ]
+    );
+    let wall: Vec<&String> = ticks.iter().filter(|t| t.contains("wall-clock")).collect();
+    // Both tasks (partitions 0 and 1) tick on the wall clock.
+    assert_eq!(wall.len(), 4, "{wall:?}");
+    assert!(
+        wall.iter()
+            .all(|w| w.ends_with("\"at\":600}") || w.ends_with("\"at\":2000}")),
+        "{wall:?}"
+    );
+}

@@ -6,19 +6,42 @@
 //! it through the SDK, which refuses it), `fail` returns an
 //! error, `print` writes to stdout and stderr; anything else is forwarded to
 //! the output `out`. Config `init=fail` makes `init` fail and `init=trap`
-//! makes it panic.
+//! makes it panic. Config `stream_every` / `wall_every` (ms) schedule
+//! punctuations, each of which emits `{"punctuation": kind, "at": timestamp}`.
 
 use weir_sdk::prelude::*;
 
 pub struct Misbehave;
 
 impl Processor for Misbehave {
-    fn init(&mut self, _ctx: &mut Context, config: &Config) -> Result<()> {
+    fn init(&mut self, ctx: &mut Context, config: &Config) -> Result<()> {
         match config.get("init") {
             Some("fail") => bail!("init refused: configured to fail"),
             Some("trap") => panic!("init panicked: configured to trap"),
-            _ => Ok(()),
+            _ => {}
         }
+        if let Some(ms) = config.parse::<u64>("stream_every")? {
+            ctx.schedule(
+                Punctuation::StreamTime,
+                std::time::Duration::from_millis(ms),
+            )?;
+        }
+        if let Some(ms) = config.parse::<u64>("wall_every")? {
+            ctx.schedule(Punctuation::WallClock, std::time::Duration::from_millis(ms))?;
+        }
+        Ok(())
+    }
+
+    fn punctuate(&mut self, ctx: &mut Context, kind: Punctuation, timestamp: i64) -> Result<()> {
+        let kind = match kind {
+            Punctuation::StreamTime => "stream-time",
+            Punctuation::WallClock => "wall-clock",
+        };
+        ctx.emit(
+            "out",
+            "tick",
+            format!("{{\"punctuation\":\"{kind}\",\"at\":{timestamp}}}"),
+        )
     }
 
     fn process(&mut self, ctx: &mut Context, rec: Record) -> Result<()> {
