@@ -73,6 +73,20 @@ pub enum Command {
         #[arg(long)]
         offsets: bool,
     },
+    /// Read an application's state: one key, or the entries of a store.
+    Query {
+        app: String,
+        store: String,
+        /// The key (text); without it, list entries.
+        key: Option<String>,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
     /// Show an application's status.
     Status {
         app: String,
@@ -252,6 +266,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 partition,
                 offsets,
                 &mut out,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Query {
+            app,
+            store,
+            key,
+            prefix,
+            limit,
+            server,
+        } => {
+            crate::client::query(
+                &app,
+                &store,
+                key.as_deref(),
+                prefix.as_deref(),
+                limit,
+                server.trim_end_matches('/'),
             )?;
             Ok(ExitCode::SUCCESS)
         }

@@ -225,3 +225,54 @@ fn print_status(s: &Value) {
         );
     }
 }
+
+/// Prints a store's value for a key, or its entries (optionally under a
+/// prefix), as JSON lines.
+pub fn query(
+    app: &str,
+    store: &str,
+    key: Option<&str>,
+    prefix: Option<&str>,
+    limit: usize,
+    server: &str,
+) -> anyhow::Result<()> {
+    match key {
+        Some(key) => {
+            let v = call(
+                "GET",
+                &format!(
+                    "{server}/v1/apps/{app}/stores/{store}/keys/{}",
+                    encode_path(key)
+                ),
+                None,
+            )?;
+            println!("{v}");
+        }
+        None => {
+            let prefix = prefix
+                .map(|p| format!("&prefix={}", encode_path(p)))
+                .unwrap_or_default();
+            let v = call(
+                "GET",
+                &format!("{server}/v1/apps/{app}/stores/{store}?limit={limit}{prefix}"),
+                None,
+            )?;
+            for entry in v["entries"].as_array().into_iter().flatten() {
+                println!("{entry}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes everything but unreserved URL characters.
+fn encode_path(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -301,7 +301,7 @@ fn reservation_is_exactly_once_across_repeated_kill_9() {
             .map(|i| {
                 let id = chunk_no * 500 + i;
                 // Every 97th order is invalid: it must be dead-lettered exactly once.
-                let qty = if id % 97 == 0 { -1 } else { 1 + orders.below(4) as i64 };
+                let qty = if id.is_multiple_of(97) { -1 } else { 1 + orders.below(4) as i64 };
                 format!(
                     "{{\"key\":\"o{id}\",\"value\":{{\"order_id\":\"o{id}\",\"product_id\":\"p{}\",\"qty\":{qty}}}}}\n",
                     orders.below(products)

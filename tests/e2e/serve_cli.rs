@@ -91,6 +91,35 @@ fn the_cli_runs_an_example_like_weir_test_does() {
         ok && status.starts_with("key-count: running (embedded, exactly-once), lag 0"),
         "{status}"
     );
+    let (ok, alice, _) = weir(
+        &["query", "key-count", "counts", "alice", "--server", url],
+        None,
+    );
+    assert!(
+        ok && alice.trim() == r#"{"key":"alice","partition":1,"value":3}"#,
+        "{alice}"
+    );
+    let (ok, all, _) = weir(
+        &[
+            "query",
+            "key-count",
+            "counts",
+            "--prefix",
+            "b",
+            "--server",
+            url,
+        ],
+        None,
+    );
+    assert!(
+        ok && all.trim() == r#"{"key":"bob","partition":2,"value":2}"#,
+        "{all}"
+    );
+    let (ok, _, err) = weir(
+        &["query", "key-count", "counts", "zed", "--server", url],
+        None,
+    );
+    assert!(!ok && err.contains("404 unknown-key"), "{err}");
     let (ok, _, err) = weir(&["status", "nope", "--server", url], None);
     assert!(
         !ok && err.contains("404 unknown-app") && err.contains("no application `nope`"),
