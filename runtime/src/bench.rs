@@ -14,9 +14,7 @@ use crate::record::TaskRecord;
 use crate::state::memory::MemoryStore;
 use crate::state::{StoreOverlay, TaskStores};
 use crate::topology::{Limits, Topology};
-use crate::wasm::{
-    CallTime, EngineConfig, InstanceInfo, ProcessorInstance, StoreGrantInfo, WasmEngine,
-};
+use crate::wasm::{CallTime, EngineConfig, InstanceInfo, ProcessorInstance, StoreGrantInfo, WasmEngine};
 
 /// Rounds per side; each side reports its median.
 const ROUNDS: usize = 5;
@@ -26,15 +24,9 @@ const ADJUSTMENTS_TOPIC: &str = "adjustments";
 fn orders(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
     (0..n)
         .map(|i| {
-            let order = Order {
-                order_id: format!("o{i}"),
-                product_id: format!("p{}", i % PRODUCTS),
-                qty: 1 + (i % 5) as i64,
-            };
-            (
-                order.product_id.clone().into_bytes(),
-                serde_json::to_vec(&order).expect("json"),
-            )
+            let order =
+                Order { order_id: format!("o{i}"), product_id: format!("p{}", i % PRODUCTS), qty: 1 + (i % 5) as i64 };
+            (order.product_id.clone().into_bytes(), serde_json::to_vec(&order).expect("json"))
         })
         .collect()
 }
@@ -42,27 +34,16 @@ fn orders(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
 fn adjustments() -> Vec<(Vec<u8>, Vec<u8>)> {
     (0..PRODUCTS)
         .map(|p| {
-            let adj = Adjustment {
-                product_id: format!("p{p}"),
-                delta: 250,
-            };
-            (
-                adj.product_id.clone().into_bytes(),
-                serde_json::to_vec(&adj).expect("json"),
-            )
+            let adj = Adjustment { product_id: format!("p{p}"), delta: 250 };
+            (adj.product_id.clone().into_bytes(), serde_json::to_vec(&adj).expect("json"))
         })
         .collect()
 }
 
 /// The reservation processor, natively (SDK harness) vs as a component
 /// (weir's engine, stores and call path), over the same records.
-pub fn component_vs_native(
-    component: Option<PathBuf>,
-    records: usize,
-    batch: usize,
-) -> anyhow::Result<()> {
-    let component =
-        component.unwrap_or_else(|| PathBuf::from("target/wasm32-wasip2/guest/reservation.wasm"));
+pub fn component_vs_native(component: Option<PathBuf>, records: usize, batch: usize) -> anyhow::Result<()> {
+    let component = component.unwrap_or_else(|| PathBuf::from("target/wasm32-wasip2/guest/reservation.wasm"));
     anyhow::ensure!(
         component.exists(),
         "{} not found: build it with `cargo guests` or pass --component",
@@ -85,30 +66,20 @@ pub fn component_vs_native(
         wasm.push(ns);
         outcomes.1 = emitted;
     }
-    anyhow::ensure!(
-        outcomes.0 == outcomes.1,
-        "native emitted {} records, component {}",
-        outcomes.0,
-        outcomes.1
-    );
+    anyhow::ensure!(outcomes.0 == outcomes.1, "native emitted {} records, component {}", outcomes.0, outcomes.1);
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let (n, c) = (median(&mut native), median(&mut wasm));
-    println!(
-        "reservation over {records} records ({PRODUCTS} products), batch {batch}, median of {ROUNDS} rounds"
-    );
+    println!("reservation over {records} records ({PRODUCTS} products), batch {batch}, median of {ROUNDS} rounds");
     println!("native     {n:8.1} ns/record");
     println!("component  {c:8.1} ns/record");
     println!("ratio {:.2}", c / n);
     Ok(())
 }
 
-fn run_native(
-    orders: &[(Vec<u8>, Vec<u8>)],
-    adjustments: &[(Vec<u8>, Vec<u8>)],
-) -> anyhow::Result<(f64, usize)> {
+fn run_native(orders: &[(Vec<u8>, Vec<u8>)], adjustments: &[(Vec<u8>, Vec<u8>)]) -> anyhow::Result<(f64, usize)> {
     let mut driver = TestDriver::new(Reservation::default())
         .with_config("role", "reserve")
         .with_config("adjustments_topic", ADJUSTMENTS_TOPIC)
@@ -120,10 +91,8 @@ fn run_native(
         driver.process(r).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     driver.take_emitted();
-    let input: Vec<weir_sdk::Record> = orders
-        .iter()
-        .map(|(k, v)| weir_sdk::Record::new(k.clone(), v.clone()).on_topic("orders-by-product"))
-        .collect();
+    let input: Vec<weir_sdk::Record> =
+        orders.iter().map(|(k, v)| weir_sdk::Record::new(k.clone(), v.clone()).on_topic("orders-by-product")).collect();
     let started = Instant::now();
     for r in input {
         driver.process(r).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -159,53 +128,35 @@ fn run_component(
         task_id: "bench/0_0".into(),
         partition: 0,
         outputs: vec!["validated".into(), "rejected".into()],
-        grants: vec![StoreGrantInfo {
-            name: "stock".into(),
-            index: 0,
-            writable: true,
-        }],
+        grants: vec![StoreGrantInfo { name: "stock".into(), index: 0, writable: true }],
     });
     let base = Arc::new(MemoryStore::default());
     let mut stores = TaskStores::new(vec![StoreOverlay::new("stock", base)]);
     let mut instance = ProcessorInstance::instantiate(engine, component, info, Limits::default())?;
     let time = CallTime::default();
-    let config = [
-        ("role".to_owned(), "reserve".to_owned()),
-        ("adjustments_topic".to_owned(), ADJUSTMENTS_TOPIC.to_owned()),
-    ];
-    instance
-        .init(&mut stores, time, &config)
-        .map_err(|f| anyhow::anyhow!("init: {}", f.message))?;
+    let config =
+        [("role".to_owned(), "reserve".to_owned()), ("adjustments_topic".to_owned(), ADJUSTMENTS_TOPIC.to_owned())];
+    instance.init(&mut stores, time, &config).map_err(|f| anyhow::anyhow!("init: {}", f.message))?;
     let adj: Vec<TaskRecord> = adjustments
         .iter()
         .enumerate()
         .map(|(i, (k, v))| guest_record(k, v, &Arc::from(ADJUSTMENTS_TOPIC), i))
         .collect();
-    instance
-        .process(&mut stores, time, &adj)
-        .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+    instance.process(&mut stores, time, &adj).map_err(|f| anyhow::anyhow!("{}", f.message))?;
     stores.release_savepoint();
-    let input: Vec<TaskRecord> = orders
-        .iter()
-        .enumerate()
-        .map(|(i, (k, v))| guest_record(k, v, &Arc::from("orders-by-product"), i))
-        .collect();
+    let input: Vec<TaskRecord> =
+        orders.iter().enumerate().map(|(i, (k, v))| guest_record(k, v, &Arc::from("orders-by-product"), i)).collect();
     let mut emitted: BTreeMap<usize, usize> = BTreeMap::new();
     let started = Instant::now();
     for chunk in input.chunks(batch) {
-        let ok = instance
-            .process(&mut stores, time, chunk)
-            .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+        let ok = instance.process(&mut stores, time, chunk).map_err(|f| anyhow::anyhow!("{}", f.message))?;
         stores.release_savepoint();
         for e in ok.emitted {
             *emitted.entry(e.output).or_default() += 1;
         }
     }
     let elapsed = started.elapsed();
-    Ok((
-        elapsed.as_nanos() as f64 / orders.len() as f64,
-        emitted.values().sum(),
-    ))
+    Ok((elapsed.as_nanos() as f64 / orders.len() as f64, emitted.values().sum()))
 }
 
 /// Settings of `weir bench embedded`.
@@ -247,11 +198,7 @@ enum Scenario {
     /// The backend's own read → write loop, no wasm.
     Raw,
     /// A spec run by weir.
-    App {
-        spec: String,
-        input: &'static str,
-        outputs: &'static [&'static str],
-    },
+    App { spec: String, input: &'static str, outputs: &'static [&'static str] },
 }
 
 const PASSTHROUGH_SPEC: &str = r#"
@@ -297,92 +244,45 @@ sinks: { validated: { topic: validated }, rejected: { topic: rejected } }
 pub fn embedded(settings: EmbeddedBench) -> anyhow::Result<()> {
     for guest in ["passthrough", "key_count", "reservation"] {
         let path = settings.guests.join(format!("{guest}.wasm"));
-        anyhow::ensure!(
-            path.exists(),
-            "{} not found: run `cargo guests` first, or pass --guests DIR",
-            path.display()
-        );
+        anyhow::ensure!(path.exists(), "{} not found: run `cargo guests` first, or pass --guests DIR", path.display());
     }
     let engine = Arc::new(WasmEngine::new(EngineConfig::default())?);
     let fill = |spec: &str| {
-        spec.replace("{P}", &settings.partitions.to_string())
-            .replace("{G}", &settings.guests.display().to_string())
+        spec.replace("{P}", &settings.partitions.to_string()).replace("{G}", &settings.guests.display().to_string())
     };
     let scenarios = [
         ("raw", Scenario::Raw),
-        (
-            "passthrough",
-            Scenario::App {
-                spec: fill(PASSTHROUGH_SPEC),
-                input: "text",
-                outputs: &["out"],
-            },
-        ),
-        (
-            "key-count",
-            Scenario::App {
-                spec: fill(KEY_COUNT_SPEC),
-                input: "text",
-                outputs: &["out"],
-            },
-        ),
+        ("passthrough", Scenario::App { spec: fill(PASSTHROUGH_SPEC), input: "text", outputs: &["out"] }),
+        ("key-count", Scenario::App { spec: fill(KEY_COUNT_SPEC), input: "text", outputs: &["out"] }),
         (
             "reservation",
-            Scenario::App {
-                spec: fill(RESERVATION_SPEC),
-                input: "orders",
-                outputs: &["validated", "rejected"],
-            },
+            Scenario::App { spec: fill(RESERVATION_SPEC), input: "orders", outputs: &["validated", "rejected"] },
         ),
     ];
     println!(
         "embedded backend, exactly-once, {} partitions, {} workers, commit interval {:?}; throughput over {} records, latency at {}/s",
-        settings.partitions,
-        settings.workers,
-        settings.commit_interval,
-        settings.records,
-        settings.latency_rate
+        settings.partitions, settings.workers, settings.commit_interval, settings.records, settings.latency_rate
     );
     let mut results = BTreeMap::new();
     for (name, scenario) in &scenarios {
         let f = run_embedded_scenario(&settings, &engine, scenario)?;
-        println!(
-            "{name:12} {:>10.0} records/s   p50 {:>6.1} ms   p99 {:>6.1} ms",
-            f.per_second, f.p50_ms, f.p99_ms
-        );
+        println!("{name:12} {:>10.0} records/s   p50 {:>6.1} ms   p99 {:>6.1} ms", f.per_second, f.p50_ms, f.p99_ms);
         results.insert(*name, f);
     }
-    println!(
-        "ratio {:.2}",
-        results["passthrough"].per_second / results["raw"].per_second
-    );
+    println!("ratio {:.2}", results["passthrough"].per_second / results["raw"].per_second);
     Ok(())
 }
 
 fn bench_record(kind: &str, i: usize, now_ms: i64) -> crate::record::Record {
     let (key, value) = match kind {
         "orders" => {
-            let order = Order {
-                order_id: format!("o{i}"),
-                product_id: format!("p{}", i % PRODUCTS),
-                qty: 1 + (i % 3) as i64,
-            };
-            (
-                order.order_id.clone(),
-                serde_json::to_vec(&order).expect("json"),
-            )
+            let order =
+                Order { order_id: format!("o{i}"), product_id: format!("p{}", i % PRODUCTS), qty: 1 + (i % 3) as i64 };
+            (order.order_id.clone(), serde_json::to_vec(&order).expect("json"))
         }
-        _ => (
-            format!("k{}", i % 10_000),
-            format!("event {i} with a little payload to carry along").into_bytes(),
-        ),
+        _ => (format!("k{}", i % 10_000), format!("event {i} with a little payload to carry along").into_bytes()),
     };
-    crate::record::Record {
-        key: Some(key.into_bytes()),
-        value: Some(value),
-        timestamp: now_ms,
-        headers: Vec::new(),
-    }
+    crate::record::Record { key: Some(key.into_bytes()), value: Some(value), timestamp: now_ms, headers: Vec::new() }
 }
 
 fn run_embedded_scenario(
@@ -429,21 +329,14 @@ fn run_embedded_scenario(
         let adjustments = backend.topic("adjustments").expect("created");
         let batch: Vec<_> = (0..PRODUCTS)
             .map(|p| {
-                let adj = Adjustment {
-                    product_id: format!("p{p}"),
-                    delta: 1_000_000,
-                };
+                let adj = Adjustment { product_id: format!("p{p}"), delta: 1_000_000 };
                 let r = crate::record::Record {
                     key: Some(adj.product_id.clone().into_bytes()),
                     value: Some(serde_json::to_vec(&adj).expect("json")),
                     timestamp: 0,
                     headers: Vec::new(),
                 };
-                (
-                    adjustments.clone(),
-                    partition_for(r.key.as_deref(), settings.partitions, 0),
-                    r,
-                )
+                (adjustments.clone(), partition_for(r.key.as_deref(), settings.partitions, 0), r)
             })
             .collect();
         backend.append(batch)?;
@@ -451,16 +344,9 @@ fn run_embedded_scenario(
     for start in (0..settings.records).step_by(10_000) {
         produce(start, 10_000.min(settings.records - start))?;
     }
-    let out_topics: Vec<_> = outputs
-        .iter()
-        .map(|o| backend.topic(o).expect("output topic"))
-        .collect();
-    let written = || -> i64 {
-        out_topics
-            .iter()
-            .map(|t| (0..t.partitions()).map(|p| t.end_offset(p)).sum::<i64>())
-            .sum()
-    };
+    let out_topics: Vec<_> = outputs.iter().map(|o| backend.topic(o).expect("output topic")).collect();
+    let written =
+        || -> i64 { out_topics.iter().map(|t| (0..t.partitions()).map(|p| t.end_offset(p)).sum::<i64>()).sum() };
     let expected = settings.records as i64;
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -473,9 +359,7 @@ fn run_embedded_scenario(
                 let backend = backend.clone();
                 let stop = stop.clone();
                 let settings = settings.clone();
-                raw_threads.push(std::thread::spawn(move || {
-                    raw_loop(&backend, &settings, w, &stop)
-                }));
+                raw_threads.push(std::thread::spawn(move || raw_loop(&backend, &settings, w, &stop)));
             }
         }
         Some(t) => {
@@ -485,16 +369,10 @@ fn run_embedded_scenario(
                     components.insert(id, engine.load_file(std::path::Path::new(&def.component))?);
                 }
             }
-            let runtime = Arc::new(crate::task::AppRuntime {
-                topology: Arc::new(t.clone()),
-                engine: engine.clone(),
-                components,
-            });
-            let config = RunnerConfig {
-                commit_interval: settings.commit_interval,
-                max_batch: 1000,
-                workers: settings.workers,
-            };
+            let runtime =
+                Arc::new(crate::task::AppRuntime { topology: Arc::new(t.clone()), engine: engine.clone(), components });
+            let config =
+                RunnerConfig { commit_interval: settings.commit_interval, max_batch: 1000, workers: settings.workers };
             app = Some(EmbeddedApp::start(backend.clone(), runtime, config)?);
         }
     }
@@ -510,10 +388,8 @@ fn run_embedded_scenario(
 
     // Latency: a steady trickle well below capacity; each output's append
     // time minus its input's timestamp (the produce time, in ms).
-    let mark: Vec<Vec<i64>> = out_topics
-        .iter()
-        .map(|t| (0..t.partitions()).map(|p| t.end_offset(p)).collect())
-        .collect();
+    let mark: Vec<Vec<i64>> =
+        out_topics.iter().map(|t| (0..t.partitions()).map(|p| t.end_offset(p)).collect()).collect();
     let tick = std::time::Duration::from_millis(10);
     let per_tick = (settings.latency_rate / 100).max(1);
     let ticks = 300;
@@ -525,10 +401,7 @@ fn run_embedded_scenario(
     }
     let total = expected + (ticks * per_tick) as i64;
     while written() < total {
-        anyhow::ensure!(
-            started.elapsed().as_secs() < 900,
-            "latency phase did not finish"
-        );
+        anyhow::ensure!(started.elapsed().as_secs() < 900, "latency phase did not finish");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let mut latencies = Vec::new();
@@ -548,17 +421,8 @@ fn run_embedded_scenario(
         app.stop();
     }
     latencies.sort_by(f64::total_cmp);
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * q) as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    Ok(Figures {
-        per_second,
-        p50_ms: pick(0.5),
-        p99_ms: pick(0.99),
-    })
+    let pick = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(f64::NAN);
+    Ok(Figures { per_second, p50_ms: pick(0.5), p99_ms: pick(0.99) })
 }
 
 /// The raw baseline: what a processing loop costs with no wasm, no tasks and
@@ -574,9 +438,7 @@ fn raw_loop(
     use crate::task::TaskCommit;
     let input = backend.topic("in").expect("in");
     let out: Arc<str> = Arc::from("out");
-    let partitions: Vec<u32> = (0..settings.partitions)
-        .filter(|p| *p as usize % settings.workers == worker)
-        .collect();
+    let partitions: Vec<u32> = (0..settings.partitions).filter(|p| *p as usize % settings.workers == worker).collect();
     let mut read: BTreeMap<u32, i64> = partitions.iter().map(|p| (*p, 0)).collect();
     let mut produced = Vec::new();
     let mut positions = BTreeMap::new();
@@ -599,26 +461,16 @@ fn raw_loop(
         }
         if last_commit.elapsed() >= settings.commit_interval && !positions.is_empty() {
             let commit = TaskCommit {
-                task: crate::task::TaskId {
-                    subtopology: 0,
-                    partition: worker as u32,
-                },
+                task: crate::task::TaskId { subtopology: 0, partition: worker as u32 },
                 produced: std::mem::take(&mut produced),
                 changes: Vec::new(),
                 positions: std::mem::take(&mut positions),
             };
-            backend
-                .commit("raw", commit, &std::collections::HashMap::new())
-                .expect("commit");
+            backend.commit("raw", commit, &std::collections::HashMap::new()).expect("commit");
             last_commit = Instant::now();
         }
         if !any {
-            backend.wait_for_data(
-                seen,
-                settings
-                    .commit_interval
-                    .min(std::time::Duration::from_millis(50)),
-            );
+            backend.wait_for_data(seen, settings.commit_interval.min(std::time::Duration::from_millis(50)));
         }
     }
 }

@@ -176,23 +176,12 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Test {
-            spec,
-            input,
-            components,
-            internal,
-        } => {
-            let mut options = TestOptions {
-                include_internal: internal,
-                ..TestOptions::default()
-            };
+        Command::Test { spec, input, components, internal } => {
+            let mut options = TestOptions { include_internal: internal, ..TestOptions::default() };
             for c in components {
-                let (name, path) = c
-                    .split_once('=')
-                    .ok_or_else(|| anyhow::anyhow!("--component takes NAME=PATH, got `{c}`"))?;
-                options
-                    .components
-                    .insert(name.to_owned(), PathBuf::from(path));
+                let (name, path) =
+                    c.split_once('=').ok_or_else(|| anyhow::anyhow!("--component takes NAME=PATH, got `{c}`"))?;
+                options.components.insert(name.to_owned(), PathBuf::from(path));
             }
             let engine = Arc::new(WasmEngine::new(EngineConfig::default())?);
             let run = testdriver::run(&spec, &input, engine, &options)?;
@@ -209,29 +198,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Serve {
-            config,
-            data_dir,
-            http,
-            brokers,
-            commit_interval,
-        } => {
-            let mut cfg =
-                crate::config::Config::load(config.as_deref(), |k| std::env::var(k).ok())?;
+        Command::Serve { config, data_dir, http, brokers, commit_interval } => {
+            let mut cfg = crate::config::Config::load(config.as_deref(), |k| std::env::var(k).ok())?;
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
             }
             if let Some(h) = http {
-                cfg.http = h
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("--http `{h}`: {e}"))?;
+                cfg.http = h.parse().map_err(|e| anyhow::anyhow!("--http `{h}`: {e}"))?;
             }
             if let Some(b) = brokers {
                 cfg.brokers = b;
             }
             if let Some(c) = commit_interval {
-                cfg.commit_interval = crate::topology::parse_duration(&c)
-                    .map_err(|e| anyhow::anyhow!("--commit-interval: {e}"))?;
+                cfg.commit_interval =
+                    crate::topology::parse_duration(&c).map_err(|e| anyhow::anyhow!("--commit-interval: {e}"))?;
             }
             crate::serve::serve(cfg)?;
             Ok(ExitCode::SUCCESS)
@@ -241,50 +221,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Produce { topic, server } => {
-            let n = crate::client::produce(
-                &topic,
-                server.trim_end_matches('/'),
-                std::io::stdin().lock(),
-            )?;
+            let n = crate::client::produce(&topic, server.trim_end_matches('/'), std::io::stdin().lock())?;
             eprintln!("produced {n} records to {topic}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Consume {
-            topic,
-            server,
-            from,
-            limit,
-            partition,
-            offsets,
-        } => {
+        Command::Consume { topic, server, from, limit, partition, offsets } => {
             let mut out = std::io::stdout().lock();
-            crate::client::consume(
-                &topic,
-                server.trim_end_matches('/'),
-                from,
-                limit,
-                partition,
-                offsets,
-                &mut out,
-            )?;
+            crate::client::consume(&topic, server.trim_end_matches('/'), from, limit, partition, offsets, &mut out)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Query {
-            app,
-            store,
-            key,
-            prefix,
-            limit,
-            server,
-        } => {
-            crate::client::query(
-                &app,
-                &store,
-                key.as_deref(),
-                prefix.as_deref(),
-                limit,
-                server.trim_end_matches('/'),
-            )?;
+        Command::Query { app, store, key, prefix, limit, server } => {
+            crate::client::query(&app, &store, key.as_deref(), prefix.as_deref(), limit, server.trim_end_matches('/'))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { app, server, json } => {
@@ -292,25 +239,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { which } => match which {
-            BenchCommand::Embedded {
-                guests,
-                records,
-                latency_rate,
-            } => {
-                let settings = crate::bench::EmbeddedBench {
-                    guests,
-                    records,
-                    latency_rate,
-                    ..Default::default()
-                };
+            BenchCommand::Embedded { guests, records, latency_rate } => {
+                let settings = crate::bench::EmbeddedBench { guests, records, latency_rate, ..Default::default() };
                 crate::bench::embedded(settings)?;
                 Ok(ExitCode::SUCCESS)
             }
-            BenchCommand::ComponentVsNative {
-                component,
-                records,
-                batch,
-            } => {
+            BenchCommand::ComponentVsNative { component, records, batch } => {
                 crate::bench::component_vs_native(component, records, batch)?;
                 Ok(ExitCode::SUCCESS)
             }

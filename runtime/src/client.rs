@@ -38,18 +38,11 @@ pub fn call(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::R
     .with_context(|| format!("cannot reach weir at {url}"))?;
     let status = response.status().as_u16();
     let text = response.into_body().read_to_string().unwrap_or_default();
-    let json: Value = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
+    let json: Value =
+        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
     if status >= 400 {
         let code = json.get("error").and_then(Value::as_str).unwrap_or("error");
-        let detail = json
-            .get("detail")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| json.to_string());
+        let detail = json.get("detail").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| json.to_string());
         bail!("server refused ({status} {code}): {detail}");
     }
     Ok(json)
@@ -57,8 +50,7 @@ pub fn call(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::R
 
 /// Uploads the components a spec names by path, then deploys the spec.
 pub fn deploy(spec_path: &Path, server: &str) -> anyhow::Result<()> {
-    let mut spec =
-        load_spec(spec_path).map_err(|e| anyhow::anyhow!("{}:\n{e}", spec_path.display()))?;
+    let mut spec = load_spec(spec_path).map_err(|e| anyhow::anyhow!("{}:\n{e}", spec_path.display()))?;
     let base = spec_path.parent().unwrap_or(Path::new("."));
     let mut uploaded: BTreeMap<PathBuf, String> = BTreeMap::new();
     for (name, processor) in spec.processors.iter_mut() {
@@ -69,30 +61,32 @@ pub fn deploy(spec_path: &Path, server: &str) -> anyhow::Result<()> {
             processor.component = reference.clone();
             continue;
         }
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("processor `{name}`: cannot read {}", path.display()))?;
-        let answer = call(
-            "POST",
-            &format!("{server}/v1/components"),
-            Some(("application/wasm", bytes)),
-        )
-        .with_context(|| format!("processor `{name}`: uploading {}", path.display()))?;
-        let reference = answer["reference"]
-            .as_str()
-            .context("upload answer without reference")?
-            .to_owned();
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("processor `{name}`: cannot read {}", path.display()))?;
+        let answer = call("POST", &format!("{server}/v1/components"), Some(("application/wasm", bytes)))
+            .with_context(|| format!("processor `{name}`: uploading {}", path.display()))?;
+        let reference = answer["reference"].as_str().context("upload answer without reference")?.to_owned();
         eprintln!("uploaded {} as {reference}", path.display());
         processor.component = reference.clone();
         uploaded.insert(path, reference);
     }
     let body = serde_json::to_vec(&spec)?;
-    let status = call(
-        "PUT",
-        &format!("{server}/v1/apps/{}", spec.name),
-        Some(("application/json", body)),
-    )?;
-    eprintln!("deployed {}", spec.name);
-    print_status(&status);
+    let answer = call("PUT", &format!("{server}/v1/apps/{}", spec.name), Some(("application/json", body)))?;
+    match answer["action"].as_str() {
+        Some("updated") => {
+            let u = &answer["update"];
+            eprintln!(
+                "updated {} ({}: {}, {} task(s) switched, longest pause {:.2} ms)",
+                spec.name,
+                u["kind"].as_str().unwrap_or("?"),
+                u["state"].as_str().unwrap_or("?"),
+                u["switched"],
+                u["max_pause_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
+        _ => eprintln!("deployed {}", spec.name),
+    }
+    print_status(&answer["status"]);
     Ok(())
 }
 
@@ -128,12 +122,8 @@ pub fn produce(topic: &str, server: &str, input: impl BufRead) -> anyhow::Result
 }
 
 fn send_chunk(url: &str, chunk: String, first_line: usize) -> anyhow::Result<u64> {
-    let answer = call(
-        "POST",
-        url,
-        Some(("application/x-ndjson", chunk.into_bytes())),
-    )
-    .with_context(|| format!("records starting at input line {first_line}"))?;
+    let answer = call("POST", url, Some(("application/x-ndjson", chunk.into_bytes())))
+        .with_context(|| format!("records starting at input line {first_line}"))?;
     Ok(answer["records"].as_array().map_or(0, |a| a.len() as u64))
 }
 
@@ -152,8 +142,7 @@ pub fn consume(
         .as_array()
         .and_then(|ts| ts.iter().find(|t| t["name"] == topic))
         .and_then(|t| t["partitions"].as_u64())
-        .with_context(|| format!("topic `{topic}` does not exist on {server}"))?
-        as u32;
+        .with_context(|| format!("topic `{topic}` does not exist on {server}"))? as u32;
     let partitions: Vec<u32> = match partition {
         Some(p) => vec![p],
         None => (0..count).collect(),
@@ -168,9 +157,7 @@ pub fn consume(
             }
             let page = call(
                 "GET",
-                &format!(
-                    "{server}/v1/topics/{topic}/records?partition={p}&from={next}&limit={room}"
-                ),
+                &format!("{server}/v1/topics/{topic}/records?partition={p}&from={next}&limit={room}"),
                 None,
             )?;
             let records = page["records"].as_array().cloned().unwrap_or_default();
@@ -211,10 +198,7 @@ fn print_status(s: &Value) {
         s["lag"]
     );
     for t in s["tasks"].as_array().into_iter().flatten() {
-        let error = t["error"]
-            .as_str()
-            .map(|e| format!(" — {e}"))
-            .unwrap_or_default();
+        let error = t["error"].as_str().map(|e| format!(" — {e}")).unwrap_or_default();
         println!(
             "  task {} {}: in {} dead-letters {} commits {}{error}",
             t["id"].as_str().unwrap_or("?"),
@@ -238,25 +222,12 @@ pub fn query(
 ) -> anyhow::Result<()> {
     match key {
         Some(key) => {
-            let v = call(
-                "GET",
-                &format!(
-                    "{server}/v1/apps/{app}/stores/{store}/keys/{}",
-                    encode_path(key)
-                ),
-                None,
-            )?;
+            let v = call("GET", &format!("{server}/v1/apps/{app}/stores/{store}/keys/{}", encode_path(key)), None)?;
             println!("{v}");
         }
         None => {
-            let prefix = prefix
-                .map(|p| format!("&prefix={}", encode_path(p)))
-                .unwrap_or_default();
-            let v = call(
-                "GET",
-                &format!("{server}/v1/apps/{app}/stores/{store}?limit={limit}{prefix}"),
-                None,
-            )?;
+            let prefix = prefix.map(|p| format!("&prefix={}", encode_path(p))).unwrap_or_default();
+            let v = call("GET", &format!("{server}/v1/apps/{app}/stores/{store}?limit={limit}{prefix}"), None)?;
             for entry in v["entries"].as_array().into_iter().flatten() {
                 println!("{entry}");
             }
@@ -269,9 +240,7 @@ pub fn query(
 fn encode_path(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -61,9 +61,7 @@ impl Default for Config {
             brokers: String::new(),
             commit_interval: Duration::from_millis(100),
             max_batch: 1000,
-            workers: std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .min(8),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()).min(8),
             fsync: false,
             retention: Duration::from_secs(7 * 24 * 3600),
             retention_bytes: 0,
@@ -99,16 +97,12 @@ pub struct ConfigError(pub String);
 
 impl Config {
     /// Defaults, then `file` (if any), then `WEIR_*` variables from `env`.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut config = Config::default();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-            let f: FileConfig = toml::from_str(&text)
-                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            let f: FileConfig = toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
             config.apply(f, &format!("{}", path.display()))?;
         }
         let var = |name: &str| env(name).filter(|v| !v.is_empty());
@@ -118,16 +112,10 @@ impl Config {
             brokers: env("WEIR_BROKERS"),
             commit_interval: var("WEIR_COMMIT_INTERVAL"),
             max_batch: var("WEIR_MAX_BATCH")
-                .map(|v| {
-                    v.parse()
-                        .map_err(|e| ConfigError(format!("WEIR_MAX_BATCH=`{v}`: {e}")))
-                })
+                .map(|v| v.parse().map_err(|e| ConfigError(format!("WEIR_MAX_BATCH=`{v}`: {e}"))))
                 .transpose()?,
             workers: var("WEIR_WORKERS")
-                .map(|v| {
-                    v.parse()
-                        .map_err(|e| ConfigError(format!("WEIR_WORKERS=`{v}`: {e}")))
-                })
+                .map(|v| v.parse().map_err(|e| ConfigError(format!("WEIR_WORKERS=`{v}`: {e}"))))
                 .transpose()?,
             fsync: var("WEIR_FSYNC")
                 .map(|v| match v.as_str() {
@@ -140,10 +128,7 @@ impl Config {
             retention_bytes: var("WEIR_RETENTION_BYTES"),
             retention_check: var("WEIR_RETENTION_CHECK"),
             max_instances: var("WEIR_MAX_INSTANCES")
-                .map(|v| {
-                    v.parse()
-                        .map_err(|e| ConfigError(format!("WEIR_MAX_INSTANCES=`{v}`: {e}")))
-                })
+                .map(|v| v.parse().map_err(|e| ConfigError(format!("WEIR_MAX_INSTANCES=`{v}`: {e}"))))
                 .transpose()?,
             max_upload: var("WEIR_MAX_UPLOAD"),
         };
@@ -157,12 +142,8 @@ impl Config {
             self.data_dir = v;
         }
         if let Some(v) = f.http {
-            self.http = v.parse().map_err(|e| {
-                bad(
-                    "http",
-                    format!("`{v}` is not an address like 127.0.0.1:8080: {e}"),
-                )
-            })?;
+            self.http =
+                v.parse().map_err(|e| bad("http", format!("`{v}` is not an address like 127.0.0.1:8080: {e}")))?;
         }
         if let Some(v) = f.brokers {
             self.brokers = v;
@@ -186,11 +167,8 @@ impl Config {
             self.fsync = v;
         }
         if let Some(v) = f.retention {
-            self.retention = if v.trim() == "0" {
-                Duration::ZERO
-            } else {
-                parse_duration(&v).map_err(|e| bad("retention", e))?
-            };
+            self.retention =
+                if v.trim() == "0" { Duration::ZERO } else { parse_duration(&v).map_err(|e| bad("retention", e))? };
         }
         if let Some(v) = f.retention_bytes {
             self.retention_bytes = parse_size(&v).map_err(|e| bad("retention_bytes", e))?;
@@ -214,10 +192,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
@@ -225,16 +200,8 @@ mod tests {
     fn defaults_then_file_then_environment() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("weir.toml");
-        std::fs::write(
-            &file,
-            "commit_interval = \"250ms\"\nmax_batch = 50\nhttp = \"127.0.0.1:9000\"\n",
-        )
-        .unwrap();
-        let c = Config::load(
-            Some(&file),
-            env(&[("WEIR_MAX_BATCH", "70"), ("WEIR_DATA_DIR", "/tmp/x")]),
-        )
-        .unwrap();
+        std::fs::write(&file, "commit_interval = \"250ms\"\nmax_batch = 50\nhttp = \"127.0.0.1:9000\"\n").unwrap();
+        let c = Config::load(Some(&file), env(&[("WEIR_MAX_BATCH", "70"), ("WEIR_DATA_DIR", "/tmp/x")])).unwrap();
         assert_eq!(c.commit_interval, Duration::from_millis(250));
         assert_eq!(c.max_batch, 70, "environment wins over the file");
         assert_eq!(c.http.port(), 9000);
@@ -245,17 +212,11 @@ mod tests {
     #[test]
     fn bad_values_name_their_source_and_key() {
         let e = Config::load(None, env(&[("WEIR_COMMIT_INTERVAL", "often")])).unwrap_err();
-        assert!(
-            e.to_string().contains("environment: commit_interval"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("environment: commit_interval"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("weir.toml");
         std::fs::write(&file, "comit_interval = \"1s\"\n").unwrap();
         let e = Config::load(Some(&file), env(&[])).unwrap_err();
-        assert!(
-            e.to_string().contains("unknown field `comit_interval`"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("unknown field `comit_interval`"), "{e}");
     }
 }

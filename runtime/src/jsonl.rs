@@ -26,11 +26,7 @@ use crate::record::{Headers, Record};
 /// One parsed input line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputLine {
-    Record {
-        topic: String,
-        partition: Option<u32>,
-        record: Record,
-    },
+    Record { topic: String, partition: Option<u32>, record: Record },
     WallClock(i64),
 }
 
@@ -110,15 +106,13 @@ fn to_bytes(v: Option<Value>, what: &str) -> Result<Option<Vec<u8>>, String> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.into_bytes())),
-        Some(Value::Object(map)) if map.len() == 1 && map.contains_key("b64") => {
-            match &map["b64"] {
-                Value::String(b) => base64::engine::general_purpose::STANDARD
-                    .decode(b)
-                    .map(Some)
-                    .map_err(|e| format!("{what}: invalid base64: {e}")),
-                _ => Err(format!("{what}: \"b64\" must be a string")),
-            }
-        }
+        Some(Value::Object(map)) if map.len() == 1 && map.contains_key("b64") => match &map["b64"] {
+            Value::String(b) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map(Some)
+                .map_err(|e| format!("{what}: invalid base64: {e}")),
+            _ => Err(format!("{what}: \"b64\" must be a string")),
+        },
         Some(other) => Ok(Some(other.to_string().into_bytes())),
     }
 }
@@ -158,11 +152,7 @@ impl OutputLine {
             key: render_bytes(record.key.as_deref()),
             value: render_bytes(record.value.as_deref()),
             timestamp: record.timestamp,
-            headers: record
-                .headers
-                .iter()
-                .map(|(n, v)| (n.clone(), render_bytes(Some(v))))
-                .collect(),
+            headers: record.headers.iter().map(|(n, v)| (n.clone(), render_bytes(Some(v)))).collect(),
         }
     }
 
@@ -179,14 +169,7 @@ mod tests {
     #[test]
     fn strings_are_raw_bytes_and_other_json_is_its_text() {
         let line = r#"{"topic":"t","key":"c1","value":{"qty":2},"timestamp":5}"#;
-        let InputLine::Record {
-            topic,
-            partition,
-            record,
-        } = parse_input_line(line).unwrap()
-        else {
-            panic!()
-        };
+        let InputLine::Record { topic, partition, record } = parse_input_line(line).unwrap() else { panic!() };
         assert_eq!((topic.as_str(), partition), ("t", None));
         assert_eq!(record.key.as_deref(), Some(&b"c1"[..]));
         assert_eq!(record.value.as_deref(), Some(&br#"{"qty":2}"#[..]));
@@ -206,49 +189,23 @@ mod tests {
 
     #[test]
     fn malformed_lines_say_why() {
-        assert!(
-            parse_input_line("{")
-                .unwrap_err()
-                .contains("not a record line")
-        );
-        assert!(
-            parse_input_line(r#"{"key":"k"}"#)
-                .unwrap_err()
-                .contains("missing \"topic\"")
-        );
-        assert!(
-            parse_input_line(r#"{"topic":"t","colour":"red"}"#)
-                .unwrap_err()
-                .contains("unknown field")
-        );
-        assert_eq!(
-            parse_input_line(r#"{"wall_clock": 10}"#).unwrap(),
-            InputLine::WallClock(10)
-        );
+        assert!(parse_input_line("{").unwrap_err().contains("not a record line"));
+        assert!(parse_input_line(r#"{"key":"k"}"#).unwrap_err().contains("missing \"topic\""));
+        assert!(parse_input_line(r#"{"topic":"t","colour":"red"}"#).unwrap_err().contains("unknown field"));
+        assert_eq!(parse_input_line(r#"{"wall_clock": 10}"#).unwrap(), InputLine::WallClock(10));
     }
 
     #[test]
     fn rendering_prefers_json_then_text_then_base64() {
-        assert_eq!(
-            render_bytes(Some(br#"{"a":1}"#)),
-            serde_json::json!({"a": 1})
-        );
+        assert_eq!(render_bytes(Some(br#"{"a":1}"#)), serde_json::json!({"a": 1}));
         assert_eq!(render_bytes(Some(b"c1")), serde_json::json!("c1"));
-        assert_eq!(
-            render_bytes(Some(&[0xff, 0x00])),
-            serde_json::json!({"b64": "/wA="})
-        );
+        assert_eq!(render_bytes(Some(&[0xff, 0x00])), serde_json::json!({"b64": "/wA="}));
         assert_eq!(render_bytes(None), Value::Null);
     }
 
     #[test]
     fn output_lines_have_a_fixed_field_order() {
-        let r = Record {
-            key: Some(b"k".to_vec()),
-            value: Some(b"1".to_vec()),
-            timestamp: 3,
-            headers: vec![],
-        };
+        let r = Record { key: Some(b"k".to_vec()), value: Some(b"1".to_vec()), timestamp: 3, headers: vec![] };
         assert_eq!(
             OutputLine::new("out", 2, &r).to_json(),
             r#"{"topic":"out","partition":2,"key":"k","value":1,"timestamp":3,"headers":[]}"#

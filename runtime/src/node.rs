@@ -8,13 +8,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::backend::embedded::runner::{EmbeddedApp, RunnerConfig, StartError};
 use crate::backend::embedded::{BackendError, EmbeddedBackend};
 use crate::config::Config;
 use crate::registry::{ComponentRegistry, RegistryError};
 use crate::state::rocks::DataDirError;
-use crate::status::AppStatus;
+use crate::status::{AppStatus, SwapRecord};
 use crate::task::AppRuntime;
 use crate::topology::{NodeKind, Spec, SpecError, Topology};
 use crate::wasm::{EngineConfig, WasmEngine};
@@ -25,12 +26,13 @@ pub enum DeployError {
     #[error("invalid spec:\n{0}")]
     Spec(#[from] SpecError),
     #[error("processor `{processor}`: {error}")]
-    Component {
-        processor: String,
-        error: RegistryError,
-    },
-    #[error("application `{0}` is already deployed; delete it first")]
-    Exists(String),
+    Component { processor: String, error: RegistryError },
+    #[error("application `{0}` is being updated; try again when that update is done")]
+    Busy(String),
+    #[error("update of `{app}` rolled back: {error}")]
+    UpdateFailed { app: String, error: String },
+    #[error("cannot update `{app}`: {error}")]
+    Incompatible { app: String, error: String },
     #[error("cannot deploy `{app}`: {error}")]
     Topics { app: String, error: String },
     #[error("cannot start `{app}`: {error}")]
@@ -52,6 +54,34 @@ struct Deployed {
     app: EmbeddedApp,
 }
 
+/// What a deploy did.
+#[derive(Debug, serde::Serialize)]
+pub struct Deployment {
+    /// `created`, or `updated` (hot swap or restart).
+    pub action: &'static str,
+    pub status: AppStatus,
+    /// For updates: the update's record.
+    pub update: Option<SwapRecord>,
+}
+
+/// How long a deploy waits for tasks to switch and for a trap on probation.
+const SWITCH_WAIT: Duration = Duration::from_secs(30);
+const PROBATION_WAIT: Duration = Duration::from_secs(2);
+
+/// The spec with everything a hot swap may change blanked out: two specs
+/// with the same shape have the same graph, stores and topics.
+fn shape(spec: &Spec) -> Spec {
+    let mut s = spec.clone();
+    for p in s.processors.values_mut() {
+        p.component = String::new();
+        p.config.clear();
+        p.limits = Default::default();
+        p.on_error = Default::default();
+        p.max_batch = None;
+    }
+    s
+}
+
 /// One weir process.
 pub struct Node {
     pub config: Config,
@@ -60,6 +90,8 @@ pub struct Node {
     apps: Mutex<BTreeMap<String, Deployed>>,
     /// Saved applications that could not be resumed, with why.
     broken: Mutex<BTreeMap<String, String>>,
+    /// Applications with an update in progress (one at a time per application).
+    updating: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Node {
@@ -72,31 +104,26 @@ impl Node {
             ..EngineConfig::default()
         })
         .map_err(|e| OpenError::Other(format!("wasm engine: {e}")))?;
-        let registry = ComponentRegistry::open(&config.data_dir, Arc::new(engine))
-            .map_err(|e| OpenError::Other(e.to_string()))?;
+        let registry =
+            ComponentRegistry::open(&config.data_dir, Arc::new(engine)).map_err(|e| OpenError::Other(e.to_string()))?;
         let node = Arc::new(Node {
             config,
             backend,
             registry,
             apps: Mutex::new(BTreeMap::new()),
             broken: Mutex::new(BTreeMap::new()),
+            updating: Mutex::new(Default::default()),
         });
-        let saved = node
-            .backend
-            .applications()
-            .map_err(|e| OpenError::Other(e.to_string()))?;
+        let saved = node.backend.applications().map_err(|e| OpenError::Other(e.to_string()))?;
         for (name, definition) in saved {
             let resumed = serde_json::from_slice::<Spec>(&definition)
                 .map_err(|e| format!("saved definition is unreadable: {e}"))
-                .and_then(|spec| node.start(spec).map_err(|e| e.to_string()));
+                .and_then(|spec| node.start(spec, Vec::new()).map_err(|e| e.to_string()));
             match resumed {
                 Ok(()) => tracing::info!(app = %name, "resumed application"),
                 Err(e) => {
                     tracing::error!(app = %name, "cannot resume application: {e}");
-                    node.broken
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(name, e);
+                    node.broken.lock().unwrap_or_else(|e| e.into_inner()).insert(name, e);
                 }
             }
         }
@@ -111,156 +138,248 @@ impl Node {
         }
     }
 
-    /// Validates, saves and starts an application.
-    pub fn deploy(&self, spec: Spec) -> Result<AppStatus, DeployError> {
+    /// Validates, saves and starts an application; if it runs already,
+    /// updates it without stopping it (see [`update`](Self::update)).
+    pub fn deploy(&self, spec: Spec) -> Result<Deployment, DeployError> {
         let name = spec.name.clone();
-        if self
-            .apps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&name)
-        {
-            return Err(DeployError::Exists(name));
+        if self.apps.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&name) {
+            return self.update(spec);
         }
-        self.start(spec.clone())?;
+        self.start(spec.clone(), Vec::new())?;
         let definition = serde_json::to_vec(&spec).expect("specs serialise");
         if let Err(e) = self.backend.save_application(&name, &definition) {
             self.undeploy(&name).ok();
             return Err(DeployError::Internal(e.to_string()));
         }
-        self.broken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&name);
-        Ok(self.status(&name).expect("just started"))
+        self.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+        Ok(Deployment { action: "created", status: self.status(&name).expect("just started"), update: None })
     }
 
-    /// Compiles against the real partition counts of existing topics,
-    /// resolves components and starts the runner.
-    fn start(&self, spec: Spec) -> Result<(), DeployError> {
-        let actual: BTreeMap<String, u32> = self
-            .backend
-            .topics()
+    /// Updates a running application. Everything is validated before
+    /// anything changes. A change of components, configs or limits only is a
+    /// hot swap: each task commits, switches to the new version and goes on,
+    /// stores kept; if the new version fails `init` or traps before its
+    /// first commit, every task goes back to the old one and the update
+    /// fails with the guest's message. A change of the graph (nodes, stores,
+    /// topics) restarts the application on the new graph after a final
+    /// commit; stores that remain keep their state.
+    pub fn update(&self, spec: Spec) -> Result<Deployment, DeployError> {
+        let name = spec.name.clone();
+        if !self.updating.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
+            return Err(DeployError::Busy(name));
+        }
+        let result = self.update_now(spec);
+        self.updating.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+        result
+    }
+
+    fn update_now(&self, spec: Spec) -> Result<Deployment, DeployError> {
+        let name = spec.name.clone();
+        let new = self.prepare(spec.clone())?;
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(deployed) = apps.get(&name) else {
+            drop(apps);
+            return self.deploy(spec);
+        };
+        let old = deployed.app.runtime();
+        if shape(&old.topology.spec) == shape(&spec) && old.topology.partitions == new.topology.partitions {
+            let id = deployed.app.update(new).map_err(|_| DeployError::Busy(name.clone()))?;
+            drop(apps);
+            let record = self.wait_for_switch(&name, id);
+            if record.state == "rolled-back" {
+                return Err(DeployError::UpdateFailed { app: name, error: record.error.unwrap_or_default() });
+            }
+            self.save(&spec)?;
+            let status = self.status(&name).expect("running");
+            return Ok(Deployment { action: "updated", status, update: Some(record) });
+        }
+        // The graph changed: check that state can follow, then restart.
+        check_stores(&old.topology, &new.topology)
+            .map_err(|error| DeployError::Incompatible { app: name.clone(), error })?;
+        let started = Instant::now();
+        let mut history = deployed.app.history();
+        let deployed = apps.remove(&name).expect("present");
+        deployed.app.stop();
+        let record = SwapRecord {
+            id: history.last().map_or(0, |r| r.id) + 1,
+            started_ms: crate::backend::embedded::now_us() / 1000,
+            kind: "restart".into(),
+            from: old
+                .components
+                .iter()
+                .map(|(n, c)| (old.topology.nodes[*n].name.clone(), format!("sha256:{}", c.sha256())))
+                .collect(),
+            to: new
+                .components
+                .iter()
+                .map(|(n, c)| (new.topology.nodes[*n].name.clone(), format!("sha256:{}", c.sha256())))
+                .collect(),
+            state: "applied".into(),
+            error: None,
+            tasks: new.topology.subtopologies.iter().map(|s| s.partitions as usize).sum(),
+            switched: 0,
+            passed: 0,
+            max_pause_ms: 0.0,
+        };
+        history.push(record);
+        let result = self.run(new, history.clone(), &mut apps);
+        drop(apps);
+        if let Err(e) = result {
+            // Put the old version back: it was running a moment ago.
+            let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+            history.pop();
+            self.run(old, history, &mut apps).ok();
+            return Err(e);
+        }
+        let pause = started.elapsed();
+        if let Some(d) = self.apps.lock().unwrap_or_else(|e| e.into_inner()).get(&name) {
+            d.app.set_last_pause(pause);
+        }
+        self.save(&spec)?;
+        let status = self.status(&name).expect("running");
+        let update = status.swaps.last().cloned();
+        Ok(Deployment { action: "updated", status, update })
+    }
+
+    fn save(&self, spec: &Spec) -> Result<(), DeployError> {
+        let definition = serde_json::to_vec(spec).expect("specs serialise");
+        self.backend.save_application(&spec.name, &definition).map_err(|e| DeployError::Internal(e.to_string()))
+    }
+
+    /// Waits until every task switched (or the update rolled back), then a
+    /// little longer for a trap on probation.
+    fn wait_for_switch(&self, app: &str, id: u64) -> SwapRecord {
+        let deadline = Instant::now() + SWITCH_WAIT;
+        let record =
+            |node: &Node| node.apps.lock().unwrap_or_else(|e| e.into_inner()).get(app).and_then(|d| d.app.swap(id));
+        let mut last = record(self);
+        while Instant::now() < deadline {
+            match &last {
+                Some(r) if r.state != "switching" => break,
+                None => break,
+                _ => {}
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            last = record(self);
+        }
+        let probation_end = Instant::now() + PROBATION_WAIT;
+        while Instant::now() < probation_end {
+            if last.as_ref().is_some_and(|r| r.state == "rolled-back" || r.state == "applied") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            last = record(self);
+        }
+        last.expect("update recorded")
+    }
+
+    /// Compiles a spec against the real partition counts of existing topics
+    /// and resolves its components: everything checked, nothing changed.
+    fn prepare(&self, spec: Spec) -> Result<Arc<AppRuntime>, DeployError> {
+        let actual: BTreeMap<String, u32> =
+            self.backend.topics().iter().map(|t| (t.name.to_string(), t.partitions())).collect();
+        let mismatched: Vec<String> = spec
+            .topics
             .iter()
-            .map(|t| (t.name.to_string(), t.partitions()))
+            .filter_map(|(t, want)| {
+                actual.get(t).filter(|have| **have != want.partitions()).map(|have| {
+                    format!("topic `{t}` exists with {have} partition(s), the spec says {}", want.partitions())
+                })
+            })
             .collect();
+        if !mismatched.is_empty() {
+            return Err(DeployError::Topics {
+                app: spec.name.clone(),
+                error: format!("{} (weir does not re-partition existing topics)", mismatched.join("; ")),
+            });
+        }
         let topology = Topology::compile_with_counts(spec, &actual)?;
         let mut components = BTreeMap::new();
         for (id, node) in topology.nodes.iter().enumerate() {
             if let NodeKind::Processor(def) = &node.kind {
-                let loaded = self.registry.resolve(&def.component).map_err(|error| {
-                    DeployError::Component {
-                        processor: node.name.clone(),
-                        error,
-                    }
-                })?;
+                let loaded = self
+                    .registry
+                    .resolve(&def.component)
+                    .map_err(|error| DeployError::Component { processor: node.name.clone(), error })?;
                 components.insert(id, loaded);
             }
         }
-        let name = topology.name.clone();
-        let app = Arc::new(AppRuntime {
-            topology: Arc::new(topology),
-            engine: self.registry.engine().clone(),
-            components,
-        });
-        let running = EmbeddedApp::start(self.backend.clone(), app, self.runner_config()).map_err(
-            |e| match e {
-                StartError::Topics(error) => DeployError::Topics {
-                    app: name.clone(),
-                    error,
-                },
-                StartError::Backend(BackendError::Storage(e)) => {
-                    DeployError::Internal(e.to_string())
-                }
-                StartError::Backend(e) => DeployError::Start {
-                    app: name.clone(),
-                    error: e.to_string(),
-                },
-            },
-        )?;
-        self.apps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name, Deployed { app: running });
+        Ok(Arc::new(AppRuntime { topology: Arc::new(topology), engine: self.registry.engine().clone(), components }))
+    }
+
+    fn start(&self, spec: Spec, history: Vec<SwapRecord>) -> Result<(), DeployError> {
+        let app = self.prepare(spec)?;
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        self.run(app, history, &mut apps)
+    }
+
+    fn run(
+        &self,
+        app: Arc<AppRuntime>,
+        history: Vec<SwapRecord>,
+        apps: &mut BTreeMap<String, Deployed>,
+    ) -> Result<(), DeployError> {
+        let name = app.topology.name.clone();
+        let running = EmbeddedApp::start_with_history(self.backend.clone(), app, self.runner_config(), history)
+            .map_err(|e| match e {
+                StartError::Topics(error) => DeployError::Topics { app: name.clone(), error },
+                StartError::Backend(BackendError::Storage(e)) => DeployError::Internal(e.to_string()),
+                StartError::Backend(e) => DeployError::Start { app: name.clone(), error: e.to_string() },
+            })?;
+        let backend = self.backend.clone();
+        let app_name = name.clone();
+        running.on_rollback(Box::new(move |previous| {
+            // The application runs the previous version again: so must a restart.
+            let definition = serde_json::to_vec(&previous.topology.spec).expect("specs serialise");
+            if let Err(e) = backend.save_application(&app_name, &definition) {
+                tracing::error!(app = %app_name, error = %e, "cannot save the rolled-back definition");
+            }
+        }));
+        apps.insert(name, Deployed { app: running });
         Ok(())
     }
 
     /// Stops an application (final commit) and forgets it.
     pub fn undeploy(&self, name: &str) -> Result<bool, String> {
-        let deployed = self
-            .apps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-        let broken = self
-            .broken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name)
-            .is_some();
+        let deployed = self.apps.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        let broken = self.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(name).is_some();
         let found = deployed.is_some() || broken;
         if let Some(d) = deployed {
             d.app.stop();
         }
         if found {
-            self.backend
-                .delete_application(name)
-                .map_err(|e| e.to_string())?;
+            self.backend.delete_application(name).map_err(|e| e.to_string())?;
         }
         Ok(found)
     }
 
     pub fn status(&self, name: &str) -> Option<AppStatus> {
-        if let Some(d) = self
-            .apps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(d) = self.apps.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Some(d.app.status());
         }
-        self.broken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .map(|error| AppStatus {
-                name: name.to_owned(),
-                backend: "embedded".into(),
-                guarantee: String::new(),
-                state: format!("failed: {error}"),
-                lag: 0,
-                tasks: Vec::new(),
-                components: BTreeMap::new(),
-            })
+        self.broken.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|error| AppStatus {
+            name: name.to_owned(),
+            backend: "embedded".into(),
+            guarantee: String::new(),
+            state: format!("failed: {error}"),
+            lag: 0,
+            tasks: Vec::new(),
+            components: BTreeMap::new(),
+            swaps: Vec::new(),
+        })
     }
 
     /// Names of deployed applications (running or not).
     pub fn applications(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .apps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        names.extend(
-            self.broken
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .keys()
-                .cloned(),
-        );
+        let mut names: Vec<String> = self.apps.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        names.extend(self.broken.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned());
         names.sort();
         names
     }
 
     /// The topology of a running application.
     pub fn topology(&self, name: &str) -> Option<Arc<Topology>> {
-        self.apps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .map(|d| d.app.runtime().topology.clone())
+        self.apps.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|d| d.app.runtime().topology.clone())
     }
 
     /// Stops every application (final commits), for a clean shutdown.
@@ -274,4 +393,35 @@ impl Node {
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
     }
+}
+
+/// Checks that every store the old and the new graph share can keep its
+/// state: same kind, same partitioning.
+fn check_stores(old: &Topology, new: &Topology) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for store in &new.stores {
+        let Some(before) = old.stores.iter().find(|s| s.name == store.name) else { continue };
+        let kind = |t: &Topology, s: &crate::topology::StoreDef| match s.owner {
+            crate::topology::StoreOwner::Processor(_) => {
+                ("a processor store", s.subtopology.map(|i| t.subtopologies[i].partitions))
+            }
+            crate::topology::StoreOwner::Table(_) => {
+                ("a table store", s.subtopology.map(|i| t.subtopologies[i].partitions))
+            }
+            crate::topology::StoreOwner::Global(_) => ("a global table store", None),
+        };
+        let (was, was_parts) = kind(old, before);
+        let (is, is_parts) = kind(new, store);
+        if was != is {
+            problems.push(format!("store `{}` was {was} and would become {is}", store.name));
+        } else if was_parts != is_parts {
+            problems.push(format!(
+                "store `{}` would move from {} to {} partitions; weir cannot re-shard existing state (deploy it as a new application)",
+                store.name,
+                was_parts.unwrap_or(1),
+                is_parts.unwrap_or(1)
+            ));
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
 }

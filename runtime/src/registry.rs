@@ -14,9 +14,7 @@ use crate::wasm::{LoadError, LoadedComponent, WasmEngine};
 /// Why a component reference cannot be resolved.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
-    #[error(
-        "component `{0}` is not in the registry (upload it first: POST /v1/components, or `weir deploy` does it)"
-    )]
+    #[error("component `{0}` is not in the registry (upload it first: POST /v1/components, or `weir deploy` does it)")]
     Unknown(String),
     #[error(
         "component reference `{0}` is a file path; the server cannot read client files: `weir deploy` uploads them \
@@ -39,8 +37,7 @@ pub struct ComponentRegistry {
 impl ComponentRegistry {
     pub fn open(data_dir: &Path, engine: Arc<WasmEngine>) -> Result<Self, RegistryError> {
         let dir = data_dir.join("components");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| RegistryError::Io(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| RegistryError::Io(format!("{}: {e}", dir.display())))?;
         Ok(ComponentRegistry { dir, engine })
     }
 
@@ -56,10 +53,7 @@ impl ComponentRegistry {
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
             std::fs::write(&tmp, bytes)
                 .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| LoadError::Io {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| LoadError::Io { path: path.display().to_string(), message: e.to_string() })?;
         }
         Ok(loaded)
     }
@@ -80,9 +74,7 @@ impl ComponentRegistry {
         if !path.exists() {
             return Err(RegistryError::Unknown(reference.to_owned()));
         }
-        self.engine
-            .load_file(&path)
-            .map_err(|error| RegistryError::Load { sha256: hex, error })
+        self.engine.load_file(&path).map_err(|error| RegistryError::Load { sha256: hex, error })
     }
 
     /// Every stored component's sha256.
@@ -91,12 +83,7 @@ impl ComponentRegistry {
             .into_iter()
             .flatten()
             .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".wasm"))
-                    .map(str::to_owned)
-            })
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".wasm")).map(str::to_owned))
             .collect();
         out.sort();
         out

@@ -14,18 +14,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             config.brokers
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let node = Node::open(config.clone())?;
     tracing::info!(data_dir = %config.data_dir.display(), apps = node.applications().len(), "data dir opened");
 
     let retention = {
         let node = node.clone();
-        std::thread::Builder::new()
-            .name("weir-retention".into())
-            .spawn(move || retention_loop(&node))?
+        std::thread::Builder::new().name("weir-retention".into()).spawn(move || retention_loop(&node))?
     };
     let _ = retention;
 
@@ -36,9 +31,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         println!("listening http://{addr}");
         tracing::info!(%addr, "weir serving (embedded backend)");
         let app = crate::api::router(node.clone());
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down: committing and stopping applications");
@@ -49,10 +42,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
 fn retention_loop(node: &Arc<Node>) {
     loop {
         std::thread::sleep(node.config.retention_check.max(Duration::from_millis(10)));
-        match node
-            .backend
-            .enforce_retention(node.config.retention, node.config.retention_bytes)
-        {
+        match node.backend.enforce_retention(node.config.retention, node.config.retention_bytes) {
             Ok(0) => {}
             Ok(n) => tracing::info!(records = n, "retention dropped old records"),
             Err(e) => tracing::warn!(error = %e, "retention failed"),

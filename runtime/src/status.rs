@@ -54,6 +54,32 @@ pub struct TaskStatus {
     pub restore: Option<(u64, u64)>,
 }
 
+/// One update of a running application: a component swap, or a restart
+/// for a change of the graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapRecord {
+    pub id: u64,
+    /// Milliseconds since the Unix epoch.
+    pub started_ms: i64,
+    /// `component-swap` or `restart` (the graph changed).
+    pub kind: String,
+    /// Processor → component before and after.
+    pub from: BTreeMap<String, String>,
+    pub to: BTreeMap<String, String>,
+    /// `switching`: tasks are moving to the new version at their next commit;
+    /// `switched`: every task runs it (each on probation until its first
+    /// commit of processed records); `applied`: every task passed probation;
+    /// `rolled-back`: the new version failed `init` or trapped on probation
+    /// and every task went back (nothing it did was committed).
+    pub state: String,
+    pub error: Option<String>,
+    pub tasks: usize,
+    pub switched: usize,
+    pub passed: usize,
+    /// Longest time a task paused to switch (commit + instantiate + init).
+    pub max_pause_ms: f64,
+}
+
 /// The whole application.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppStatus {
@@ -66,16 +92,14 @@ pub struct AppStatus {
     pub tasks: Vec<TaskStatus>,
     /// Processor → component sha256.
     pub components: BTreeMap<String, String>,
+    /// Updates, oldest first.
+    pub swaps: Vec<SwapRecord>,
 }
 
 impl AppStatus {
     /// Derives `state` and `lag` from the tasks.
     pub fn summarize(&mut self) {
-        self.lag = self
-            .tasks
-            .iter()
-            .flat_map(|t| t.inputs.iter().map(|i| i.lag))
-            .sum();
+        self.lag = self.tasks.iter().flat_map(|t| t.inputs.iter().map(|i| i.lag)).sum();
         let worst = |s: TaskState| self.tasks.iter().any(|t| t.state == s);
         self.state = if worst(TaskState::Failed) {
             "failed"

@@ -28,16 +28,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::partitioner::{partition_for, partition_for_key};
-use crate::record::{
-    ConsumedRecord, Emitted, Headers, ProducedRecord, Record, TaskRecord, TopicPartition,
-};
+use crate::record::{ConsumedRecord, Emitted, Headers, ProducedRecord, Record, TaskRecord, TopicPartition};
 use crate::state::{SharedStore, StateError, StoreOverlay, TaskStores};
-use crate::topology::{
-    ErrorPolicy, Format, NodeId, NodeKind, PartitionCheck, StoreId, StoreOwner, Target, Topology,
-};
+use crate::topology::{ErrorPolicy, Format, NodeId, NodeKind, PartitionCheck, StoreId, StoreOwner, Target, Topology};
 use crate::wasm::{
-    CallFailure, CallTime, FailureKind, InstanceInfo, LoadedComponent, ProcessorInstance,
-    Punctuation, StoreGrantInfo, WasmEngine,
+    CallFailure, CallTime, FailureKind, InstanceInfo, LoadedComponent, ProcessorInstance, Punctuation, StoreGrantInfo,
+    WasmEngine,
 };
 
 /// A task's identity: sub-topology and partition.
@@ -68,16 +64,14 @@ pub enum TaskError {
     Start { processor: String, message: String },
     #[error("{0}")]
     Failed(Box<RecordFailure>),
-    #[error(
-        "processor `{processor}` failed in punctuate ({kind}) and its error policy is `fail`: {message}"
-    )]
-    PunctuateFailed {
-        processor: String,
-        kind: &'static str,
-        message: String,
-    },
+    #[error("processor `{processor}` failed in punctuate ({kind}) and its error policy is `fail`: {message}")]
+    PunctuateFailed { processor: String, kind: &'static str, message: String },
     #[error("state: {0}")]
     State(#[from] StateError),
+    /// A new component version failed `init`, or trapped before its first
+    /// commit: the swap is rolled back.
+    #[error("new version of processor `{processor}` failed ({kind}): {message}")]
+    SwapFailed { processor: String, kind: &'static str, message: String },
     #[error("record from topic `{0}`, which task {1} does not read")]
     UnknownInput(String, String),
 }
@@ -132,10 +126,29 @@ pub struct StoreChanges<'a> {
     pub writes: Vec<(&'a Vec<u8>, &'a Option<Vec<u8>>)>,
 }
 
+#[derive(Clone, Copy)]
 struct Schedule {
     interval: i64,
     /// When it fires next; `None` until time is known.
     next: Option<i64>,
+}
+
+/// A component swap on probation: what to go back to if the new version
+/// traps before its first commit.
+struct Probation {
+    previous_app: Arc<AppRuntime>,
+    /// Per swapped slot: previous component, instance and schedules.
+    previous: Vec<SavedProcessor>,
+    /// The new version has processed at least one batch.
+    processed: bool,
+}
+
+struct SavedProcessor {
+    slot: usize,
+    component: Arc<LoadedComponent>,
+    instance: Option<ProcessorInstance>,
+    stream_schedule: Option<Schedule>,
+    wall_schedule: Option<Schedule>,
 }
 
 /// One processor of the sub-topology, in this task.
@@ -183,6 +196,7 @@ pub struct Task {
     metrics: TaskMetrics,
     last_mismatch_warning: Option<Instant>,
     suppressed_mismatch_warnings: u64,
+    probation: Option<Probation>,
 }
 
 impl Task {
@@ -204,18 +218,12 @@ impl Task {
         for &sid in &sub.stores {
             store_slots.insert(sid, overlays.len());
             store_ids.push(sid);
-            overlays.push(StoreOverlay::new(
-                topology.stores[sid].name.clone(),
-                open_store(sid)?,
-            ));
+            overlays.push(StoreOverlay::new(topology.stores[sid].name.clone(), open_store(sid)?));
         }
         for (&sid, base) in globals {
             store_slots.insert(sid, overlays.len());
             store_ids.push(sid);
-            overlays.push(StoreOverlay::read_only(
-                topology.stores[sid].name.clone(),
-                base.clone(),
-            ));
+            overlays.push(StoreOverlay::read_only(topology.stores[sid].name.clone(), base.clone()));
         }
 
         let mut upstream_count: BTreeMap<NodeId, usize> = BTreeMap::new();
@@ -240,11 +248,7 @@ impl Task {
             let grants = def
                 .stores
                 .iter()
-                .map(|g| StoreGrantInfo {
-                    name: g.name.clone(),
-                    index: store_slots[&g.store],
-                    writable: g.writable,
-                })
+                .map(|g| StoreGrantInfo { name: g.name.clone(), index: store_slots[&g.store], writable: g.writable })
                 .collect();
             let info = Arc::new(InstanceInfo {
                 app: topology.name.clone(),
@@ -254,14 +258,10 @@ impl Task {
                 outputs: def.outputs.iter().map(|o| o.name.clone()).collect(),
                 grants,
             });
-            let component = app
-                .components
-                .get(&p)
-                .cloned()
-                .ok_or_else(|| TaskError::Start {
-                    processor: topology.nodes[p].name.clone(),
-                    message: "no component loaded for it".into(),
-                })?;
+            let component = app.components.get(&p).cloned().ok_or_else(|| TaskError::Start {
+                processor: topology.nodes[p].name.clone(),
+                message: "no component loaded for it".into(),
+            })?;
             processors.push(ProcessorSlot {
                 node: p,
                 name: topology.nodes[p].name.clone(),
@@ -284,29 +284,19 @@ impl Task {
             topic_names.insert(topic.clone(), t.clone());
             let (check_partition, table) = match &topology.nodes[*node].kind {
                 NodeKind::Table { store, .. } => {
-                    let readers = sub.processors.iter().any(|p| {
-                        topology
-                            .processor(*p)
-                            .is_some_and(|d| d.stores.iter().any(|g| g.store == *store))
-                    });
+                    let readers = sub
+                        .processors
+                        .iter()
+                        .any(|p| topology.processor(*p).is_some_and(|d| d.stores.iter().any(|g| g.store == *store)));
                     (true, Some((store_slots[store], readers)))
                 }
                 NodeKind::Repartition { .. } => (false, None),
                 _ => (keyed, None),
             };
-            inputs.insert(
-                t,
-                InputSlot {
-                    node: *node,
-                    check_partition,
-                    table,
-                },
-            );
+            inputs.insert(t, InputSlot { node: *node, check_partition, table });
         }
         for topic in topology.partitions.keys() {
-            topic_names
-                .entry(topic.clone())
-                .or_insert_with(|| Arc::from(topic.as_str()));
+            topic_names.entry(topic.clone()).or_insert_with(|| Arc::from(topic.as_str()));
         }
         Ok(Task {
             id,
@@ -326,6 +316,7 @@ impl Task {
             metrics: TaskMetrics::default(),
             last_mismatch_warning: None,
             suppressed_mismatch_warnings: 0,
+            probation: None,
         })
     }
 
@@ -371,10 +362,7 @@ impl Task {
     }
 
     fn call_time(&self) -> CallTime {
-        CallTime {
-            stream_time: self.stream_time,
-            wall_clock: self.wall_clock,
-        }
+        CallTime { stream_time: self.stream_time, wall_clock: self.wall_clock }
     }
 
     /// Creates and initialises the slot's instance if it has none.
@@ -383,32 +371,17 @@ impl Task {
             return Ok(());
         }
         let time = self.call_time();
-        let def = self
-            .app
-            .topology
-            .processor(self.processors[slot].node)
-            .expect("processor")
-            .clone();
+        let def = self.app.topology.processor(self.processors[slot].node).expect("processor").clone();
         let s = &mut self.processors[slot];
-        let mut instance = ProcessorInstance::instantiate(
-            &self.app.engine,
-            s.component.clone(),
-            s.info.clone(),
-            def.limits,
-        )
-        .map_err(|e| TaskError::Start {
-            processor: s.name.clone(),
-            message: e.message,
-        })?;
+        let mut instance =
+            ProcessorInstance::instantiate(&self.app.engine, s.component.clone(), s.info.clone(), def.limits)
+                .map_err(|e| TaskError::Start { processor: s.name.clone(), message: e.message })?;
         match instance.init(&mut self.stores, time, &def.config) {
             Ok(ok) => {
                 self.stores.release_savepoint();
                 s.instance = Some(instance);
                 self.apply_schedules(slot, &ok.schedules);
-                let origin = TaskRecord {
-                    partition: self.id.partition,
-                    ..empty_record()
-                };
+                let origin = TaskRecord { partition: self.id.partition, ..empty_record() };
                 self.route(slot, &[self.next_seq], &[origin], ok.emitted);
                 Ok(())
             }
@@ -433,22 +406,13 @@ impl Task {
     }
 
     fn accept(&mut self, consumed: ConsumedRecord) -> Result<(), TaskError> {
-        let ConsumedRecord {
-            topic,
-            partition,
-            offset,
-            record,
-        } = consumed;
+        let ConsumedRecord { topic, partition, offset, record } = consumed;
         let Some(input) = self.inputs.get(&topic) else {
-            return Err(TaskError::UnknownInput(
-                topic.to_string(),
-                self.name.clone(),
-            ));
+            return Err(TaskError::UnknownInput(topic.to_string(), self.name.clone()));
         };
         let (node, check_partition, table) = (input.node, input.check_partition, input.table);
         self.metrics.records_in += 1;
-        self.positions
-            .insert((topic.clone(), partition), offset + 1);
+        self.positions.insert((topic.clone(), partition), offset + 1);
         if record.timestamp > self.stream_time {
             self.stream_time = record.timestamp;
         }
@@ -475,13 +439,7 @@ impl Task {
         if let Some(def) = input_def
             && let Err(message) = check_format(&guest, def.key_format, def.value_format)
         {
-            return self.apply_policy(
-                &node_def.name,
-                def.on_error,
-                &guest,
-                "malformed-input",
-                &message,
-            );
+            return self.apply_policy(&node_def.name, def.on_error, &guest, "malformed-input", &message);
         }
 
         if check_partition
@@ -499,12 +457,7 @@ impl Task {
                 );
                 self.warn_mismatch(&message);
                 if topology.partition_check == PartitionCheck::DeadLetter {
-                    return self.dead_letter(
-                        &node_def.name,
-                        &guest,
-                        "partition-mismatch",
-                        &message,
-                    );
+                    return self.dead_letter(&node_def.name, &guest, "partition-mismatch", &message);
                 }
             }
         }
@@ -533,20 +486,13 @@ impl Task {
                 let old = self.stores.get(store).get(&key)?;
                 self.stores.get_mut(store).write(key, guest.value.clone());
                 self.stores.release_savepoint();
-                let change = TaskRecord {
-                    old_value: old,
-                    ..guest
-                };
+                let change = TaskRecord { old_value: old, ..guest };
                 for t in node_def.to.clone() {
                     self.push(t, seq, change.clone());
                 }
             }
         }
-        if self
-            .processors
-            .iter()
-            .any(|p| p.inbox.len() >= self.max_batch(p.node))
-        {
+        if self.processors.iter().any(|p| p.inbox.len() >= self.max_batch(p.node)) {
             self.drain()?;
         }
         Ok(())
@@ -557,10 +503,7 @@ impl Task {
     }
 
     fn slot_of(&self, node: NodeId) -> usize {
-        self.processors
-            .iter()
-            .position(|p| p.node == node)
-            .expect("processor of this sub-topology")
+        self.processors.iter().position(|p| p.node == node).expect("processor of this sub-topology")
     }
 
     fn push(&mut self, node: NodeId, seq: u64, record: TaskRecord) {
@@ -589,31 +532,24 @@ impl Task {
 
     /// Calls `process` on a batch; on failure, isolates the offending record.
     /// `seqs[i]` is the origin sequence number of `records[i]`.
-    fn run_batch(
-        &mut self,
-        slot: usize,
-        seqs: &[u64],
-        records: &[TaskRecord],
-    ) -> Result<(), TaskError> {
+    fn run_batch(&mut self, slot: usize, seqs: &[u64], records: &[TaskRecord]) -> Result<(), TaskError> {
         if records.is_empty() {
             return Ok(());
         }
         self.ensure_instance(slot)?;
         let time = self.call_time();
-        let instance = self.processors[slot]
-            .instance
-            .as_mut()
-            .expect("instance ensured");
+        let instance = self.processors[slot].instance.as_mut().expect("instance ensured");
         match instance.process(&mut self.stores, time, records) {
             Ok(ok) => {
                 self.stores.release_savepoint();
+                if let Some(p) = &mut self.probation {
+                    p.processed = true;
+                }
                 let name = &self.processors[slot].name;
                 if let Some(n) = self.metrics.processed.get_mut(name) {
                     *n += records.len() as u64;
                 } else {
-                    self.metrics
-                        .processed
-                        .insert(name.clone(), records.len() as u64);
+                    self.metrics.processed.insert(name.clone(), records.len() as u64);
                 }
                 self.apply_schedules(slot, &ok.schedules);
                 self.route(slot, seqs, records, ok.emitted);
@@ -621,20 +557,20 @@ impl Task {
             }
             Err(failure) => {
                 self.stores.rollback_to_savepoint();
-                *self
-                    .metrics
-                    .failures
-                    .entry(failure.kind.as_str())
-                    .or_default() += 1;
+                *self.metrics.failures.entry(failure.kind.as_str()).or_default() += 1;
                 if failure.poisoned {
                     // A trapped instance cannot be entered again.
                     self.processors[slot].instance = None;
                 }
                 if failure.kind == FailureKind::HostFault {
-                    return Err(TaskError::State(StateError {
-                        store: "(host)".into(),
+                    return Err(TaskError::State(StateError { store: "(host)".into(), message: failure.message }));
+                }
+                if failure.poisoned && self.is_new_version(slot) {
+                    return Err(TaskError::SwapFailed {
+                        processor: self.processors[slot].name.clone(),
+                        kind: failure.kind.as_str(),
                         message: failure.message,
-                    }));
+                    });
                 }
                 if records.len() == 1 {
                     return self.record_failed(slot, &records[0], &failure);
@@ -659,26 +595,11 @@ impl Task {
         }
     }
 
-    fn record_failed(
-        &mut self,
-        slot: usize,
-        record: &TaskRecord,
-        failure: &CallFailure,
-    ) -> Result<(), TaskError> {
-        let def = self
-            .app
-            .topology
-            .processor(self.processors[slot].node)
-            .expect("processor");
+    fn record_failed(&mut self, slot: usize, record: &TaskRecord, failure: &CallFailure) -> Result<(), TaskError> {
+        let def = self.app.topology.processor(self.processors[slot].node).expect("processor");
         let policy = def.on_error;
         let name = self.processors[slot].name.clone();
-        self.apply_policy(
-            &name,
-            policy,
-            record,
-            failure.kind.as_str(),
-            &failure.message,
-        )
+        self.apply_policy(&name, policy, record, failure.kind.as_str(), &failure.message)
     }
 
     /// Applies an error policy to a record that could not be processed.
@@ -737,23 +658,12 @@ impl Task {
             ("weir.error.kind".to_owned(), kind.as_bytes().to_vec()),
             ("weir.processor".to_owned(), processor.as_bytes().to_vec()),
             ("weir.task".to_owned(), self.name.as_bytes().to_vec()),
-            (
-                "weir.source.topic".to_owned(),
-                record.topic.as_bytes().to_vec(),
-            ),
-            (
-                "weir.source.partition".to_owned(),
-                record.partition.to_string().into_bytes(),
-            ),
-            (
-                "weir.source.offset".to_owned(),
-                record.offset.to_string().into_bytes(),
-            ),
+            ("weir.source.topic".to_owned(), record.topic.as_bytes().to_vec()),
+            ("weir.source.partition".to_owned(), record.partition.to_string().into_bytes()),
+            ("weir.source.offset".to_owned(), record.offset.to_string().into_bytes()),
         ]);
         let topic = self.topic_names[&topology.dead_letter_topic].clone();
-        let partitions = topology
-            .partitions_of(&topology.dead_letter_topic)
-            .unwrap_or(1);
+        let partitions = topology.partitions_of(&topology.dead_letter_topic).unwrap_or(1);
         let partition = partition_for(record.key.as_deref(), partitions, self.id.partition);
         self.produced.push(ProducedRecord {
             topic,
@@ -770,9 +680,7 @@ impl Task {
 
     fn warn_mismatch(&mut self, message: &str) {
         let now = Instant::now();
-        let due = self
-            .last_mismatch_warning
-            .is_none_or(|t| now.duration_since(t).as_secs() >= 10);
+        let due = self.last_mismatch_warning.is_none_or(|t| now.duration_since(t).as_secs() >= 10);
         if due {
             tracing::warn!(
                 task = %self.name, suppressed = self.suppressed_mismatch_warnings,
@@ -809,13 +717,7 @@ impl Task {
                 } else {
                     out.clone().expect("present")
                 };
-                let Emitted {
-                    key,
-                    value,
-                    headers,
-                    timestamp,
-                    ..
-                } = o;
+                let Emitted { key, value, headers, timestamp, .. } = o;
                 match target {
                     Target::Processor(next) => {
                         let record = TaskRecord {
@@ -832,17 +734,11 @@ impl Task {
                     }
                     Target::Topic { topic, .. } => {
                         let partitions = topology.partitions_of(topic).unwrap_or(1);
-                        let partition =
-                            partition_for(key.as_deref(), partitions, self.id.partition);
+                        let partition = partition_for(key.as_deref(), partitions, self.id.partition);
                         self.produced.push(ProducedRecord {
                             topic: self.topic_names[topic].clone(),
                             partition,
-                            record: Record {
-                                key,
-                                value,
-                                timestamp,
-                                headers,
-                            },
+                            record: Record { key, value, timestamp, headers },
                         });
                     }
                 }
@@ -853,21 +749,14 @@ impl Task {
     fn apply_schedules(&mut self, slot: usize, schedules: &[(Punctuation, u64)]) {
         for (kind, interval) in schedules {
             let (now, entry) = match kind {
-                Punctuation::StreamTime => {
-                    (self.stream_time, &mut self.processors[slot].stream_schedule)
-                }
-                Punctuation::WallClock => {
-                    (self.wall_clock, &mut self.processors[slot].wall_schedule)
-                }
+                Punctuation::StreamTime => (self.stream_time, &mut self.processors[slot].stream_schedule),
+                Punctuation::WallClock => (self.wall_clock, &mut self.processors[slot].wall_schedule),
             };
             *entry = if *interval == 0 {
                 None
             } else {
                 let interval = i64::try_from(*interval).unwrap_or(i64::MAX);
-                Some(Schedule {
-                    interval,
-                    next: (now >= 0).then(|| now.saturating_add(interval)),
-                })
+                Some(Schedule { interval, next: (now >= 0).then(|| now.saturating_add(interval)) })
             };
         }
     }
@@ -902,8 +791,7 @@ impl Task {
                         if now >= next {
                             // Fire once, then skip missed intervals (as Kafka Streams does).
                             let behind = (now - next) / sch.interval + 1;
-                            sch.next =
-                                Some(next.saturating_add(behind.saturating_mul(sch.interval)));
+                            sch.next = Some(next.saturating_add(behind.saturating_mul(sch.interval)));
                             true
                         } else {
                             false
@@ -919,29 +807,16 @@ impl Task {
         self.drain()
     }
 
-    fn call_punctuate(
-        &mut self,
-        slot: usize,
-        kind: Punctuation,
-        timestamp: i64,
-    ) -> Result<(), TaskError> {
+    fn call_punctuate(&mut self, slot: usize, kind: Punctuation, timestamp: i64) -> Result<(), TaskError> {
         self.ensure_instance(slot)?;
         self.metrics.punctuations += 1;
         let time = self.call_time();
-        let instance = self.processors[slot]
-            .instance
-            .as_mut()
-            .expect("instance ensured");
+        let instance = self.processors[slot].instance.as_mut().expect("instance ensured");
         match instance.punctuate(&mut self.stores, time, kind, timestamp) {
             Ok(ok) => {
                 self.stores.release_savepoint();
                 self.apply_schedules(slot, &ok.schedules);
-                let origin = TaskRecord {
-                    timestamp,
-                    partition: self.id.partition,
-                    offset: -1,
-                    ..empty_record()
-                };
+                let origin = TaskRecord { timestamp, partition: self.id.partition, offset: -1, ..empty_record() };
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.route(slot, &[seq], &[origin], ok.emitted);
@@ -949,27 +824,22 @@ impl Task {
             }
             Err(failure) => {
                 self.stores.rollback_to_savepoint();
-                *self
-                    .metrics
-                    .failures
-                    .entry(failure.kind.as_str())
-                    .or_default() += 1;
+                *self.metrics.failures.entry(failure.kind.as_str()).or_default() += 1;
                 if failure.poisoned {
                     self.processors[slot].instance = None;
                 }
                 let name = self.processors[slot].name.clone();
                 if failure.kind == FailureKind::HostFault {
-                    return Err(TaskError::State(StateError {
-                        store: "(host)".into(),
-                        message: failure.message,
-                    }));
+                    return Err(TaskError::State(StateError { store: "(host)".into(), message: failure.message }));
                 }
-                let policy = self
-                    .app
-                    .topology
-                    .processor(self.processors[slot].node)
-                    .expect("processor")
-                    .on_error;
+                if failure.poisoned && self.is_new_version(slot) {
+                    return Err(TaskError::SwapFailed {
+                        processor: name,
+                        kind: failure.kind.as_str(),
+                        message: failure.message,
+                    });
+                }
+                let policy = self.app.topology.processor(self.processors[slot].node).expect("processor").on_error;
                 tracing::warn!(task = %self.name, processor = %name, kind = failure.kind.as_str(), "punctuate failed: {}", failure.message);
                 if policy == ErrorPolicy::Fail {
                     return Err(TaskError::PunctuateFailed {
@@ -995,9 +865,7 @@ impl Task {
                 let def = &topology.stores[*sid];
                 let store = self.stores.get(slot);
                 match (&def.changelog, &def.owner) {
-                    (Some(changelog), StoreOwner::Processor(_) | StoreOwner::Table(_))
-                        if store.has_pending() =>
-                    {
+                    (Some(changelog), StoreOwner::Processor(_) | StoreOwner::Table(_)) if store.has_pending() => {
                         Some(StoreChanges {
                             store: *sid,
                             name: &def.name,
@@ -1029,15 +897,120 @@ impl Task {
 
     /// True when the open transaction has anything to commit.
     pub fn has_uncommitted(&self) -> bool {
-        !self.produced.is_empty()
-            || !self.positions.is_empty()
-            || self.stores.iter().any(StoreOverlay::has_pending)
+        !self.produced.is_empty() || !self.positions.is_empty() || self.stores.iter().any(StoreOverlay::has_pending)
     }
 
     /// The backend committed the transaction: its store writes are now in
-    /// committed state.
+    /// committed state. A swapped version that processed records in it has
+    /// passed its probation.
     pub fn commit_succeeded(&mut self) {
         self.stores.clear_pending();
+        if self.probation.as_ref().is_some_and(|p| p.processed) {
+            self.probation = None;
+        }
+    }
+
+    /// True while a swapped component version has not yet committed work.
+    pub fn in_probation(&self) -> bool {
+        self.probation.is_some()
+    }
+
+    /// True when `slot` runs a version swapped in and still on probation.
+    fn is_new_version(&self, slot: usize) -> bool {
+        self.probation.as_ref().is_some_and(|p| p.previous.iter().any(|s| s.slot == slot))
+    }
+
+    /// The component of each processor this task runs.
+    pub fn components(&self) -> impl Iterator<Item = (&str, &Arc<LoadedComponent>)> {
+        self.processors.iter().map(|p| (p.name.as_str(), &p.component))
+    }
+
+    /// Hot swap, at a commit boundary (nothing uncommitted): every processor
+    /// whose component, config or limits differ in `app` gets a new instance,
+    /// instantiated from its precompiled form and initialised now; stores are
+    /// kept. If any `init` fails, nothing changes and the error says why.
+    /// The new version is on probation until its first commit with
+    /// processed records: a trap before then fails with
+    /// [`TaskError::SwapFailed`], and [`rollback_swap`](Self::rollback_swap)
+    /// brings the previous version back. `app` must have the same graph.
+    /// Returns the names of the swapped processors.
+    pub fn swap(&mut self, app: Arc<AppRuntime>) -> Result<Vec<String>, TaskError> {
+        debug_assert!(!self.has_uncommitted(), "swap at a commit boundary");
+        // A new swap accepts the one on probation, if any.
+        self.probation = None;
+        let time = self.call_time();
+        let mut fresh = Vec::new();
+        for slot in 0..self.processors.len() {
+            let node = self.processors[slot].node;
+            let old = self.app.topology.processor(node).expect("processor");
+            let new = app.topology.processor(node).expect("same graph");
+            let component = app.components.get(&node).expect("component per processor").clone();
+            let changed = component.sha256() != self.processors[slot].component.sha256()
+                || old.config != new.config
+                || old.limits != new.limits;
+            if !changed {
+                continue;
+            }
+            let name = self.processors[slot].name.clone();
+            let failed =
+                |kind: &'static str, message: String| TaskError::SwapFailed { processor: name.clone(), kind, message };
+            let mut instance = match ProcessorInstance::instantiate(
+                &app.engine,
+                component.clone(),
+                self.processors[slot].info.clone(),
+                new.limits,
+            ) {
+                Ok(i) => i,
+                Err(e) => {
+                    self.stores.rollback_to_savepoint();
+                    return Err(failed("instantiate", e.message));
+                }
+            };
+            match instance.init(&mut self.stores, time, &new.config) {
+                Ok(ok) => fresh.push((slot, component, instance, ok)),
+                Err(f) => {
+                    self.stores.rollback_to_savepoint();
+                    return Err(failed(f.kind.as_str(), format!("init failed: {}", f.message)));
+                }
+            }
+        }
+        self.stores.release_savepoint();
+        let previous_app = std::mem::replace(&mut self.app, app);
+        let mut previous = Vec::new();
+        let mut names = Vec::new();
+        for (slot, component, instance, ok) in fresh {
+            let s = &mut self.processors[slot];
+            names.push(s.name.clone());
+            previous.push(SavedProcessor {
+                slot,
+                component: std::mem::replace(&mut s.component, component),
+                instance: s.instance.replace(instance),
+                stream_schedule: s.stream_schedule.take(),
+                wall_schedule: s.wall_schedule.take(),
+            });
+            self.apply_schedules(slot, &ok.schedules);
+            let origin = TaskRecord { partition: self.id.partition, ..empty_record() };
+            self.route(slot, &[self.next_seq], &[origin], ok.emitted);
+        }
+        if !previous.is_empty() {
+            self.probation = Some(Probation { previous_app, previous, processed: false });
+        }
+        Ok(names)
+    }
+
+    /// Brings back the version a swap replaced (after [`abort`](Self::abort)).
+    /// False if no swap was on probation.
+    pub fn rollback_swap(&mut self) -> bool {
+        let Some(p) = self.probation.take() else { return false };
+        self.app = p.previous_app;
+        for saved in p.previous {
+            let s = &mut self.processors[saved.slot];
+            s.component = saved.component;
+            s.instance = saved.instance;
+            s.stream_schedule = saved.stream_schedule;
+            s.wall_schedule = saved.wall_schedule;
+        }
+        true
     }
 
     /// The transaction is abandoned: pending writes and outputs are dropped.
@@ -1076,9 +1049,9 @@ fn check_format(record: &TaskRecord, key: Format, value: Format) -> Result<(), S
         let Some(bytes) = bytes else { return Ok(()) };
         match format {
             Format::Bytes => Ok(()),
-            Format::String => std::str::from_utf8(bytes)
-                .map(|_| ())
-                .map_err(|e| format!("{what} is not UTF-8 text: {e}")),
+            Format::String => {
+                std::str::from_utf8(bytes).map(|_| ()).map_err(|e| format!("{what} is not UTF-8 text: {e}"))
+            }
             Format::Json => serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
                 .map(|_| ())
                 .map_err(|e| format!("{what} is not valid JSON: {e}")),

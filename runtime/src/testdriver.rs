@@ -28,30 +28,15 @@ pub enum TestError {
     #[error("cannot read input {path}: {message}")]
     Input { path: String, message: String },
     #[error("{path} line {line}: {message}")]
-    Line {
-        path: String,
-        line: usize,
-        message: String,
-    },
+    Line { path: String, line: usize, message: String },
     #[error("processor `{processor}`: component {reference}: {error}")]
-    Component {
-        processor: String,
-        reference: String,
-        error: LoadError,
-    },
+    Component { processor: String, reference: String, error: LoadError },
     #[error(
         "processor `{processor}`: component `{reference}` is a registry name; `weir test` runs components from files: give a path to a .wasm file (relative to the spec) or --component {processor}=PATH"
     )]
-    RegistryReference {
-        processor: String,
-        reference: String,
-    },
+    RegistryReference { processor: String, reference: String },
     #[error("task {task} stopped after input line {line}: {error}")]
-    Task {
-        task: String,
-        line: usize,
-        error: TaskError,
-    },
+    Task { task: String, line: usize, error: TaskError },
 }
 
 /// Options of a test run.
@@ -75,37 +60,22 @@ pub struct TestRun {
 /// Resolves a processor's component reference to a file, if it is a path:
 /// anything ending in `.wasm` or containing a `/`, relative to `base`.
 pub fn component_path(reference: &str, base: &Path) -> Option<PathBuf> {
-    let looks_like_path =
-        reference.ends_with(".wasm") || reference.contains('/') || reference.contains('\\');
+    let looks_like_path = reference.ends_with(".wasm") || reference.contains('/') || reference.contains('\\');
     looks_like_path.then(|| {
         let p = Path::new(reference);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            base.join(p)
-        }
+        if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
     })
 }
 
 /// Runs `spec` over `input`, printing nothing: returns the output lines.
-pub fn run(
-    spec: &Path,
-    input: &Path,
-    engine: Arc<WasmEngine>,
-    options: &TestOptions,
-) -> Result<TestRun, TestError> {
+pub fn run(spec: &Path, input: &Path, engine: Arc<WasmEngine>, options: &TestOptions) -> Result<TestRun, TestError> {
     let topology = load_spec(spec)
         .and_then(Topology::compile)
-        .map_err(|error| TestError::Spec {
-            path: spec.display().to_string(),
-            error,
-        })?;
+        .map_err(|error| TestError::Spec { path: spec.display().to_string(), error })?;
     let base = spec.parent().unwrap_or(Path::new("."));
     let components = load_components(&topology, base, &engine, &options.components)?;
-    let text = std::fs::read_to_string(input).map_err(|e| TestError::Input {
-        path: input.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(input)
+        .map_err(|e| TestError::Input { path: input.display().to_string(), message: e.to_string() })?;
     // Every line is parsed before anything runs: a malformed line stops the
     // run before any record is processed, so nothing after it is dropped silently.
     let mut lines = Vec::new();
@@ -121,16 +91,9 @@ pub fn run(
         lines.push((i + 1, parsed));
     }
 
-    let app = Arc::new(AppRuntime {
-        topology: Arc::new(topology),
-        engine,
-        components,
-    });
-    let mut runner = OfflineRunner::new(app).map_err(|error| TestError::Task {
-        task: "(start)".into(),
-        line: 0,
-        error,
-    })?;
+    let app = Arc::new(AppRuntime { topology: Arc::new(topology), engine, components });
+    let mut runner =
+        OfflineRunner::new(app).map_err(|error| TestError::Task { task: "(start)".into(), line: 0, error })?;
     for (line, parsed) in &lines {
         runner.validate(parsed).map_err(|message| TestError::Line {
             path: input.display().to_string(),
@@ -146,11 +109,7 @@ pub fn run(
         }
     }
     let outputs = runner.outputs(options.include_internal);
-    Ok(TestRun {
-        outputs,
-        stopped,
-        runner,
-    })
+    Ok(TestRun { outputs, stopped, runner })
 }
 
 /// Loads the component of every processor: a path in the spec (relative to
@@ -168,20 +127,16 @@ pub fn load_components(
         };
         let path = match overrides.get(&node.name) {
             Some(p) => p.clone(),
-            None => component_path(&def.component, base).ok_or_else(|| {
-                TestError::RegistryReference {
-                    processor: node.name.clone(),
-                    reference: def.component.clone(),
-                }
+            None => component_path(&def.component, base).ok_or_else(|| TestError::RegistryReference {
+                processor: node.name.clone(),
+                reference: def.component.clone(),
             })?,
         };
-        let loaded = engine
-            .load_file(&path)
-            .map_err(|error| TestError::Component {
-                processor: node.name.clone(),
-                reference: path.display().to_string(),
-                error,
-            })?;
+        let loaded = engine.load_file(&path).map_err(|error| TestError::Component {
+            processor: node.name.clone(),
+            reference: path.display().to_string(),
+            error,
+        })?;
         components.insert(id, loaded);
     }
     Ok(components)
@@ -199,10 +154,7 @@ pub struct OfflineRunner {
 
 impl std::fmt::Debug for OfflineRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OfflineRunner")
-            .field("app", &self.app.topology.name)
-            .field("tasks", &self.tasks.len())
-            .finish()
+        f.debug_struct("OfflineRunner").field("app", &self.app.topology.name).field("tasks", &self.tasks.len()).finish()
     }
 }
 
@@ -215,16 +167,9 @@ impl OfflineRunner {
         let mut tasks = Vec::new();
         for sub in &topology.subtopologies {
             for partition in 0..sub.partitions {
-                let id = TaskId {
-                    subtopology: sub.id,
-                    partition,
-                };
-                let mut task = Task::new(
-                    app.clone(),
-                    id,
-                    |store| Ok(backend.open_store(store, partition)),
-                    &globals_stores,
-                )?;
+                let id = TaskId { subtopology: sub.id, partition };
+                let mut task =
+                    Task::new(app.clone(), id, |store| Ok(backend.open_store(store, partition)), &globals_stores)?;
                 task.start()?;
                 let commit = task.prepare_commit();
                 backend.commit(commit);
@@ -232,18 +177,8 @@ impl OfflineRunner {
                 tasks.push(task);
             }
         }
-        let globals = topology
-            .globals
-            .iter()
-            .map(|g| (g.input.topic.clone(), g.store))
-            .collect();
-        Ok(OfflineRunner {
-            app,
-            backend,
-            tasks,
-            globals,
-            wall_clock: 0,
-        })
+        let globals = topology.globals.iter().map(|g| (g.input.topic.clone(), g.store)).collect();
+        Ok(OfflineRunner { app, backend, tasks, globals, wall_clock: 0 })
     }
 
     pub fn topology(&self) -> &Topology {
@@ -252,19 +187,13 @@ impl OfflineRunner {
 
     /// Checks that an input line can be fed (its topic is an input).
     pub fn validate(&self, line: &InputLine) -> Result<(), String> {
-        let InputLine::Record {
-            topic, partition, ..
-        } = line
-        else {
+        let InputLine::Record { topic, partition, .. } = line else {
             return Ok(());
         };
         let topology = &self.app.topology;
         let is_input = topology.input_topics().any(|t| t == topic);
         if !is_input {
-            let mut inputs: Vec<&str> = topology
-                .input_topics()
-                .filter(|t| !t.ends_with("-repartition"))
-                .collect();
+            let mut inputs: Vec<&str> = topology.input_topics().filter(|t| !t.ends_with("-repartition")).collect();
             inputs.sort_unstable();
             return Err(format!(
                 "topic `{topic}` is not an input of application `{}` (inputs: {})",
@@ -275,9 +204,7 @@ impl OfflineRunner {
         if let Some(p) = partition {
             let n = topology.partitions_of(topic).unwrap_or(1);
             if *p >= n {
-                return Err(format!(
-                    "partition {p} does not exist: topic `{topic}` has {n} partition(s)"
-                ));
+                return Err(format!("partition {p} does not exist: topic `{topic}` has {n} partition(s)"));
             }
         }
         Ok(())
@@ -293,11 +220,7 @@ impl OfflineRunner {
                     self.finish(i, result)?;
                 }
             }
-            InputLine::Record {
-                topic,
-                partition,
-                record,
-            } => self.append_input(&topic, partition, record),
+            InputLine::Record { topic, partition, record } => self.append_input(&topic, partition, record),
         }
         self.pump()
     }
@@ -305,8 +228,7 @@ impl OfflineRunner {
     /// Appends a record to an input topic (global tables apply at once).
     pub fn append_input(&mut self, topic: &str, partition: Option<u32>, record: Record) {
         let partitions = self.backend.partitions(topic).unwrap_or(1);
-        let partition =
-            partition.unwrap_or_else(|| partition_for(record.key.as_deref(), partitions, 0));
+        let partition = partition.unwrap_or_else(|| partition_for(record.key.as_deref(), partitions, 0));
         if let Some(store) = self.globals.get(topic) {
             self.backend.apply_global(*store, &record);
         }
@@ -341,11 +263,7 @@ impl OfflineRunner {
     }
 
     /// Commits task `i`'s transaction, or aborts it and reports the error.
-    fn finish(
-        &mut self,
-        i: usize,
-        result: Result<(), TaskError>,
-    ) -> Result<(), (String, TaskError)> {
+    fn finish(&mut self, i: usize, result: Result<(), TaskError>) -> Result<(), (String, TaskError)> {
         let task = &mut self.tasks[i];
         match result {
             Ok(()) => {
@@ -371,16 +289,10 @@ impl OfflineRunner {
             .iter()
             .filter(|a| {
                 let repartition = a.topic.ends_with("-repartition") && inputs.contains(&&*a.topic);
-                if repartition {
-                    include_internal
-                } else {
-                    !inputs.contains(&&*a.topic)
-                }
+                if repartition { include_internal } else { !inputs.contains(&&*a.topic) }
             })
             .filter_map(|a| {
-                self.backend
-                    .get(&a.topic, a.partition, a.offset)
-                    .map(|r| OutputLine::new(&a.topic, a.partition, r))
+                self.backend.get(&a.topic, a.partition, a.offset).map(|r| OutputLine::new(&a.topic, a.partition, r))
             })
             .collect()
     }

@@ -55,8 +55,7 @@ impl KeyEncode for String {
 }
 impl KeyDecode for String {
     fn decode_key(bytes: &[u8]) -> Result<Self> {
-        String::from_utf8(bytes.to_vec())
-            .map_err(|e| Error::msg(format!("store key is not UTF-8: {e}")))
+        String::from_utf8(bytes.to_vec()).map_err(|e| Error::msg(format!("store key is not UTF-8: {e}")))
     }
 }
 impl KeyEncode for [u8] {
@@ -122,8 +121,7 @@ impl Codec for Json {
         Ok(serde_json::to_vec(value)?)
     }
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::msg(format!("stored value is not the expected JSON: {e}")))
+        serde_json::from_slice(bytes).map_err(|e| Error::msg(format!("stored value is not the expected JSON: {e}")))
     }
 }
 
@@ -178,15 +176,9 @@ mod tests {
             a: i64,
             b: String,
         }
-        let v = V {
-            a: -3,
-            b: "x".into(),
-        };
+        let v = V { a: -3, b: "x".into() };
         assert_eq!(Json::decode::<V>(&Json::encode(&v).unwrap()).unwrap(), v);
-        assert_eq!(
-            Binary::decode::<V>(&Binary::encode(&v).unwrap()).unwrap(),
-            v
-        );
+        assert_eq!(Binary::decode::<V>(&Binary::encode(&v).unwrap()).unwrap(), v);
         assert!(Json::decode::<V>(b"nope").is_err());
     }
 }

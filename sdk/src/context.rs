@@ -66,10 +66,7 @@ pub(crate) struct OutputBuffer {
 
 impl OutputBuffer {
     fn push(&mut self, bytes: &[u8]) -> Span {
-        let span = Span {
-            offset: self.data.len() as u32,
-            len: bytes.len() as u32,
-        };
+        let span = Span { offset: self.data.len() as u32, len: bytes.len() as u32 };
         self.data.extend_from_slice(bytes);
         span
     }
@@ -200,30 +197,12 @@ impl Context {
         Err(Error::msg(format!(
             "output `{output}` is not declared for processor `{}` (declared: {})",
             self.host.processor_name(),
-            if self.outputs.is_empty() {
-                "none".to_owned()
-            } else {
-                self.outputs.join(", ")
-            }
+            if self.outputs.is_empty() { "none".to_owned() } else { self.outputs.join(", ") }
         )))
     }
 
-    fn push_entry(
-        &mut self,
-        output: u32,
-        key: Option<Span>,
-        value: Option<Span>,
-        timestamp: i64,
-        headers: (u32, u32),
-    ) {
-        self.out.records.push(OutputEntry {
-            output,
-            key,
-            value,
-            timestamp,
-            headers,
-            input_index: self.current_index,
-        });
+    fn push_entry(&mut self, output: u32, key: Option<Span>, value: Option<Span>, timestamp: i64, headers: (u32, u32)) {
+        self.out.records.push(OutputEntry { output, key, value, timestamp, headers, input_index: self.current_index });
     }
 
     /// Emits a record with raw key and value bytes (`None` value: a tombstone)
@@ -238,12 +217,7 @@ impl Context {
     }
 
     /// Emits `value` serialised as JSON.
-    pub fn emit_json<T: Serialize + ?Sized>(
-        &mut self,
-        output: &str,
-        key: impl IntoBytes,
-        value: &T,
-    ) -> Result<()> {
+    pub fn emit_json<T: Serialize + ?Sized>(&mut self, output: &str, key: impl IntoBytes, value: &T) -> Result<()> {
         let index = self.output_index(output)?;
         let key = key.as_bytes_opt().map(|k| self.out.push(k));
         // Serialise straight into the output buffer: no intermediate copy.
@@ -252,18 +226,9 @@ impl Context {
             self.out.data.truncate(start);
             return Err(e.into());
         }
-        let value = Span {
-            offset: start as u32,
-            len: (self.out.data.len() - start) as u32,
-        };
+        let value = Span { offset: start as u32, len: (self.out.data.len() - start) as u32 };
         let first_header = self.out.headers.len() as u32;
-        self.push_entry(
-            index,
-            key,
-            Some(value),
-            self.current_timestamp,
-            (first_header, 0),
-        );
+        self.push_entry(index, key, Some(value), self.current_timestamp, (first_header, 0));
         Ok(())
     }
 
@@ -378,16 +343,12 @@ impl Config {
 
     /// The value for `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// The value for `key`, or an error naming the missing key.
     pub fn require(&self, key: &str) -> Result<&str> {
-        self.get(key)
-            .ok_or_else(|| Error::msg(format!("config key `{key}` is required")))
+        self.get(key).ok_or_else(|| Error::msg(format!("config key `{key}` is required")))
     }
 
     /// The value for `key` parsed as `T`, `None` when absent.
@@ -397,10 +358,7 @@ impl Config {
         T::Err: std::fmt::Display,
     {
         self.get(key)
-            .map(|v| {
-                v.parse::<T>()
-                    .map_err(|e| Error::msg(format!("config key `{key}` = `{v}`: {e}")))
-            })
+            .map(|v| v.parse::<T>().map_err(|e| Error::msg(format!("config key `{key}` = `{v}`: {e}"))))
             .transpose()
     }
 

@@ -20,9 +20,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error with the given message.
     pub fn msg(message: impl fmt::Display) -> Self {
-        Error {
-            message: message.to_string(),
-        }
+        Error { message: message.to_string() }
     }
 
     /// The message, including any context added with [`ResultExt::context`].
@@ -32,9 +30,7 @@ impl Error {
 
     /// Prefixes the message with `context: `.
     pub fn context(self, context: impl fmt::Display) -> Self {
-        Error {
-            message: format!("{context}: {}", self.message),
-        }
+        Error { message: format!("{context}: {}", self.message) }
     }
 }
 

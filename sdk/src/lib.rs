@@ -16,11 +16,7 @@ pub mod testing;
 mod wasm;
 
 /// talc is several times faster than dlmalloc inside a component.
-#[cfg(all(
-    target_arch = "wasm32",
-    feature = "fast-allocator",
-    not(target_feature = "atomics")
-))]
+#[cfg(all(target_arch = "wasm32", feature = "fast-allocator", not(target_feature = "atomics")))]
 #[global_allocator]
 static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
@@ -49,8 +45,8 @@ pub mod bindings {
 pub mod prelude {
     pub use crate::codec::{Binary, Json};
     pub use crate::{
-        Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result,
-        ResultExt, Store, bail, export_processor,
+        Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, ResultExt, Store, bail,
+        export_processor,
     };
     pub use serde::{Deserialize, Serialize};
 }
@@ -108,7 +104,7 @@ macro_rules! export_processor {
                     $crate::__private::punctuate(kind, timestamp)
                 }
             }
-            $crate::bindings::__export_weir_world!(__WeirGuest with_types_in $crate::bindings);
+    $crate::bindings::__export_weir_world!(__WeirGuest with_types_in $crate::bindings);
         };
     };
 }
@@ -122,8 +118,7 @@ macro_rules! export_processor {
 #[macro_export]
 macro_rules! export_processor {
     ($make:expr) => {
-        const _: fn() -> ::std::boxed::Box<dyn $crate::Processor> =
-            || ::std::boxed::Box::new($make);
+        const _: fn() -> ::std::boxed::Box<dyn $crate::Processor> = || ::std::boxed::Box::new($make);
     };
 }
 

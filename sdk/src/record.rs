@@ -29,10 +29,7 @@ impl Shared {
     }
 
     fn push(&mut self, bytes: &[u8]) -> Span {
-        let span = Span {
-            offset: self.data.len() as u32,
-            len: bytes.len() as u32,
-        };
+        let span = Span { offset: self.data.len() as u32, len: bytes.len() as u32 };
         self.data.extend_from_slice(bytes);
         span
     }
@@ -69,17 +66,7 @@ impl Record {
         partition: u32,
         offset: i64,
     ) -> Self {
-        Record {
-            shared,
-            key,
-            value,
-            old_value,
-            timestamp,
-            headers,
-            topic,
-            partition,
-            offset,
-        }
+        Record { shared, key, value, old_value, timestamp, headers, topic, partition, offset }
     }
 
     /// A record with a key and a value, for tests: `Record::new("k1", "v")`.
@@ -94,20 +81,13 @@ impl Record {
     }
 
     /// A table change (new and old value as JSON; `None` for delete / insert), for tests.
-    pub fn table_change<T: serde::Serialize>(
-        key: impl IntoBytes,
-        new: Option<&T>,
-        old: Option<&T>,
-    ) -> Self {
+    pub fn table_change<T: serde::Serialize>(key: impl IntoBytes, new: Option<&T>, old: Option<&T>) -> Self {
         let json = |v: &T| serde_json::to_vec(v).expect("value serialises to JSON");
         Self::build(key.into_bytes_opt(), new.map(json), old.map(json))
     }
 
     fn build(key: Option<Vec<u8>>, value: Option<Vec<u8>>, old_value: Option<Vec<u8>>) -> Self {
-        let mut shared = Shared {
-            topics: vec![String::new()],
-            ..Shared::default()
-        };
+        let mut shared = Shared { topics: vec![String::new()], ..Shared::default() };
         let key = key.map(|b| shared.push(&b));
         let value = value.map(|b| shared.push(&b));
         let old_value = old_value.map(|b| shared.push(&b));
@@ -117,10 +97,7 @@ impl Record {
     /// Rebuilds this record into a buffer of its own, then lets `f` change
     /// it (the test helpers below).
     fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
-        let mut shared = Shared {
-            topics: vec![self.topic().to_owned()],
-            ..Shared::default()
-        };
+        let mut shared = Shared { topics: vec![self.topic().to_owned()], ..Shared::default() };
         let key = self.key().map(|b| shared.push(b));
         let value = self.value().map(|b| shared.push(b));
         let old_value = self.old_value().map(|b| shared.push(b));
@@ -130,15 +107,7 @@ impl Record {
         }
         f(&mut shared);
         let count = shared.headers.len() as u32;
-        Record {
-            shared: Rc::new(shared),
-            key,
-            value,
-            old_value,
-            headers: (0, count),
-            topic: 0,
-            ..self
-        }
+        Record { shared: Rc::new(shared), key, value, old_value, headers: (0, count), topic: 0, ..self }
     }
 
     /// The same record with another timestamp.
@@ -199,10 +168,7 @@ impl Record {
 
     /// The topic of the input record this one derives from.
     pub fn topic(&self) -> &str {
-        self.shared
-            .topics
-            .get(self.topic as usize)
-            .map_or("", String::as_str)
+        self.shared.topics.get(self.topic as usize).map_or("", String::as_str)
     }
 
     /// The partition of that input record.
@@ -230,11 +196,8 @@ impl Record {
 
     /// The value parsed as JSON; an error for a tombstone or invalid JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
-        let value = self
-            .value()
-            .ok_or_else(|| Error::msg("record has no value (tombstone)"))?;
-        serde_json::from_slice(value)
-            .map_err(|e| Error::msg(format!("value is not the expected JSON: {e}")))
+        let value = self.value().ok_or_else(|| Error::msg("record has no value (tombstone)"))?;
+        serde_json::from_slice(value).map_err(|e| Error::msg(format!("value is not the expected JSON: {e}")))
     }
 
     /// The new value of a table change parsed as JSON (`None` on delete).
@@ -266,9 +229,9 @@ impl fmt::Debug for Record {
 fn parse_optional<T: DeserializeOwned>(bytes: Option<&[u8]>, what: &str) -> Result<Option<T>> {
     match bytes {
         None => Ok(None),
-        Some(b) => serde_json::from_slice(b)
-            .map(Some)
-            .map_err(|e| Error::msg(format!("{what} is not the expected JSON: {e}"))),
+        Some(b) => {
+            serde_json::from_slice(b).map(Some).map_err(|e| Error::msg(format!("{what} is not the expected JSON: {e}")))
+        }
     }
 }
 
@@ -286,17 +249,12 @@ pub struct Emitted {
 impl Emitted {
     /// The key as UTF-8 text (lossy), for assertions in tests.
     pub fn key_str(&self) -> Option<String> {
-        self.key
-            .as_deref()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
+        self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned())
     }
 
     /// The value parsed as JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
-        let value = self
-            .value
-            .as_deref()
-            .ok_or_else(|| Error::msg("emitted record has no value"))?;
+        let value = self.value.as_deref().ok_or_else(|| Error::msg("emitted record has no value"))?;
         Ok(serde_json::from_slice(value)?)
     }
 }

@@ -26,12 +26,7 @@ use crate::{Error, Result};
 pub(crate) trait RawStore {
     fn get(&mut self, key: &[u8]) -> Result<Option<&[u8]>>;
     fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<()>;
-    fn range(
-        &mut self,
-        start: Option<&[u8]>,
-        end: Option<&[u8]>,
-        limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    fn range(&mut self, start: Option<&[u8]>, end: Option<&[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Ends the current host call: flush writes (component) or commit/roll
     /// back the call's writes (harness), then forget any cached reads.
     fn end_call(&mut self, success: bool) -> Result<()>;
@@ -62,11 +57,7 @@ pub struct Store<K, V, C = Json> {
 
 impl<K, V, C> Clone for Store<K, V, C> {
     fn clone(&self) -> Self {
-        Store {
-            name: self.name.clone(),
-            raw: self.raw.clone(),
-            _types: PhantomData,
-        }
+        Store { name: self.name.clone(), raw: self.raw.clone(), _types: PhantomData }
     }
 }
 
@@ -79,11 +70,7 @@ where
     C: Codec,
 {
     pub(crate) fn new(name: Rc<str>, raw: std::result::Result<SharedRawStore, String>) -> Self {
-        Store {
-            name,
-            raw: raw.map_err(Rc::from),
-            _types: PhantomData,
-        }
+        Store { name, raw: raw.map_err(Rc::from), _types: PhantomData }
     }
 
     /// The store's name.
@@ -107,9 +94,7 @@ where
         let mut raw = self.raw()?;
         match raw.get(&key.key_bytes())? {
             None => Ok(None),
-            Some(b) => C::decode(b)
-                .map(Some)
-                .map_err(|e| e.context(format_args!("store `{}`", self.name))),
+            Some(b) => C::decode(b).map(Some).map_err(|e| e.context(format_args!("store `{}`", self.name))),
         }
     }
 
@@ -180,12 +165,7 @@ where
         self.scan(None, None, |_| true)
     }
 
-    fn scan(
-        &self,
-        mut start: Option<Vec<u8>>,
-        end: Option<&[u8]>,
-        keep: impl Fn(&[u8]) -> bool,
-    ) -> Result<Vec<(K, V)>>
+    fn scan(&self, mut start: Option<Vec<u8>>, end: Option<&[u8]>, keep: impl Fn(&[u8]) -> bool) -> Result<Vec<(K, V)>>
     where
         K: KeyDecode,
     {

@@ -34,9 +34,7 @@ use serde::de::DeserializeOwned;
 use crate::codec::{Codec, Json};
 use crate::context::HostApi;
 use crate::store::{RawStore, SharedRawStore};
-use crate::{
-    Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, Store,
-};
+use crate::{Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, Store};
 
 /// Runs one processor natively against in-memory stores.
 pub struct TestDriver<P: Processor> {
@@ -94,14 +92,8 @@ impl<P: Processor> TestDriver<P> {
     }
 
     fn grant(self, name: &str, read_only: bool) -> Self {
-        let store = MemoryStore {
-            read_only,
-            ..MemoryStore::default()
-        };
-        self.shared
-            .borrow_mut()
-            .stores
-            .insert(name.to_owned(), Rc::new(RefCell::new(store)));
+        let store = MemoryStore { read_only, ..MemoryStore::default() };
+        self.shared.borrow_mut().stores.insert(name.to_owned(), Rc::new(RefCell::new(store)));
         self
     }
 
@@ -128,11 +120,7 @@ impl<P: Processor> TestDriver<P> {
     }
 
     fn ensure_init(&mut self) -> Result<()> {
-        if self.initialized {
-            Ok(())
-        } else {
-            self.init()
-        }
+        if self.initialized { Ok(()) } else { self.init() }
     }
 
     /// Processes one record. Offsets are assigned in order when left at 0;
@@ -140,11 +128,7 @@ impl<P: Processor> TestDriver<P> {
     /// writes and emits are rolled back and the error returned.
     pub fn process(&mut self, mut record: Record) -> Result<()> {
         self.ensure_init()?;
-        let offset = if record.offset() == 0 {
-            self.next_offset
-        } else {
-            record.offset()
-        };
+        let offset = if record.offset() == 0 { self.next_offset } else { record.offset() };
         self.next_offset = offset + 1;
         {
             let mut shared = self.shared.borrow_mut();
@@ -187,10 +171,7 @@ impl<P: Processor> TestDriver<P> {
                 key: e.key.map(|s| out.bytes(s).to_vec()),
                 value: e.value.map(|s| out.bytes(s).to_vec()),
                 timestamp: e.timestamp,
-                headers: headers
-                    .iter()
-                    .map(|(n, s)| (n.clone(), out.bytes(*s).to_vec()))
-                    .collect(),
+                headers: headers.iter().map(|(n, s)| (n.clone(), out.bytes(*s).to_vec())).collect(),
             });
         }
         out.clear();
@@ -246,9 +227,7 @@ impl<P: Processor> TestDriver<P> {
         let raw = self.shared.borrow().stores.get(name).cloned();
         let raw: std::result::Result<SharedRawStore, String> = match raw {
             Some(store) => Ok(Rc::new(RefCell::new(Seeder(store, None)))),
-            None => Err(format!(
-                "store `{name}` was not granted to the harness (use with_store)"
-            )),
+            None => Err(format!("store `{name}` was not granted to the harness (use with_store)")),
         };
         Store::new(Rc::from(name), raw)
     }
@@ -308,9 +287,7 @@ impl RawStore for MemoryStore {
 
     fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<()> {
         if self.read_only {
-            return Err(Error::msg(
-                "store is read-only for this processor (a table's store)",
-            ));
+            return Err(Error::msg("store is read-only for this processor (a table's store)"));
         }
         let previous = match value {
             Some(v) => self.data.insert(key.to_vec(), v),
@@ -320,12 +297,7 @@ impl RawStore for MemoryStore {
         Ok(())
     }
 
-    fn range(
-        &mut self,
-        start: Option<&[u8]>,
-        end: Option<&[u8]>,
-        limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn range(&mut self, start: Option<&[u8]>, end: Option<&[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let lower = start.map_or(Bound::Unbounded, Bound::Included);
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(self
@@ -366,12 +338,7 @@ impl RawStore for Seeder {
         };
         Ok(())
     }
-    fn range(
-        &mut self,
-        start: Option<&[u8]>,
-        end: Option<&[u8]>,
-        limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn range(&mut self, start: Option<&[u8]>, end: Option<&[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.0.borrow_mut().range(start, end, limit)
     }
     fn end_call(&mut self, _success: bool) -> Result<()> {
@@ -409,19 +376,10 @@ mod tests {
 
     #[test]
     fn reserves_only_what_is_left() {
-        let mut d = TestDriver::new(Reserve)
-            .with_store("stock")
-            .with_outputs(["validated", "rejected"]);
+        let mut d = TestDriver::new(Reserve).with_store("stock").with_outputs(["validated", "rejected"]);
         d.store::<String, i64>("stock").put("p1", &5).unwrap();
         for qty in [3, 3, 2] {
-            d.process(Record::from_json(
-                "o",
-                &Order {
-                    product_id: "p1".into(),
-                    qty,
-                },
-            ))
-            .unwrap();
+            d.process(Record::from_json("o", &Order { product_id: "p1".into(), qty })).unwrap();
         }
         let outputs: Vec<&str> = d.emitted().iter().map(|e| e.output.as_str()).collect();
         assert_eq!(outputs, ["validated", "rejected", "validated"]);
@@ -442,9 +400,7 @@ mod tests {
                 Ok(())
             }
         }
-        let mut d = TestDriver::new(WriteThenFail)
-            .with_store("s")
-            .with_outputs(["out"]);
+        let mut d = TestDriver::new(WriteThenFail).with_store("s").with_outputs(["out"]);
         let err = d.process(Record::new("a", "bad")).unwrap_err();
         assert_eq!(err.message(), "bad record");
         assert!(d.emitted().is_empty());
@@ -466,14 +422,9 @@ mod tests {
                 }
             }
         }
-        let mut d = TestDriver::new(Misuse)
-            .with_outputs(["out"])
-            .with_table_store("table");
+        let mut d = TestDriver::new(Misuse).with_outputs(["out"]).with_table_store("table");
         let e = d.process(Record::new("k", "emit")).unwrap_err();
-        assert!(
-            e.message().contains("output `nowhere` is not declared"),
-            "{e}"
-        );
+        assert!(e.message().contains("output `nowhere` is not declared"), "{e}");
         let e = d.process(Record::new("k", "store")).unwrap_err();
         assert!(e.message().contains("store `secret` is not granted"), "{e}");
         let e = d.process(Record::new("k", "table")).unwrap_err();
@@ -495,11 +446,7 @@ mod tests {
         }
         let all = s.all().unwrap();
         assert_eq!(all.len(), 1000);
-        assert!(
-            all.iter()
-                .enumerate()
-                .all(|(i, (k, v))| *k == i as u32 && *v == 2 * i as u32)
-        );
+        assert!(all.iter().enumerate().all(|(i, (k, v))| *k == i as u32 && *v == 2 * i as u32));
         let some = s.range(Some(&10), Some(&20)).unwrap();
         assert_eq!(some.first().map(|e| e.0), Some(10));
         assert_eq!(some.len(), 10);
@@ -510,12 +457,7 @@ mod tests {
         for k in ["a1", "a2", "b1", "a3"] {
             ps.put(k, &1).unwrap();
         }
-        let keys: Vec<String> = ps
-            .prefix("a")
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let keys: Vec<String> = ps.prefix("a").unwrap().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["a1", "a2", "a3"]);
     }
 }

@@ -39,30 +39,19 @@ thread_local! {
 }
 
 fn to_wit_error(error: Error) -> types::Error {
-    types::Error {
-        message: error.message().to_owned(),
-    }
+    types::Error { message: error.message().to_owned() }
 }
 
 fn span(s: types::Span) -> Span {
-    Span {
-        offset: s.offset,
-        len: s.len,
-    }
+    Span { offset: s.offset, len: s.len }
 }
 
 fn wit_span(s: Span) -> types::Span {
-    types::Span {
-        offset: s.offset,
-        len: s.len,
-    }
+    types::Span { offset: s.offset, len: s.len }
 }
 
 /// The `init` export.
-pub fn init(
-    make: impl FnOnce() -> Box<dyn Processor>,
-    config: Vec<(String, String)>,
-) -> Result<(), types::Error> {
+pub fn init(make: impl FnOnce() -> Box<dyn Processor>, config: Vec<(String, String)>) -> Result<(), types::Error> {
     let outputs = context::outputs();
     let mut ctx = Context::new(Box::new(ComponentHost), Some(outputs));
     let mut processor = make();
@@ -82,20 +71,9 @@ pub fn init(
 /// The `process` export.
 pub fn process(batch: types::Batch) -> Result<(), types::BatchError> {
     with_runtime(|rt| {
-        let types::Batch {
-            data,
-            topics,
-            headers,
-            records,
-        } = batch;
-        let shared = Rc::new(Shared {
-            data,
-            topics,
-            headers: headers
-                .into_iter()
-                .map(|h| (h.name, span(h.value)))
-                .collect(),
-        });
+        let types::Batch { data, topics, headers, records } = batch;
+        let shared =
+            Rc::new(Shared { data, topics, headers: headers.into_iter().map(|h| (h.name, span(h.value))).collect() });
         prefetch(&rt.ctx, &shared, &records);
         CURRENT_BATCH.with(|b| *b.borrow_mut() = Some(shared.clone()));
         for (index, r) in records.iter().enumerate() {
@@ -116,18 +94,12 @@ pub fn process(batch: types::Batch) -> Result<(), types::BatchError> {
             CURRENT_KEY.set(r.key.map(span));
             if let Err(error) = rt.processor.process(&mut rt.ctx, record) {
                 abort_call(&mut rt.ctx);
-                return Err(types::BatchError {
-                    index,
-                    error: to_wit_error(error),
-                });
+                return Err(types::BatchError { index, error: to_wit_error(error) });
             }
         }
         CURRENT_KEY.set(None);
         CURRENT_BATCH.with(|b| *b.borrow_mut() = None);
-        finish_call(&mut rt.ctx).map_err(|(index, error)| types::BatchError {
-            index,
-            error: to_wit_error(error),
-        })
+        finish_call(&mut rt.ctx).map_err(|(index, error)| types::BatchError { index, error: to_wit_error(error) })
     })
     .unwrap_or_else(|e| Err(types::BatchError { index: 0, error: e }))
 }
@@ -153,9 +125,7 @@ pub fn punctuate(kind: types::Punctuation, timestamp: i64) -> Result<(), types::
 fn with_runtime<R>(f: impl FnOnce(&mut Runtime) -> R) -> Result<R, types::Error> {
     RUNTIME.with(|rt| match rt.borrow_mut().as_mut() {
         Some(rt) => Ok(f(rt)),
-        None => Err(types::Error {
-            message: "processor called before init".to_owned(),
-        }),
+        None => Err(types::Error { message: "processor called before init".to_owned() }),
     })
 }
 
@@ -177,12 +147,7 @@ fn prefetch(ctx: &Context, shared: &Shared, records: &[types::Record]) {
 /// Hands buffered writes and emits to the host. On failure returns the index
 /// of the record to blame.
 fn finish_call(ctx: &mut Context) -> Result<(), (u32, Error)> {
-    ctx.end_call(true).map_err(|(store, e)| {
-        (
-            CURRENT_INDEX.get(),
-            e.context(format_args!("store `{store}`")),
-        )
-    })?;
+    ctx.end_call(true).map_err(|(store, e)| (CURRENT_INDEX.get(), e.context(format_args!("store `{store}`"))))?;
     let out = ctx.output();
     if !out.records.is_empty() {
         let batch = to_wit_output(out);
@@ -200,14 +165,7 @@ fn abort_call(ctx: &mut Context) {
 fn to_wit_output(out: &mut OutputBuffer) -> types::OutputBatch {
     types::OutputBatch {
         data: std::mem::take(&mut out.data),
-        headers: out
-            .headers
-            .drain(..)
-            .map(|(name, s)| types::Header {
-                name,
-                value: wit_span(s),
-            })
-            .collect(),
+        headers: out.headers.drain(..).map(|(name, s)| types::Header { name, value: wit_span(s) }).collect(),
         records: out
             .records
             .iter()
@@ -303,30 +261,22 @@ impl CachedStore {
         let mut writes = Vec::new();
         for (key, c) in self.cache.iter_mut().filter(|(_, c)| c.dirty) {
             c.dirty = false;
-            let k = types::Span {
-                offset: data.len() as u32,
-                len: key.len() as u32,
-            };
+            let k = types::Span { offset: data.len() as u32, len: key.len() as u32 };
             data.extend_from_slice(key);
             let v = c.value.as_ref().map(|v| {
-                let s = types::Span {
-                    offset: data.len() as u32,
-                    len: v.len() as u32,
-                };
+                let s = types::Span { offset: data.len() as u32, len: v.len() as u32 };
                 data.extend_from_slice(v);
                 s
             });
             writes.push((k, v));
         }
         let blamed = self.first_write.take();
-        self.handle
-            .write_many(&types::WriteBatch { data, writes })
-            .map_err(|e| {
-                if let Some(index) = blamed {
-                    CURRENT_INDEX.set(index);
-                }
-                Error::msg(e.message)
-            })
+        self.handle.write_many(&types::WriteBatch { data, writes }).map_err(|e| {
+            if let Some(index) = blamed {
+                CURRENT_INDEX.set(index);
+            }
+            Error::msg(e.message)
+        })
     }
 }
 
@@ -340,13 +290,7 @@ impl RawStore for CachedStore {
         }
         if !self.cache.contains_key(key) {
             let value = self.handle.get(key);
-            self.cache.insert(
-                key.to_vec(),
-                Cached {
-                    value,
-                    dirty: false,
-                },
-            );
+            self.cache.insert(key.to_vec(), Cached { value, dirty: false });
         }
         Ok(self.cache.get(key).and_then(|c| c.value.as_deref()))
     }
@@ -361,29 +305,18 @@ impl RawStore for CachedStore {
                 c.dirty = true;
             }
             None => {
-                self.cache
-                    .insert(key.to_vec(), Cached { value, dirty: true });
+                self.cache.insert(key.to_vec(), Cached { value, dirty: true });
             }
         }
         Ok(())
     }
 
-    fn range(
-        &mut self,
-        start: Option<&[u8]>,
-        end: Option<&[u8]>,
-        limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn range(&mut self, start: Option<&[u8]>, end: Option<&[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         // The host merges its own state; our unflushed writes must be there first.
         self.flush()?;
         let entries = self.handle.range(start, end, limit);
-        let bytes =
-            |s: types::Span| entries.data[s.offset as usize..(s.offset + s.len) as usize].to_vec();
-        Ok(entries
-            .items
-            .iter()
-            .map(|(k, v)| (bytes(*k), bytes(*v)))
-            .collect())
+        let bytes = |s: types::Span| entries.data[s.offset as usize..(s.offset + s.len) as usize].to_vec();
+        Ok(entries.items.iter().map(|(k, v)| (bytes(*k), bytes(*v))).collect())
     }
 
     fn prefetch(&mut self, keys: &mut KeyVisitor<'_>) {
@@ -397,17 +330,8 @@ impl RawStore for CachedStore {
         let cache = &mut self.cache;
         keys(&mut |k| {
             if !cache.contains_key(k) {
-                cache.insert(
-                    k.to_vec(),
-                    Cached {
-                        value: None,
-                        dirty: false,
-                    },
-                );
-                items.push(types::Span {
-                    offset: data.len() as u32,
-                    len: k.len() as u32,
-                });
+                cache.insert(k.to_vec(), Cached { value: None, dirty: false });
+                items.push(types::Span { offset: data.len() as u32, len: k.len() as u32 });
                 data.extend_from_slice(k);
             }
         });
@@ -416,9 +340,7 @@ impl RawStore for CachedStore {
         }
         let asked = types::ByteList { data, items };
         let found = self.handle.get_many(&asked);
-        let bytes = |data: &[u8], s: types::Span| {
-            data[s.offset as usize..(s.offset + s.len) as usize].to_vec()
-        };
+        let bytes = |data: &[u8], s: types::Span| data[s.offset as usize..(s.offset + s.len) as usize].to_vec();
         for (key, value) in asked.items.iter().zip(found.items.iter()) {
             let key = &asked.data[key.offset as usize..(key.offset + key.len) as usize];
             if let Some(slot) = self.cache.get_mut(key) {

@@ -56,12 +56,7 @@ fn a_truncated_manifest_is_damage() {
         .expect("a manifest")
         .path();
     let len = std::fs::metadata(&manifest).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&manifest)
-        .unwrap()
-        .set_len(len / 3)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(&manifest).unwrap().set_len(len / 3).unwrap();
     let log = refused(&data, Options::default());
     assert!(log.contains("is damaged or unreadable"), "{log}");
 }
@@ -87,34 +82,22 @@ fn a_store_of_another_format_keeps_its_application_from_running() {
     let spec = write_spec(dir.path(), "kc.yaml", crate::crash::specs::KEY_COUNT_EOS);
     let mut server = Server::start(&data, Options::default());
     server.deploy(&spec);
-    server
-        .produce("events", "{\"key\":\"a\",\"value\":\"1\"}\n")
-        .unwrap();
+    server.produce("events", "{\"key\":\"a\",\"value\":\"1\"}\n").unwrap();
     server.wait_idle("key-count", Duration::from_secs(30));
     server.stop();
     {
         let db = Db::open(&data, false).unwrap();
-        let found = db
-            .get_meta("store/key-count/counts")
-            .unwrap()
-            .expect("registered store");
+        let found = db.get_meta("store/key-count/counts").unwrap().expect("registered store");
         let mut meta: Value = serde_json::from_slice(&found).unwrap();
         meta["format"] = 7.into();
         let mut batch = rocksdb::WriteBatch::default();
-        db.put_meta(
-            &mut batch,
-            "store/key-count/counts",
-            meta.to_string().as_bytes(),
-        );
+        db.put_meta(&mut batch, "store/key-count/counts", meta.to_string().as_bytes());
         db.write(batch).unwrap();
     }
     let server = Server::start(&data, Options::default());
     let status = server.get("/v1/apps/key-count").unwrap();
     let state = status["state"].as_str().unwrap();
-    assert!(
-        state.starts_with("failed") && state.contains("store format 7"),
-        "{status:#}"
-    );
+    assert!(state.starts_with("failed") && state.contains("store format 7"), "{status:#}");
 }
 
 #[test]
@@ -126,17 +109,8 @@ fn a_data_dir_weir_may_not_write_is_refused() {
     let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(dir.path(), perms).unwrap();
-    let log = refused(
-        &data,
-        Options {
-            uid: Some(65534),
-            ..Options::default()
-        },
-    );
-    assert!(
-        log.contains("data dir") && log.to_lowercase().contains("permission denied"),
-        "{log}"
-    );
+    let log = refused(&data, Options { uid: Some(65534), ..Options::default() });
+    assert!(log.contains("data dir") && log.to_lowercase().contains("permission denied"), "{log}");
 }
 
 #[test]
@@ -149,24 +123,14 @@ fn a_full_disk_stalls_processing_and_loses_nothing() {
     server.deploy(&spec);
     server.stop();
     // Then a disk that is full once any file of the data dir grows past 6 MiB.
-    let limited = Options {
-        file_size_limit: Some(6 << 20),
-        commit_interval: Some("20ms".into()),
-        ..Options::default()
-    };
+    let limited =
+        Options { file_size_limit: Some(6 << 20), commit_interval: Some("20ms".into()), ..Options::default() };
     let mut server = Server::start(&data, limited);
     let mut sent = 0;
     let mut refused = None;
     for round in 0..300 {
-        let chunk: String = (0..2000)
-            .map(|i| {
-                format!(
-                    "{{\"key\":\"k{}\",\"value\":\"{:0>200}\"}}\n",
-                    i % 300,
-                    round
-                )
-            })
-            .collect();
+        let chunk: String =
+            (0..2000).map(|i| format!("{{\"key\":\"k{}\",\"value\":\"{:0>200}\"}}\n", i % 300, round)).collect();
         match server.produce("events", &chunk) {
             Ok(_) => sent += 2000,
             Err(e) => {
@@ -177,25 +141,15 @@ fn a_full_disk_stalls_processing_and_loses_nothing() {
     }
     // Writes now fail: the produce API says why, and so does every task that
     // had work to commit (it stalls, and will retry).
-    let refused = refused.unwrap_or_else(|| {
-        panic!(
-            "the disk never filled after {sent} records\n{}",
-            server.log_tail()
-        )
-    });
-    assert!(
-        refused.contains("503 storage-failure") && refused.contains("File too large"),
-        "{refused}"
-    );
+    let refused =
+        refused.unwrap_or_else(|| panic!("the disk never filled after {sent} records\n{}", server.log_tail()));
+    assert!(refused.contains("503 storage-failure") && refused.contains("File too large"), "{refused}");
     std::thread::sleep(Duration::from_millis(500));
     let status = server.get("/v1/apps/key-count").unwrap();
     for t in status["tasks"].as_array().unwrap() {
         if t["state"] == "stalled" {
             let error = t["error"].as_str().unwrap();
-            assert!(
-                error.contains("commit failed") && error.contains("File too large"),
-                "{error}"
-            );
+            assert!(error.contains("commit failed") && error.contains("File too large"), "{error}");
         }
     }
     server.kill();
@@ -209,10 +163,7 @@ fn a_full_disk_stalls_processing_and_loses_nothing() {
     }
     let mut counts: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
     for r in server.consume_all("counts") {
-        counts
-            .entry(r["key"].to_string())
-            .or_default()
-            .push(r["value"]["count"].as_i64().unwrap());
+        counts.entry(r["key"].to_string()).or_default().push(r["value"]["count"].as_i64().unwrap());
     }
     for (key, n) in &inputs {
         assert_eq!(counts[key], (1..=*n).collect::<Vec<_>>(), "key {key}");

@@ -41,23 +41,10 @@ fn text(v: &Value) -> String {
 /// leaves its whole chunk or none of it (one atomic append); the producer
 /// just goes on. Returns the kills, and how many hit while input was
 /// processed but not yet committed.
-fn produce_while_killing(
-    server: &mut Server,
-    rng: &mut Rng,
-    total: usize,
-    kills: usize,
-    keys: u64,
-) -> (usize, usize) {
+fn produce_while_killing(server: &mut Server, rng: &mut Rng, total: usize, kills: usize, keys: u64) -> (usize, usize) {
     let mut chunks = Rng::new("producer");
     let make = move |chunk_no: usize| -> String {
-        (0..1000)
-            .map(|i| {
-                format!(
-                    "{{\"key\":\"k{}\",\"value\":\"e{chunk_no}-{i}\"}}\n",
-                    chunks.below(keys)
-                )
-            })
-            .collect()
+        (0..1000).map(|i| format!("{{\"key\":\"k{}\",\"value\":\"e{chunk_no}-{i}\"}}\n", chunks.below(keys))).collect()
     };
     produce_and_kill(server, rng, "key-count", "events", make, total, kills)
 }
@@ -84,9 +71,7 @@ fn produce_and_kill(
                 let chunk = make(chunk_no);
                 chunk_no += 1;
                 let target = url.lock().unwrap().clone();
-                if weir::client::produce(topic, &target, std::io::Cursor::new(chunk.into_bytes()))
-                    .is_err()
-                {
+                if weir::client::produce(topic, &target, std::io::Cursor::new(chunk.into_bytes())).is_err() {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
@@ -96,10 +81,7 @@ fn produce_and_kill(
     let mut mid_work = 0;
     while done < kills || input_size(server, topic) < total {
         std::thread::sleep(Duration::from_millis(30 + rng.below(300)));
-        if server
-            .get(&format!("/v1/apps/{app}"))
-            .is_ok_and(|s| s["lag"].as_i64() > Some(0))
-        {
+        if server.get(&format!("/v1/apps/{app}")).is_ok_and(|s| s["lag"].as_i64() > Some(0)) {
             mid_work += 1;
         }
         server.kill();
@@ -118,14 +100,7 @@ fn input_size(server: &Server, topic: &str) -> usize {
     topics["topics"]
         .as_array()
         .and_then(|ts| ts.iter().find(|t| t["name"] == topic))
-        .map_or(0, |t| {
-            t["end_offsets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| o.as_u64().unwrap() as usize)
-                .sum()
-        })
+        .map_or(0, |t| t["end_offsets"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap() as usize).sum())
 }
 
 /// Per key: the number of input records (from the input topic itself).
@@ -141,9 +116,7 @@ fn input_counts(server: &Server) -> BTreeMap<String, i64> {
 fn emitted_counts(server: &Server) -> BTreeMap<String, Vec<i64>> {
     let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for r in server.consume_all("counts") {
-        seen.entry(text(&r["key"]))
-            .or_default()
-            .push(r["value"]["count"].as_i64().expect("count"));
+        seen.entry(text(&r["key"])).or_default().push(r["value"]["count"].as_i64().expect("count"));
     }
     seen
 }
@@ -152,33 +125,20 @@ fn emitted_counts(server: &Server) -> BTreeMap<String, Vec<i64>> {
 fn key_count_is_exactly_once_across_repeated_kill_9() {
     let mut rng = Rng::new("key_count_is_exactly_once_across_repeated_kill_9");
     let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(
-        dir.path(),
-        "key-count.yaml",
-        &KEY_COUNT.replace("{guarantee}", "exactly-once"),
-    );
-    let options = Options {
-        commit_interval: Some("50ms".into()),
-        ..Options::default()
-    };
+    let spec = write_spec(dir.path(), "key-count.yaml", &KEY_COUNT.replace("{guarantee}", "exactly-once"));
+    let options = Options { commit_interval: Some("50ms".into()), ..Options::default() };
     let mut server = Server::start(&dir.path().join("data"), options);
     server.deploy(&spec);
 
     let (kills, mid_work) = produce_while_killing(&mut server, &mut rng, 100_000, 25, 500);
     assert!(kills >= 20);
     // The kills must land while there is work in flight, or they prove nothing.
-    assert!(
-        mid_work >= 5,
-        "only {mid_work} of {kills} kills hit uncommitted work"
-    );
+    assert!(mid_work >= 5, "only {mid_work} of {kills} kills hit uncommitted work");
     server.wait_idle("key-count", Duration::from_secs(180));
 
     let expected = input_counts(&server);
     let produced: i64 = expected.values().sum();
-    assert!(
-        produced >= 100_000,
-        "at least 100k input records: {produced}"
-    );
+    assert!(produced >= 100_000, "at least 100k input records: {produced}");
     let emitted = emitted_counts(&server);
     assert_eq!(emitted.len(), expected.len(), "every key has outputs");
     for (key, n) in &expected {
@@ -192,37 +152,22 @@ fn key_count_is_exactly_once_across_repeated_kill_9() {
         );
     }
     // The final store equals the oracle.
-    let store = server
-        .get("/v1/apps/key-count/stores/counts?limit=10000")
-        .unwrap();
-    let state: HashMap<String, i64> = store["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (text(&e["key"]), e["value"].as_i64().unwrap()))
-        .collect();
+    let store = server.get("/v1/apps/key-count/stores/counts?limit=10000").unwrap();
+    let state: HashMap<String, i64> =
+        store["entries"].as_array().unwrap().iter().map(|e| (text(&e["key"]), e["value"].as_i64().unwrap())).collect();
     assert_eq!(state.len(), expected.len());
     for (key, n) in &expected {
         assert_eq!(state.get(key), Some(n), "store value of {key}");
     }
-    eprintln!(
-        "key-count: {produced} records, {kills} kill -9 ({mid_work} with work in flight), exactly once"
-    );
+    eprintln!("key-count: {produced} records, {kills} kill -9 ({mid_work} with work in flight), exactly once");
 }
 
 #[test]
 fn at_least_once_never_loses_across_kill_9() {
     let mut rng = Rng::new("at_least_once_never_loses_across_kill_9");
     let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(
-        dir.path(),
-        "key-count.yaml",
-        &KEY_COUNT.replace("{guarantee}", "at-least-once"),
-    );
-    let options = Options {
-        commit_interval: Some("200ms".into()),
-        ..Options::default()
-    };
+    let spec = write_spec(dir.path(), "key-count.yaml", &KEY_COUNT.replace("{guarantee}", "at-least-once"));
+    let options = Options { commit_interval: Some("200ms".into()), ..Options::default() };
     let mut server = Server::start(&dir.path().join("data"), options);
     server.deploy(&spec);
     let _ = produce_while_killing(&mut server, &mut rng, 20_000, 6, 100);
@@ -273,10 +218,7 @@ fn reservation_is_exactly_once_across_repeated_kill_9() {
     let mut rng = Rng::new("reservation_is_exactly_once_across_repeated_kill_9");
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(dir.path(), "reservation.yaml", RESERVATION);
-    let options = Options {
-        commit_interval: Some("50ms".into()),
-        ..Options::default()
-    };
+    let options = Options { commit_interval: Some("50ms".into()), ..Options::default() };
     let mut server = Server::start(&dir.path().join("data"), options);
     server.deploy(&spec);
 
@@ -287,9 +229,7 @@ fn reservation_is_exactly_once_across_repeated_kill_9() {
         .map(|p| {
             let delta = 100 + rng.below(200) as i64;
             *stock.entry(format!("p{p}")).or_default() += delta;
-            format!(
-                "{{\"key\":\"p{p}\",\"value\":{{\"product_id\":\"p{p}\",\"delta\":{delta}}}}}\n"
-            )
+            format!("{{\"key\":\"p{p}\",\"value\":{{\"product_id\":\"p{p}\",\"delta\":{delta}}}}}\n")
         })
         .collect();
     server.produce("adjustments", &adjustments).unwrap();
@@ -309,19 +249,8 @@ fn reservation_is_exactly_once_across_repeated_kill_9() {
             })
             .collect()
     };
-    let (kills, mid_work) = produce_and_kill(
-        &mut server,
-        &mut rng,
-        "reservation",
-        "orders",
-        make,
-        30_000,
-        20,
-    );
-    assert!(
-        mid_work >= 5,
-        "only {mid_work} of {kills} kills hit uncommitted work"
-    );
+    let (kills, mid_work) = produce_and_kill(&mut server, &mut rng, "reservation", "orders", make, 30_000, 20);
+    assert!(mid_work >= 5, "only {mid_work} of {kills} kills hit uncommitted work");
     server.wait_idle("reservation", Duration::from_secs(180));
 
     // Oracle: replay the reservation logic over the repartition topic, in its
@@ -341,59 +270,27 @@ fn reservation_is_exactly_once_across_repeated_kill_9() {
         } else {
             ("rejected".to_owned(), left)
         };
-        assert!(
-            expected.insert(id.clone(), decision).is_none(),
-            "order {id} repartitioned twice"
-        );
+        assert!(expected.insert(id.clone(), decision).is_none(), "order {id} repartitioned twice");
     }
     let mut decided: BTreeMap<String, (String, i64)> = BTreeMap::new();
     for topic in ["orders-validated", "orders-rejected"] {
         for r in server.consume_all(topic) {
             let id = text(&r["key"]);
-            let d = (
-                text(&r["value"]["status"]),
-                r["value"]["stock"].as_i64().unwrap(),
-            );
-            assert!(
-                decided.insert(id.clone(), d).is_none(),
-                "order {id} decided twice"
-            );
+            let d = (text(&r["value"]["status"]), r["value"]["stock"].as_i64().unwrap());
+            assert!(decided.insert(id.clone(), d).is_none(), "order {id} decided twice");
         }
     }
-    assert_eq!(
-        decided, expected,
-        "every valid order decided exactly once, as the oracle decides it"
-    );
-    let dead: Vec<String> = server
-        .consume_all("reservation-dlq")
-        .iter()
-        .map(|r| text(&r["key"]))
-        .collect();
+    assert_eq!(decided, expected, "every valid order decided exactly once, as the oracle decides it");
+    let dead: Vec<String> = server.consume_all("reservation-dlq").iter().map(|r| text(&r["key"])).collect();
     let input = server.consume_all("orders");
-    let invalid = input
-        .iter()
-        .filter(|r| r["value"]["qty"].as_i64() == Some(-1))
-        .count();
-    assert_eq!(
-        dead.len(),
-        invalid,
-        "each invalid order dead-lettered exactly once"
-    );
-    assert_eq!(
-        expected.len() + invalid,
-        input.len(),
-        "every order accounted for"
-    );
+    let invalid = input.iter().filter(|r| r["value"]["qty"].as_i64() == Some(-1)).count();
+    assert_eq!(dead.len(), invalid, "each invalid order dead-lettered exactly once");
+    assert_eq!(expected.len() + invalid, input.len(), "every order accounted for");
     for (product, left) in &level {
-        let v = server
-            .get(&format!("/v1/apps/reservation/stores/stock/keys/{product}"))
-            .unwrap();
+        let v = server.get(&format!("/v1/apps/reservation/stores/stock/keys/{product}")).unwrap();
         assert_eq!(v["value"].as_i64(), Some(*left), "stock of {product}");
     }
-    eprintln!(
-        "reservation: {} orders, {kills} kill -9 ({mid_work} with work in flight), exactly once",
-        input.len()
-    );
+    eprintln!("reservation: {} orders, {kills} kill -9 ({mid_work} with work in flight), exactly once", input.len());
 }
 
 /// Specs other test modules reuse.

@@ -6,18 +6,10 @@
 use std::path::Path;
 use std::process::Command;
 
-const EXAMPLES: &[&str] = &[
-    "enrichment",
-    "reservation",
-    "customer-position",
-    "sellable-inventory",
-    "key-count",
-];
+const EXAMPLES: &[&str] = &["enrichment", "reservation", "customer-position", "sellable-inventory", "key-count"];
 
 fn run_weir_test(example: &str) -> (String, String, bool) {
-    let dir = weir_tests::workspace_dir()
-        .join("guest-examples")
-        .join(example);
+    let dir = weir_tests::workspace_dir().join("guest-examples").join(example);
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["test", "--spec"])
         .arg(dir.join("app.yaml"))
@@ -36,20 +28,13 @@ fn run_weir_test(example: &str) -> (String, String, bool) {
 fn check_golden(example: &str) {
     let (stdout, stderr, ok) = run_weir_test(example);
     assert!(ok, "weir test failed for {example}:\n{stderr}");
-    let expected_path = weir_tests::workspace_dir()
-        .join("guest-examples")
-        .join(example)
-        .join("expected.jsonl");
+    let expected_path = weir_tests::workspace_dir().join("guest-examples").join(example).join("expected.jsonl");
     if std::env::var_os("WEIR_BLESS").is_some() {
         std::fs::write(&expected_path, &stdout).expect("write golden file");
         return;
     }
-    let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with WEIR_BLESS=1 to create it)",
-            expected_path.display()
-        )
-    });
+    let expected = std::fs::read_to_string(&expected_path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with WEIR_BLESS=1 to create it)", expected_path.display()));
     if stdout != expected {
         let diff: Vec<String> = expected
             .lines()
@@ -96,20 +81,9 @@ fn key_count_matches_expected() {
 #[test]
 fn every_example_has_its_files() {
     for example in EXAMPLES {
-        let dir = weir_tests::workspace_dir()
-            .join("guest-examples")
-            .join(example);
-        for file in [
-            "Cargo.toml",
-            "src/lib.rs",
-            "app.yaml",
-            "input.jsonl",
-            "expected.jsonl",
-        ] {
-            assert!(
-                Path::new(&dir.join(file)).exists(),
-                "{example} lacks {file}"
-            );
+        let dir = weir_tests::workspace_dir().join("guest-examples").join(example);
+        for file in ["Cargo.toml", "src/lib.rs", "app.yaml", "input.jsonl", "expected.jsonl"] {
+            assert!(Path::new(&dir.join(file)).exists(), "{example} lacks {file}");
         }
     }
 }

@@ -5,6 +5,7 @@ mod bad_state;
 mod common;
 mod crash;
 mod examples;
+mod hot_swap;
 mod sandbox;
 mod serve_cli;
 mod server;

@@ -29,10 +29,7 @@ sinks:
 
 /// Appends values to partition 0 of `in` without processing, then processes
 /// them together so they reach the guest as one batch.
-fn one_batch(
-    r: &mut weir::testdriver::OfflineRunner,
-    values: &[&str],
-) -> Result<(), (String, TaskError)> {
+fn one_batch(r: &mut weir::testdriver::OfflineRunner, values: &[&str]) -> Result<(), (String, TaskError)> {
     for (i, v) in values.iter().enumerate() {
         r.append_input("in", Some(0), rec(&format!("k{i}"), v));
     }
@@ -45,17 +42,10 @@ fn an_infinite_loop_is_stopped_at_the_deadline_and_dead_lettered() {
     let started = std::time::Instant::now();
     one_batch(&mut r, &["a", "loop", "b"]).unwrap();
     let out = r.outputs(false);
-    assert_eq!(
-        values(&out, "out"),
-        ["a", "b"],
-        "the records around the loop are processed once each"
-    );
+    assert_eq!(values(&out, "out"), ["a", "b"], "the records around the loop are processed once each");
     let dlq = on_topic(&out, "sandbox-dlq");
     assert_eq!(dlq.len(), 1);
-    assert_eq!(
-        header(dlq[0], "weir.error.kind").as_deref(),
-        Some("timeout")
-    );
+    assert_eq!(header(dlq[0], "weir.error.kind").as_deref(), Some("timeout"));
     assert!(header(dlq[0], "weir.error").unwrap().contains("time limit"));
     assert_eq!(header(dlq[0], "weir.source.offset").as_deref(), Some("1"));
     // Stopped, not hung: (batch call + replay of the looping record) deadlines, with slack.
@@ -69,17 +59,8 @@ fn unbounded_allocation_hits_the_memory_cap_and_is_dead_lettered() {
     let out = r.outputs(false);
     assert_eq!(values(&out, "out"), ["after"]);
     let dlq = on_topic(&out, "sandbox-dlq");
-    assert_eq!(
-        header(dlq[0], "weir.error.kind").as_deref(),
-        Some("memory-limit"),
-        "{:?}",
-        dlq[0]
-    );
-    assert!(
-        header(dlq[0], "weir.error")
-            .unwrap()
-            .contains("limit is 16777216")
-    );
+    assert_eq!(header(dlq[0], "weir.error.kind").as_deref(), Some("memory-limit"), "{:?}", dlq[0]);
+    assert!(header(dlq[0], "weir.error").unwrap().contains("limit is 16777216"));
 }
 
 #[test]
@@ -100,10 +81,7 @@ fn a_panic_affects_only_its_record_and_task() {
     assert_eq!(dlq.len(), 1);
     assert_eq!(header(dlq[0], "weir.error.kind").as_deref(), Some("trap"));
     let error = header(dlq[0], "weir.error").unwrap();
-    assert!(
-        error.contains("misbehave: panic requested by record"),
-        "the guest's panic message is reported: {error}"
-    );
+    assert!(error.contains("misbehave: panic requested by record"), "the guest's panic message is reported: {error}");
     assert_eq!(header(dlq[0], "weir.task").as_deref(), Some("sandbox/0_0"));
 }
 
@@ -114,14 +92,9 @@ fn emitting_to_an_undeclared_output_is_refused_by_the_host() {
     let out = r.outputs(false);
     assert_eq!(values(&out, "out"), ["fine"]);
     let dlq = on_topic(&out, "sandbox-dlq");
-    assert_eq!(
-        header(dlq[0], "weir.error.kind").as_deref(),
-        Some("contract-violation")
-    );
+    assert_eq!(header(dlq[0], "weir.error.kind").as_deref(), Some("contract-violation"));
     assert!(
-        header(dlq[0], "weir.error")
-            .unwrap()
-            .contains("output #99 is not declared for processor `m` (declared: out)")
+        header(dlq[0], "weir.error").unwrap().contains("output #99 is not declared for processor `m` (declared: out)")
     );
 }
 
@@ -132,15 +105,8 @@ fn the_sdk_refuses_undeclared_outputs_before_the_host_sees_them() {
     let out = r.outputs(false);
     assert_eq!(values(&out, "out"), ["fine"]);
     let dlq = on_topic(&out, "sandbox-dlq");
-    assert_eq!(
-        header(dlq[0], "weir.error.kind").as_deref(),
-        Some("guest-error")
-    );
-    assert!(
-        header(dlq[0], "weir.error")
-            .unwrap()
-            .contains("output `nowhere` is not declared for processor `m`")
-    );
+    assert_eq!(header(dlq[0], "weir.error.kind").as_deref(), Some("guest-error"));
+    assert!(header(dlq[0], "weir.error").unwrap().contains("output `nowhere` is not declared for processor `m`"));
 }
 
 #[test]
@@ -161,34 +127,22 @@ fn policy_fail_stops_the_task_and_commits_nothing_of_its_transaction() {
     assert_eq!(task, "sandbox/0_0");
     match &error {
         TaskError::Failed(f) => {
-            assert_eq!(
-                (f.processor.as_str(), f.offset, f.kind),
-                ("m", 1, "guest-error")
-            );
+            assert_eq!((f.processor.as_str(), f.offset, f.kind), ("m", 1, "guest-error"));
         }
         other => panic!("unexpected error {other}"),
     }
     assert!(error.to_string().contains("error policy is `fail`"));
     // "a" was processed in the aborted transaction: it must not be visible.
     assert!(r.outputs(false).is_empty());
-    assert_eq!(
-        r.backend.position(&(std::sync::Arc::from("in"), 0)),
-        0,
-        "input offsets stay uncommitted"
-    );
+    assert_eq!(r.backend.position(&(std::sync::Arc::from("in"), 0)), 0, "input offsets stay uncommitted");
 }
 
 #[test]
 fn guest_stdout_and_stderr_go_to_the_host_log_tagged() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = misbehave_spec("dead-letter", "{}")
-        .replace("{guests}", &weir_tests::guests_dir().display().to_string());
+    let spec = misbehave_spec("dead-letter", "{}").replace("{guests}", &weir_tests::guests_dir().display().to_string());
     std::fs::write(dir.path().join("app.yaml"), spec).unwrap();
-    std::fs::write(
-        dir.path().join("in.jsonl"),
-        "{\"topic\": \"in\", \"key\": \"k\", \"value\": \"print\"}\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "{\"topic\": \"in\", \"key\": \"k\", \"value\": \"print\"}\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["test", "--spec"])
         .arg(dir.path().join("app.yaml"))
@@ -205,12 +159,7 @@ fn guest_stdout_and_stderr_go_to_the_host_log_tagged() {
             .lines()
             .find(|l| l.contains(&format!("misbehave says hello on {stream}")))
             .unwrap_or_else(|| panic!("guest {stream} not in the host log:\n{stderr}"));
-        assert!(
-            line.contains("processor=m")
-                && line.contains("task=sandbox/0_")
-                && line.contains(stream),
-            "{line}"
-        );
+        assert!(line.contains("processor=m") && line.contains("task=sandbox/0_") && line.contains(stream), "{line}");
     }
     // Guest output never mixes into the records on stdout.
     assert!(!String::from_utf8_lossy(&out.stdout).contains("says hello"));
@@ -218,29 +167,16 @@ fn guest_stdout_and_stderr_go_to_the_host_log_tagged() {
 
 #[test]
 fn a_failing_init_stops_the_task_with_the_guests_message() {
-    let spec = misbehave_spec("dead-letter", "{}")
-        .replace("    outputs:", "    config: { init: fail }\n    outputs:");
+    let spec = misbehave_spec("dead-letter", "{}").replace("    outputs:", "    config: { init: fail }\n    outputs:");
     let yaml = spec.replace("{guests}", &weir_tests::guests_dir().display().to_string());
-    let topology =
-        weir::topology::Topology::compile(weir::topology::parse_spec(&yaml).unwrap()).unwrap();
+    let topology = weir::topology::Topology::compile(weir::topology::parse_spec(&yaml).unwrap()).unwrap();
     let engine = engine();
-    let components = weir::testdriver::load_components(
-        &topology,
-        std::path::Path::new("."),
-        &engine,
-        &Default::default(),
-    )
-    .unwrap();
-    let app = std::sync::Arc::new(weir::task::AppRuntime {
-        topology: std::sync::Arc::new(topology),
-        engine,
-        components,
-    });
+    let components =
+        weir::testdriver::load_components(&topology, std::path::Path::new("."), &engine, &Default::default()).unwrap();
+    let app =
+        std::sync::Arc::new(weir::task::AppRuntime { topology: std::sync::Arc::new(topology), engine, components });
     let err = weir::testdriver::OfflineRunner::new(app).unwrap_err();
-    assert!(
-        err.to_string().contains("init refused: configured to fail"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("init refused: configured to fail"), "{err}");
 }
 
 #[test]
@@ -267,26 +203,17 @@ fn a_core_module_is_refused_with_how_to_build_a_component() {
 
 #[test]
 fn a_component_of_another_world_is_refused_naming_what_is_missing() {
-    let err = engine()
-        .load_file(&weir_tests::guest("wrong-world"))
-        .unwrap_err();
+    let err = engine().load_file(&weir_tests::guest("wrong-world")).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, LoadError::WrongWorld(_)), "{text}");
-    assert!(
-        text.contains("missing exports init, process, punctuate"),
-        "{text}"
-    );
+    assert!(text.contains("missing exports init, process, punctuate"), "{text}");
     assert!(text.contains("it exports: greet"), "{text}");
 }
 
 #[test]
 fn the_examples_load_and_are_cached_by_content() {
-    let a = engine()
-        .load_file(&weir_tests::guest("reservation"))
-        .unwrap();
-    let b = engine()
-        .load_file(&weir_tests::guest("reservation"))
-        .unwrap();
+    let a = engine().load_file(&weir_tests::guest("reservation")).unwrap();
+    let b = engine().load_file(&weir_tests::guest("reservation")).unwrap();
     assert!(std::sync::Arc::ptr_eq(&a, &b));
     assert_eq!(a.sha256().len(), 64);
     for export in ["init", "process", "punctuate"] {
@@ -299,64 +226,31 @@ fn the_examples_load_and_are_cached_by_content() {
 /// Streams does), wall-clock time when the (simulated) clock does.
 #[test]
 fn punctuation_fires_on_stream_time_and_wall_clock() {
-    let spec = misbehave_spec("dead-letter", "{}").replace(
-        "    outputs:",
-        "    config: { stream_every: 1000, wall_every: 500 }\n    outputs:",
-    );
+    let spec = misbehave_spec("dead-letter", "{}")
+        .replace("    outputs:", "    config: { stream_every: 1000, wall_every: 500 }\n    outputs:");
     let mut r = runner(&spec);
-    let at = |key: &str, ts: i64| weir::record::Record {
-        timestamp: ts,
-        ..rec(key, "x")
-    };
+    let at = |key: &str, ts: i64| weir::record::Record { timestamp: ts, ..rec(key, "x") };
     use weir::jsonl::InputLine::{Record as Line, WallClock};
     for line in [
-        Line {
-            topic: "in".into(),
-            partition: Some(0),
-            record: at("a", 100),
-        },
-        Line {
-            topic: "in".into(),
-            partition: Some(0),
-            record: at("a", 900),
-        },
-        Line {
-            topic: "in".into(),
-            partition: Some(0),
-            record: at("a", 1100),
-        },
-        Line {
-            topic: "in".into(),
-            partition: Some(0),
-            record: at("a", 3500),
-        },
+        Line { topic: "in".into(), partition: Some(0), record: at("a", 100) },
+        Line { topic: "in".into(), partition: Some(0), record: at("a", 900) },
+        Line { topic: "in".into(), partition: Some(0), record: at("a", 1100) },
+        Line { topic: "in".into(), partition: Some(0), record: at("a", 3500) },
         WallClock(400),
         WallClock(600),
         WallClock(2000),
     ] {
         r.feed(line).unwrap();
     }
-    let ticks: Vec<String> = values(&r.outputs(false), "out")
-        .into_iter()
-        .filter(|v| v.contains("punctuation"))
-        .collect();
+    let ticks: Vec<String> =
+        values(&r.outputs(false), "out").into_iter().filter(|v| v.contains("punctuation")).collect();
     // Partition 0's task: stream time first seen at 100 → due at 1100 (fires
     // at 1100), then 2100 (stream time jumps to 3500: fires once, at 3500).
     // Wall clock: first due at 0 + 500 → fires at 600, then at 2000 (once).
     let task0: Vec<&String> = ticks.iter().filter(|t| t.contains("stream-time")).collect();
-    assert_eq!(
-        task0,
-        [
-            r#"{"punctuation":"stream-time","at":1100}"#,
-            r#"{"punctuation":"stream-time","at":3500}"#
-        ]
-    );
+    assert_eq!(task0, [r#"{"punctuation":"stream-time","at":1100}"#, r#"{"punctuation":"stream-time","at":3500}"#]);
     let wall: Vec<&String> = ticks.iter().filter(|t| t.contains("wall-clock")).collect();
     // Both tasks (partitions 0 and 1) tick on the wall clock.
     assert_eq!(wall.len(), 4, "{wall:?}");
-    assert!(
-        wall.iter()
-            .all(|w| w.ends_with("\"at\":600}") || w.ends_with("\"at\":2000}")),
-        "{wall:?}"
-    );
+    assert!(wall.iter().all(|w| w.ends_with("\"at\":600}") || w.ends_with("\"at\":2000}")), "{wall:?}");
 }

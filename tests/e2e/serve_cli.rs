@@ -18,12 +18,7 @@ fn weir(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         .unwrap();
     if let Some(input) = stdin {
         use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
@@ -61,95 +56,33 @@ fn the_cli_runs_an_example_like_weir_test_does() {
     assert!(ok);
     // Same records as `weir test` prints; consume lists partition by partition.
     let expected = std::fs::read_to_string(example.join("expected.jsonl")).unwrap();
-    assert_eq!(
-        sorted_lines(&format!("{counts}{dlq}")),
-        sorted_lines(&expected)
-    );
+    assert_eq!(sorted_lines(&format!("{counts}{dlq}")), sorted_lines(&expected));
     let (ok, page, _) = weir(
-        &[
-            "consume",
-            "counts",
-            "--server",
-            url,
-            "--partition",
-            "1",
-            "--from",
-            "1",
-            "--limit",
-            "1",
-            "--offsets",
-        ],
+        &["consume", "counts", "--server", url, "--partition", "1", "--from", "1", "--limit", "1", "--offsets"],
         None,
     );
     assert!(ok);
-    assert!(
-        page.trim().ends_with("\"offset\":1}") && page.lines().count() == 1,
-        "{page}"
-    );
+    assert!(page.trim().ends_with("\"offset\":1}") && page.lines().count() == 1, "{page}");
     let (ok, status, _) = weir(&["status", "key-count", "--server", url], None);
-    assert!(
-        ok && status.starts_with("key-count: running (embedded, exactly-once), lag 0"),
-        "{status}"
-    );
-    let (ok, alice, _) = weir(
-        &["query", "key-count", "counts", "alice", "--server", url],
-        None,
-    );
-    assert!(
-        ok && alice.trim() == r#"{"key":"alice","partition":1,"value":3}"#,
-        "{alice}"
-    );
-    let (ok, all, _) = weir(
-        &[
-            "query",
-            "key-count",
-            "counts",
-            "--prefix",
-            "b",
-            "--server",
-            url,
-        ],
-        None,
-    );
-    assert!(
-        ok && all.trim() == r#"{"key":"bob","partition":2,"value":2}"#,
-        "{all}"
-    );
-    let (ok, _, err) = weir(
-        &["query", "key-count", "counts", "zed", "--server", url],
-        None,
-    );
+    assert!(ok && status.starts_with("key-count: running (embedded, exactly-once), lag 0"), "{status}");
+    let (ok, alice, _) = weir(&["query", "key-count", "counts", "alice", "--server", url], None);
+    assert!(ok && alice.trim() == r#"{"key":"alice","partition":1,"value":3}"#, "{alice}");
+    let (ok, all, _) = weir(&["query", "key-count", "counts", "--prefix", "b", "--server", url], None);
+    assert!(ok && all.trim() == r#"{"key":"bob","partition":2,"value":2}"#, "{all}");
+    let (ok, _, err) = weir(&["query", "key-count", "counts", "zed", "--server", url], None);
     assert!(!ok && err.contains("404 unknown-key"), "{err}");
     let (ok, _, err) = weir(&["status", "nope", "--server", url], None);
-    assert!(
-        !ok && err.contains("404 unknown-app") && err.contains("no application `nope`"),
-        "{err}"
-    );
-    let (ok, _, err) = weir(
-        &["produce", "nowhere", "--server", url],
-        Some("{\"key\":\"k\"}\n"),
-    );
-    assert!(
-        !ok && err.contains("topic `nowhere` does not exist"),
-        "{err}"
-    );
-    let (ok, _, err) = weir(
-        &["produce", "events", "--server", url],
-        Some("{\"key\":\"k\"}\nnot json\n"),
-    );
-    assert!(
-        !ok && err.contains("line 2"),
-        "a bad line is named, and nothing of the request is written: {err}"
-    );
+    assert!(!ok && err.contains("404 unknown-app") && err.contains("no application `nope`"), "{err}");
+    let (ok, _, err) = weir(&["produce", "nowhere", "--server", url], Some("{\"key\":\"k\"}\n"));
+    assert!(!ok && err.contains("topic `nowhere` does not exist"), "{err}");
+    let (ok, _, err) = weir(&["produce", "events", "--server", url], Some("{\"key\":\"k\"}\nnot json\n"));
+    assert!(!ok && err.contains("line 2"), "a bad line is named, and nothing of the request is written: {err}");
 }
 
 #[test]
 fn client_commands_say_when_no_server_answers() {
     let (ok, _, err) = weir(&["status", "x", "--server", "http://127.0.0.1:9"], None);
-    assert!(
-        !ok && err.contains("cannot reach weir at http://127.0.0.1:9"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("cannot reach weir at http://127.0.0.1:9"), "{err}");
 }
 
 #[test]
@@ -172,30 +105,17 @@ sinks:
   out: { topic: out }
 "#,
     );
-    let server = Server::start(
-        &dir.path().join("data"),
-        Options {
-            commit_interval: Some("20ms".into()),
-            ..Options::default()
-        },
-    );
+    let server =
+        Server::start(&dir.path().join("data"), Options { commit_interval: Some("20ms".into()), ..Options::default() });
     server.deploy(&spec);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ticks = server.consume_all("out");
         if ticks.len() >= 3 {
-            assert!(
-                ticks
-                    .iter()
-                    .all(|t| t["value"]["punctuation"] == "wall-clock")
-            );
+            assert!(ticks.iter().all(|t| t["value"]["punctuation"] == "wall-clock"));
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no wall-clock punctuation: {ticks:?}\n{}",
-            server.log_tail()
-        );
+        assert!(Instant::now() < deadline, "no wall-clock punctuation: {ticks:?}\n{}", server.log_tail());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -215,34 +135,22 @@ fn retention_drops_old_records_by_age_and_by_size() {
         let records = server.consume_all("log");
         let topics = server.get("/v1/topics").unwrap();
         let end = topics["topics"][0]["end_offsets"][0].as_i64().unwrap();
-        (
-            end,
-            records.first().map(|r| r["offset"].as_i64().unwrap()),
-            records.len(),
-        )
+        (end, records.first().map(|r| r["offset"].as_i64().unwrap()), records.len())
     };
     // By size: 200 records of ~120 bytes, at most 4 KiB kept.
     let server = Server::start(&dir.path().join("size"), env("0", "4KiB"));
     weir::client::call(
         "POST",
         &format!("{}/v1/topics", server.url),
-        Some((
-            "application/json",
-            br#"{"name":"log","partitions":1}"#.to_vec(),
-        )),
+        Some(("application/json", br#"{"name":"log","partitions":1}"#.to_vec())),
     )
     .unwrap();
-    let lines: String = (0..200)
-        .map(|i| format!("{{\"key\":\"k{i}\",\"value\":\"{:0>100}\"}}\n", i))
-        .collect();
+    let lines: String = (0..200).map(|i| format!("{{\"key\":\"k{i}\",\"value\":\"{:0>100}\"}}\n", i)).collect();
     server.produce("log", &lines).unwrap();
     std::thread::sleep(Duration::from_millis(600));
     let (end, first, kept) = end_and_first(&server);
     assert_eq!(end, 200, "offsets never move back");
-    assert!(
-        kept > 10 && kept < 40,
-        "about 4 KiB of the newest records remain, got {kept}"
-    );
+    assert!(kept > 10 && kept < 40, "about 4 KiB of the newest records remain, got {kept}");
     assert_eq!(first, Some(200 - kept as i64), "the oldest went first");
     drop(server);
     // By age: everything older than 300ms goes.
@@ -250,10 +158,7 @@ fn retention_drops_old_records_by_age_and_by_size() {
     weir::client::call(
         "POST",
         &format!("{}/v1/topics", server.url),
-        Some((
-            "application/json",
-            br#"{"name":"log","partitions":1}"#.to_vec(),
-        )),
+        Some(("application/json", br#"{"name":"log","partitions":1}"#.to_vec())),
     )
     .unwrap();
     server.produce("log", &lines).unwrap();
@@ -262,9 +167,5 @@ fn retention_drops_old_records_by_age_and_by_size() {
     assert_eq!((end, kept), (200, 0));
     server.produce("log", "{\"key\":\"fresh\"}\n").unwrap();
     let (end, first, kept) = end_and_first(&server);
-    assert_eq!(
-        (end, first, kept),
-        (201, Some(200), 1),
-        "new records get the next offset"
-    );
+    assert_eq!((end, first, kept), (201, Some(200), 1), "new records get the next offset");
 }

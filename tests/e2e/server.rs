@@ -34,13 +34,7 @@ impl Server {
     /// Starts a server on `data_dir` and waits until it listens.
     pub fn start(data_dir: &Path, options: Options) -> Server {
         let log = data_dir.with_extension("log");
-        let mut server = Server {
-            child: None,
-            url: String::new(),
-            data_dir: data_dir.to_path_buf(),
-            log,
-            options,
-        };
+        let mut server = Server { child: None, url: String::new(), data_dir: data_dir.to_path_buf(), log, options };
         server.spawn().unwrap_or_else(|e| panic!("{e}"));
         server
     }
@@ -55,17 +49,9 @@ impl Server {
             options,
         };
         match s.spawn() {
-            Ok(()) => panic!(
-                "weir serve started on {} but should have refused",
-                data_dir.display()
-            ),
+            Ok(()) => panic!("weir serve started on {} but should have refused", data_dir.display()),
             Err(e) => {
-                let code = s
-                    .child
-                    .take()
-                    .and_then(|mut c| c.wait().ok())
-                    .and_then(|st| st.code())
-                    .unwrap_or(-1);
+                let code = s.child.take().and_then(|mut c| c.wait().ok()).and_then(|st| st.code()).unwrap_or(-1);
                 (code, e)
             }
         }
@@ -73,18 +59,11 @@ impl Server {
 
     fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--http", "127.0.0.1:0"]);
+        cmd.arg("serve").arg("--data-dir").arg(&self.data_dir).args(["--http", "127.0.0.1:0"]);
         if let Some(ci) = &self.options.commit_interval {
             cmd.args(["--commit-interval", ci]);
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("server log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("server log");
         cmd.stdout(Stdio::piped())
             .stderr(log)
             .env("WEIR_LOG", "info,wasmtime=warn,cranelift=warn")
@@ -101,10 +80,7 @@ impl Server {
             unsafe {
                 cmd.pre_exec(move || {
                     libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                    let r = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
+                    let r = libc::rlimit { rlim_cur: limit, rlim_max: limit };
                     if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -112,9 +88,7 @@ impl Server {
                 });
             }
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start weir serve: {e}"))?;
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start weir serve: {e}"))?;
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -129,10 +103,7 @@ impl Server {
                 self.url = url.to_owned();
                 Ok(())
             }
-            None => Err(format!(
-                "weir serve did not start; its log:\n{}",
-                self.log_tail()
-            )),
+            None => Err(format!("weir serve did not start; its log:\n{}", self.log_tail())),
         }
     }
 
@@ -170,8 +141,7 @@ impl Server {
 
     /// Deploys a spec file (uploading its components).
     pub fn deploy(&self, spec: &Path) {
-        weir::client::deploy(spec, &self.url)
-            .unwrap_or_else(|e| panic!("deploy failed: {e:#}\n{}", self.log_tail()));
+        weir::client::deploy(spec, &self.url).unwrap_or_else(|e| panic!("deploy failed: {e:#}\n{}", self.log_tail()));
     }
 
     pub fn produce(&self, topic: &str, jsonl: &str) -> anyhow::Result<u64> {
@@ -182,11 +152,7 @@ impl Server {
     pub fn consume_all(&self, topic: &str) -> Vec<Value> {
         let mut out = Vec::new();
         weir::client::consume(topic, &self.url, 0, None, None, true, &mut out).expect("consume");
-        String::from_utf8(out)
-            .expect("utf8")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("json line"))
-            .collect()
+        String::from_utf8(out).expect("utf8").lines().map(|l| serde_json::from_str(l).expect("json line")).collect()
     }
 
     /// Waits until every task of `app` runs and nothing is left to process.
@@ -195,11 +161,7 @@ impl Server {
         let mut last = Value::Null;
         while Instant::now() < deadline {
             if let Ok(s) = self.get(&format!("/v1/apps/{app}")) {
-                let failed = s["tasks"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|t| t["state"] == "failed");
+                let failed = s["tasks"].as_array().into_iter().flatten().any(|t| t["state"] == "failed");
                 assert!(!failed, "a task failed: {s:#}");
                 if s["state"] == "running" && s["lag"] == 0 {
                     return s;
@@ -208,10 +170,7 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "{app} did not catch up within {timeout:?}: {last:#}\n{}",
-            self.log_tail()
-        );
+        panic!("{app} did not catch up within {timeout:?}: {last:#}\n{}", self.log_tail());
     }
 }
 
@@ -227,15 +186,9 @@ pub struct Rng(u64);
 impl Rng {
     /// Seeded from `WEIR_TEST_SEED` or the clock; the seed is printed.
     pub fn new(test: &str) -> Rng {
-        let seed = std::env::var("WEIR_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-                    | 1
-            });
+        let seed = std::env::var("WEIR_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
+        });
         eprintln!("{test}: WEIR_TEST_SEED={seed}");
         Rng(seed)
     }
@@ -253,10 +206,7 @@ impl Rng {
 /// Writes a spec into `dir`, with `{guests}` replaced by the built guests' directory.
 pub fn write_spec(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(
-        &path,
-        yaml.replace("{guests}", &weir_tests::guests_dir().display().to_string()),
-    )
-    .expect("write spec");
+    std::fs::write(&path, yaml.replace("{guests}", &weir_tests::guests_dir().display().to_string()))
+        .expect("write spec");
     path
 }

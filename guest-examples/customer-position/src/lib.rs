@@ -70,18 +70,13 @@ pub struct CustomerPosition {
 
 impl Default for CustomerPosition {
     fn default() -> Self {
-        CustomerPosition {
-            role: Role::Group,
-            us_exchanges: vec!["NASDAQ".into(), "NYSE".into()],
-        }
+        CustomerPosition { role: Role::Group, us_exchanges: vec!["NASDAQ".into(), "NYSE".into()] }
     }
 }
 
 impl CustomerPosition {
     fn on_us_exchange(&self, p: &Position) -> bool {
-        self.us_exchanges
-            .iter()
-            .any(|e| e.eq_ignore_ascii_case(&p.exchange))
+        self.us_exchanges.iter().any(|e| e.eq_ignore_ascii_case(&p.exchange))
     }
 }
 
@@ -93,11 +88,7 @@ impl Processor for CustomerPosition {
             other => bail!("config role = `{other}`: expected `group` or `aggregate`"),
         };
         if let Some(list) = config.get("us_exchanges") {
-            self.us_exchanges = list
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
+            self.us_exchanges = list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
         }
         Ok(())
     }
@@ -105,12 +96,8 @@ impl Processor for CustomerPosition {
     fn process(&mut self, ctx: &mut Context, rec: Record) -> Result<()> {
         match self.role {
             Role::Group => {
-                let old = rec
-                    .old_json::<Position>()?
-                    .filter(|p| self.on_us_exchange(p));
-                let new = rec
-                    .new_json::<Position>()?
-                    .filter(|p| self.on_us_exchange(p));
+                let old = rec.old_json::<Position>()?.filter(|p| self.on_us_exchange(p));
+                let new = rec.new_json::<Position>()?.filter(|p| self.on_us_exchange(p));
                 if let (Some(o), Some(n)) = (&old, &new)
                     && o.client == n.client
                     && o.id == n.id
@@ -118,24 +105,10 @@ impl Processor for CustomerPosition {
                     return Ok(()); // same client, still US-listed: no set changes
                 }
                 if let Some(o) = old {
-                    ctx.emit_json(
-                        "by-client",
-                        o.client.as_str(),
-                        &Membership {
-                            op: Op::Remove,
-                            position: o.id,
-                        },
-                    )?;
+                    ctx.emit_json("by-client", o.client.as_str(), &Membership { op: Op::Remove, position: o.id })?;
                 }
                 if let Some(n) = new {
-                    ctx.emit_json(
-                        "by-client",
-                        n.client.as_str(),
-                        &Membership {
-                            op: Op::Add,
-                            position: n.id,
-                        },
-                    )?;
+                    ctx.emit_json("by-client", n.client.as_str(), &Membership { op: Op::Add, position: n.id })?;
                 }
                 Ok(())
             }
@@ -153,14 +126,7 @@ impl Processor for CustomerPosition {
                     ctx.emit_tombstone("holders", client.as_str())
                 } else {
                     holders.put(&client, &positions)?;
-                    ctx.emit_json(
-                        "holders",
-                        client.as_str(),
-                        &Holder {
-                            client: client.clone(),
-                            positions,
-                        },
-                    )
+                    ctx.emit_json("holders", client.as_str(), &Holder { client: client.clone(), positions })
                 }
             }
         }
@@ -175,54 +141,26 @@ mod tests {
     use weir_sdk::testing::TestDriver;
 
     fn pos(id: &str, client: &str, exchange: &str) -> Position {
-        Position {
-            id: id.into(),
-            client: client.into(),
-            ticker: "T".into(),
-            amount: 1,
-            exchange: exchange.into(),
-        }
+        Position { id: id.into(), client: client.into(), ticker: "T".into(), amount: 1, exchange: exchange.into() }
     }
 
     fn group() -> TestDriver<CustomerPosition> {
-        TestDriver::new(CustomerPosition::default())
-            .with_config("role", "group")
-            .with_outputs(["by-client"])
+        TestDriver::new(CustomerPosition::default()).with_config("role", "group").with_outputs(["by-client"])
     }
 
     fn memberships(d: &TestDriver<CustomerPosition>) -> Vec<(String, Membership)> {
-        d.emitted()
-            .iter()
-            .map(|e| (e.key_str().unwrap(), e.json().unwrap()))
-            .collect()
+        d.emitted().iter().map(|e| (e.key_str().unwrap(), e.json().unwrap())).collect()
     }
 
     #[test]
     fn group_subtracts_the_old_value_and_adds_the_new() {
         let mut d = group();
-        d.process(Record::table_change(
-            "1",
-            Some(&pos("1", "c2", "NYSE")),
-            Some(&pos("1", "c1", "NASDAQ")),
-        ))
-        .unwrap();
+        d.process(Record::table_change("1", Some(&pos("1", "c2", "NYSE")), Some(&pos("1", "c1", "NASDAQ")))).unwrap();
         assert_eq!(
             memberships(&d),
             [
-                (
-                    "c1".into(),
-                    Membership {
-                        op: Op::Remove,
-                        position: "1".into()
-                    }
-                ),
-                (
-                    "c2".into(),
-                    Membership {
-                        op: Op::Add,
-                        position: "1".into()
-                    }
-                )
+                ("c1".into(), Membership { op: Op::Remove, position: "1".into() }),
+                ("c2".into(), Membership { op: Op::Add, position: "1".into() })
             ]
         );
     }
@@ -230,35 +168,11 @@ mod tests {
     #[test]
     fn group_ignores_non_us_and_unchanged_membership() {
         let mut d = group();
-        d.process(Record::table_change(
-            "2",
-            Some(&pos("2", "c1", "LON")),
-            None,
-        ))
-        .unwrap();
-        d.process(Record::table_change(
-            "1",
-            Some(&pos("1", "c1", "NASDAQ")),
-            Some(&pos("1", "c1", "NASDAQ")),
-        ))
-        .unwrap();
+        d.process(Record::table_change("2", Some(&pos("2", "c1", "LON")), None)).unwrap();
+        d.process(Record::table_change("1", Some(&pos("1", "c1", "NASDAQ")), Some(&pos("1", "c1", "NASDAQ")))).unwrap();
         assert!(d.emitted().is_empty());
-        d.process(Record::table_change::<Position>(
-            "1",
-            None,
-            Some(&pos("1", "c1", "NYSE")),
-        ))
-        .unwrap();
-        assert_eq!(
-            memberships(&d),
-            [(
-                "c1".into(),
-                Membership {
-                    op: Op::Remove,
-                    position: "1".into()
-                }
-            )]
-        );
+        d.process(Record::table_change::<Position>("1", None, Some(&pos("1", "c1", "NYSE")))).unwrap();
+        assert_eq!(memberships(&d), [("c1".into(), Membership { op: Op::Remove, position: "1".into() })]);
     }
 
     #[test]
@@ -267,15 +181,7 @@ mod tests {
             .with_config("role", "aggregate")
             .with_store("us-share-holders")
             .with_outputs(["holders"]);
-        let m = |op, p: &str| {
-            Record::from_json(
-                "c1",
-                &Membership {
-                    op,
-                    position: p.into(),
-                },
-            )
-        };
+        let m = |op, p: &str| Record::from_json("c1", &Membership { op, position: p.into() });
         d.process(m(Op::Add, "1")).unwrap();
         d.process(m(Op::Add, "3")).unwrap();
         d.process(m(Op::Remove, "1")).unwrap();
@@ -289,11 +195,6 @@ mod tests {
             .map(|e| e.json::<Holder>().unwrap().positions.len())
             .collect();
         assert_eq!(sets, [1, 2, 1]);
-        assert_eq!(
-            d.store::<String, BTreeSet<String>>("us-share-holders")
-                .get("c1")
-                .unwrap(),
-            None
-        );
+        assert_eq!(d.store::<String, BTreeSet<String>>("us-share-holders").get("c1").unwrap(), None);
     }
 }

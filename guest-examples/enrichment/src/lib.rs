@@ -57,18 +57,8 @@ impl Processor for Enrichment {
                 ctx.emit_json("enriched", rec.key(), &order)
             }
             None => {
-                let reason = format!(
-                    "no `{reference}` in `{}` (order field `{}`)",
-                    self.store, self.field
-                );
-                ctx.emit_json(
-                    "unmatched",
-                    rec.key(),
-                    &Unmatched {
-                        order: Value::Object(order),
-                        reason,
-                    },
-                )
+                let reason = format!("no `{reference}` in `{}` (order field `{}`)", self.store, self.field);
+                ctx.emit_json("unmatched", rec.key(), &Unmatched { order: Value::Object(order), reason })
             }
         }
     }
@@ -94,14 +84,8 @@ mod tests {
     #[test]
     fn embeds_the_referenced_record() {
         let mut d = driver();
-        d.store::<String, Value>("customers")
-            .put("c1", &json!({"name": "Ada"}))
-            .unwrap();
-        d.process(Record::from_json(
-            "c1",
-            &json!({"order_id": "o1", "customer_id": "c1"}),
-        ))
-        .unwrap();
+        d.store::<String, Value>("customers").put("c1", &json!({"name": "Ada"})).unwrap();
+        d.process(Record::from_json("c1", &json!({"order_id": "o1", "customer_id": "c1"}))).unwrap();
         let out: Value = d.emitted_to("enriched")[0].json().unwrap();
         assert_eq!(out["customer"]["name"], "Ada");
     }
@@ -109,26 +93,15 @@ mod tests {
     #[test]
     fn unknown_references_are_reported_not_dropped() {
         let mut d = driver();
-        d.process(Record::from_json(
-            "c9",
-            &json!({"order_id": "o2", "customer_id": "c9"}),
-        ))
-        .unwrap();
+        d.process(Record::from_json("c9", &json!({"order_id": "o2", "customer_id": "c9"}))).unwrap();
         let out: Unmatched = d.emitted_to("unmatched")[0].json().unwrap();
-        assert!(
-            out.reason.contains("no `c9` in `customers`"),
-            "{}",
-            out.reason
-        );
+        assert!(out.reason.contains("no `c9` in `customers`"), "{}", out.reason);
     }
 
     #[test]
     fn orders_without_the_field_are_errors() {
         let mut d = driver();
-        assert!(
-            d.process(Record::from_json("c1", &json!({"order_id": "o3"})))
-                .is_err()
-        );
+        assert!(d.process(Record::from_json("c1", &json!({"order_id": "o3"}))).is_err());
         assert!(d.emitted().is_empty());
     }
 }

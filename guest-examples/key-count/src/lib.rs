@@ -24,17 +24,11 @@ pub struct KeyCount;
 
 impl Processor for KeyCount {
     fn process(&mut self, ctx: &mut Context, rec: Record) -> Result<()> {
-        let key = rec
-            .key()
-            .ok_or_else(|| Error::msg("key-count needs keyed records"))?;
+        let key = rec.key().ok_or_else(|| Error::msg("key-count needs keyed records"))?;
         let counts = ctx.store::<Vec<u8>, i64>("counts");
         let count = counts.get(key)?.unwrap_or(0) + 1;
         counts.put(key, &count)?;
-        let out = Count {
-            key: String::from_utf8_lossy(key).into_owned(),
-            count,
-            version: VERSION,
-        };
+        let out = Count { key: String::from_utf8_lossy(key).into_owned(), count, version: VERSION };
         ctx.emit_json("counts", rec.key(), &out)
     }
 }
@@ -48,27 +42,19 @@ mod tests {
 
     #[test]
     fn counts_per_key_from_one() {
-        let mut d = TestDriver::new(KeyCount)
-            .with_store("counts")
-            .with_outputs(["counts"]);
+        let mut d = TestDriver::new(KeyCount).with_store("counts").with_outputs(["counts"]);
         for k in ["a", "b", "a", "a"] {
             d.process(Record::new(k, "x")).unwrap();
         }
         let counts: Vec<Count> = d.emitted().iter().map(|e| e.json().unwrap()).collect();
-        let a: Vec<i64> = counts
-            .iter()
-            .filter(|c| c.key == "a")
-            .map(|c| c.count)
-            .collect();
+        let a: Vec<i64> = counts.iter().filter(|c| c.key == "a").map(|c| c.count).collect();
         assert_eq!(a, [1, 2, 3]);
         assert!(counts.iter().all(|c| c.version == VERSION));
     }
 
     #[test]
     fn keyless_records_are_an_error() {
-        let mut d = TestDriver::new(KeyCount)
-            .with_store("counts")
-            .with_outputs(["counts"]);
+        let mut d = TestDriver::new(KeyCount).with_store("counts").with_outputs(["counts"]);
         assert!(d.process(Record::new((), "x")).is_err());
         assert!(d.emitted().is_empty());
     }

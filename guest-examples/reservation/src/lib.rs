@@ -55,21 +55,14 @@ pub struct Reservation {
 
 impl Default for Reservation {
     fn default() -> Self {
-        Reservation {
-            role: Role::Reserve,
-            adjustments_topic: "adjustments".to_owned(),
-        }
+        Reservation { role: Role::Reserve, adjustments_topic: "adjustments".to_owned() }
     }
 }
 
 fn parse_order(rec: &Record) -> Result<Order> {
     let order: Order = rec.json()?;
     if order.qty <= 0 {
-        bail!(
-            "order {} has quantity {}; quantities must be positive",
-            order.order_id,
-            order.qty
-        );
+        bail!("order {} has quantity {}; quantities must be positive", order.order_id, order.qty);
     }
     Ok(order)
 }
@@ -107,18 +100,10 @@ impl Processor for Reservation {
                 if left >= order.qty {
                     let remaining = left - order.qty;
                     stock.put(&order.product_id, &remaining)?;
-                    let d = Decision {
-                        order,
-                        status: "validated".into(),
-                        stock: remaining,
-                    };
+                    let d = Decision { order, status: "validated".into(), stock: remaining };
                     ctx.emit_json("validated", key.as_str(), &d)
                 } else {
-                    let d = Decision {
-                        order,
-                        status: "rejected".into(),
-                        stock: left,
-                    };
+                    let d = Decision { order, status: "rejected".into(), stock: left };
                     ctx.emit_json("rejected", key.as_str(), &d)
                 }
             }
@@ -141,64 +126,27 @@ mod tests {
     }
 
     fn order(id: &str, product: &str, qty: i64) -> Record {
-        Record::from_json(
-            product,
-            &Order {
-                order_id: id.into(),
-                product_id: product.into(),
-                qty,
-            },
-        )
-        .on_topic("rekeyed")
+        Record::from_json(product, &Order { order_id: id.into(), product_id: product.into(), qty }).on_topic("rekeyed")
     }
 
     #[test]
     fn reserves_until_stock_runs_out() {
         let mut d = reserve();
-        d.process(
-            Record::from_json(
-                "p1",
-                &Adjustment {
-                    product_id: "p1".into(),
-                    delta: 5,
-                },
-            )
-            .on_topic("adjustments"),
-        )
-        .unwrap();
+        d.process(Record::from_json("p1", &Adjustment { product_id: "p1".into(), delta: 5 }).on_topic("adjustments"))
+            .unwrap();
         for (id, qty) in [("o1", 2), ("o2", 4), ("o3", 3)] {
             d.process(order(id, "p1", qty)).unwrap();
         }
-        let outcome: Vec<(String, i64)> = d
-            .emitted()
-            .iter()
-            .map(|e| e.json::<Decision>().unwrap())
-            .map(|d| (d.status, d.stock))
-            .collect();
-        assert_eq!(
-            outcome,
-            [
-                ("validated".into(), 3),
-                ("rejected".into(), 3),
-                ("validated".into(), 0)
-            ]
-        );
+        let outcome: Vec<(String, i64)> =
+            d.emitted().iter().map(|e| e.json::<Decision>().unwrap()).map(|d| (d.status, d.stock)).collect();
+        assert_eq!(outcome, [("validated".into(), 3), ("rejected".into(), 3), ("validated".into(), 0)]);
         assert_eq!(d.store::<String, i64>("stock").get("p1").unwrap(), Some(0));
     }
 
     #[test]
     fn rekey_keys_by_product_and_keeps_the_value() {
-        let mut d = TestDriver::new(Reservation::default())
-            .with_config("role", "rekey")
-            .with_outputs(["by-product"]);
-        let rec = Record::from_json(
-            "o1",
-            &Order {
-                order_id: "o1".into(),
-                product_id: "p9".into(),
-                qty: 1,
-            },
-        );
+        let mut d = TestDriver::new(Reservation::default()).with_config("role", "rekey").with_outputs(["by-product"]);
+        let rec = Record::from_json("o1", &Order { order_id: "o1".into(), product_id: "p9".into(), qty: 1 });
         d.process(rec.clone()).unwrap();
         assert_eq!(d.emitted()[0].key_str().as_deref(), Some("p9"));
         assert_eq!(d.emitted()[0].value.as_deref(), rec.value());
@@ -207,22 +155,9 @@ mod tests {
     #[test]
     fn bad_orders_and_roles_are_errors() {
         let mut d = reserve();
-        assert!(
-            d.process(order("o1", "p1", 0))
-                .unwrap_err()
-                .message()
-                .contains("must be positive")
-        );
-        assert!(
-            d.process(Record::new("p1", "not json").on_topic("rekeyed"))
-                .is_err()
-        );
+        assert!(d.process(order("o1", "p1", 0)).unwrap_err().message().contains("must be positive"));
+        assert!(d.process(Record::new("p1", "not json").on_topic("rekeyed")).is_err());
         let mut bad = TestDriver::new(Reservation::default()).with_config("role", "nope");
-        assert!(
-            bad.init()
-                .unwrap_err()
-                .message()
-                .contains("expected `rekey` or `reserve`")
-        );
+        assert!(bad.init().unwrap_err().message().contains("expected `rekey` or `reserve`"));
     }
 }

@@ -39,9 +39,7 @@ pub struct SellableInventory {
 
 impl Default for SellableInventory {
     fn default() -> Self {
-        SellableInventory {
-            reservations_topic: "inventory-reservations".to_owned(),
-        }
+        SellableInventory { reservations_topic: "inventory-reservations".to_owned() }
     }
 }
 
@@ -57,15 +55,10 @@ impl Processor for SellableInventory {
         let m: Mutation = rec.json()?;
         let key = format!("{}:{}", m.location, m.sku);
         if rec.key() != Some(key.as_bytes()) {
-            bail!(
-                "record key must be `{key}` (location:sku) so adjustments and reservations of one SKU meet"
-            );
+            bail!("record key must be `{key}` (location:sku) so adjustments and reservations of one SKU meet");
         }
         if m.quantity < 0 {
-            bail!(
-                "quantity {} is negative; adjustments and reservations carry positive quantities",
-                m.quantity
-            );
+            bail!("quantity {} is negative; adjustments and reservations carry positive quantities", m.quantity);
         }
         let store = ctx.store::<String, Sellable>("sellable");
         let mut s = store.get(&key)?.unwrap_or_else(|| Sellable {
@@ -92,53 +85,24 @@ mod tests {
     use weir_sdk::testing::TestDriver;
 
     fn m(topic: &str, qty: i64) -> Record {
-        Record::from_json(
-            "L1:S1",
-            &Mutation {
-                location: "L1".into(),
-                sku: "S1".into(),
-                quantity: qty,
-            },
-        )
-        .on_topic(topic)
+        Record::from_json("L1:S1", &Mutation { location: "L1".into(), sku: "S1".into(), quantity: qty }).on_topic(topic)
     }
 
     #[test]
     fn sellable_is_adjustments_minus_reservations() {
-        let mut d = TestDriver::new(SellableInventory::default())
-            .with_store("sellable")
-            .with_outputs(["sellable"]);
+        let mut d = TestDriver::new(SellableInventory::default()).with_store("sellable").with_outputs(["sellable"]);
         d.process(m("inventory-adjustments", 10)).unwrap();
         d.process(m("inventory-reservations", 3)).unwrap();
         d.process(m("inventory-adjustments", 2)).unwrap();
         let last: Sellable = d.emitted().last().unwrap().json().unwrap();
         assert_eq!((last.adjusted, last.reserved, last.sellable), (12, 3, 9));
-        assert_eq!(
-            d.store::<String, Sellable>("sellable")
-                .get("L1:S1")
-                .unwrap(),
-            Some(last)
-        );
+        assert_eq!(d.store::<String, Sellable>("sellable").get("L1:S1").unwrap(), Some(last));
     }
 
     #[test]
     fn a_key_that_does_not_match_the_value_is_refused() {
-        let mut d = TestDriver::new(SellableInventory::default())
-            .with_store("sellable")
-            .with_outputs(["sellable"]);
-        let rec = Record::from_json(
-            "L1:S2",
-            &Mutation {
-                location: "L1".into(),
-                sku: "S1".into(),
-                quantity: 1,
-            },
-        );
-        assert!(
-            d.process(rec)
-                .unwrap_err()
-                .message()
-                .contains("location:sku")
-        );
+        let mut d = TestDriver::new(SellableInventory::default()).with_store("sellable").with_outputs(["sellable"]);
+        let rec = Record::from_json("L1:S2", &Mutation { location: "L1".into(), sku: "S1".into(), quantity: 1 });
+        assert!(d.process(rec).unwrap_err().message().contains("location:sku"));
     }
 }

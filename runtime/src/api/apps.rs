@@ -17,9 +17,7 @@ use crate::node::{DeployError, Node};
 use crate::topology::parse_spec;
 
 pub fn routes() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/v1/apps", get(list))
-        .route("/v1/apps/{name}", get(status).put(deploy).delete(remove))
+    Router::new().route("/v1/apps", get(list)).route("/v1/apps/{name}", get(status).put(deploy).delete(remove))
 }
 
 async fn list(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse> {
@@ -35,17 +33,11 @@ async fn list(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse> {
     .await
 }
 
-async fn status(
-    State(node): State<Arc<Node>>,
-    Path(name): Path<String>,
-) -> ApiResult<impl IntoResponse> {
+async fn status(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
     blocking(move || {
-        node.status(&name).map(Json).ok_or_else(|| {
-            ApiError::not_found(
-                "unknown-app",
-                format!("no application `{name}` is deployed"),
-            )
-        })
+        node.status(&name)
+            .map(Json)
+            .ok_or_else(|| ApiError::not_found("unknown-app", format!("no application `{name}` is deployed")))
     })
     .await
 }
@@ -56,61 +48,44 @@ async fn deploy(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let body = body.map_err(body_error)?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::bad_request("bad-spec", "the spec is not UTF-8 text"))?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("bad-spec", "the spec is not UTF-8 text"))?;
     let spec = parse_spec(text).map_err(spec_error)?;
     if spec.name != name {
         return Err(ApiError::bad_request(
             "bad-spec",
-            format!(
-                "name: the spec is named `{}` but was sent to /v1/apps/{name}",
-                spec.name
-            ),
+            format!("name: the spec is named `{}` but was sent to /v1/apps/{name}", spec.name),
         ));
     }
     blocking(move || match node.deploy(spec) {
-        Ok(status) => Ok((StatusCode::CREATED, Json(status))),
+        Ok(d) => Ok((if d.action == "created" { StatusCode::CREATED } else { StatusCode::OK }, Json(d))),
         Err(DeployError::Spec(e)) => Err(spec_error(e)),
-        Err(e @ DeployError::Exists(_)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "already-deployed",
-            e.to_string(),
-        )),
+        Err(e @ DeployError::Busy(_)) => Err(ApiError::new(StatusCode::CONFLICT, "update-in-progress", e.to_string())),
+        Err(e @ DeployError::UpdateFailed { .. }) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "update-rolled-back", e.to_string()))
+        }
         Err(
             e @ (DeployError::Component { .. }
             | DeployError::Topics { .. }
-            | DeployError::Start { .. }),
-        ) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "cannot-deploy",
-            e.to_string(),
-        )),
+            | DeployError::Start { .. }
+            | DeployError::Incompatible { .. }),
+        ) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot-deploy", e.to_string())),
         Err(e @ DeployError::Internal(_)) => Err(ApiError::internal(e.to_string())),
     })
     .await
 }
 
 fn spec_error(e: crate::topology::SpecError) -> ApiError {
-    let problems: Vec<_> = e
-        .problems
-        .iter()
-        .map(|p| json!({ "path": p.path, "message": p.message }))
-        .collect();
+    let problems: Vec<_> = e.problems.iter().map(|p| json!({ "path": p.path, "message": p.message })).collect();
     let mut err = ApiError::bad_request("bad-spec", e.to_string());
     err.extra = Some(json!({ "problems": problems }));
     err
 }
 
-async fn remove(
-    State(node): State<Arc<Node>>,
-    Path(name): Path<String>,
-) -> ApiResult<impl IntoResponse> {
+async fn remove(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
     blocking(move || match node.undeploy(&name) {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(ApiError::not_found(
-            "unknown-app",
-            format!("no application `{name}` is deployed"),
-        )),
+        Ok(false) => Err(ApiError::not_found("unknown-app", format!("no application `{name}` is deployed"))),
         Err(e) => Err(ApiError::internal(e)),
     })
     .await

@@ -20,10 +20,7 @@ pub fn routes() -> Router<Arc<Node>> {
     Router::new().route("/v1/components", get(list).post(upload))
 }
 
-async fn upload(
-    State(node): State<Arc<Node>>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<impl IntoResponse> {
+async fn upload(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> ApiResult<impl IntoResponse> {
     let body = body.map_err(body_error)?;
     blocking(move || match node.registry.add(&body) {
         Ok(c) => Ok((
@@ -36,11 +33,7 @@ async fn upload(
             })),
         )),
         Err(e @ LoadError::Internal(_)) => Err(ApiError::internal(e.to_string())),
-        Err(e) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "bad-component",
-            e.to_string(),
-        )),
+        Err(e) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-component", e.to_string())),
     })
     .await
 }

@@ -31,12 +31,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            detail: detail.into(),
-            extra: None,
-        }
+        ApiError { status, code, detail: detail.into(), extra: None }
     }
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
@@ -64,12 +59,8 @@ impl IntoResponse for ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs blocking work off the async threads.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
-) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("worker thread: {e}")))?
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("worker thread: {e}")))?
 }
 
 /// The router of the whole API.
@@ -82,9 +73,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(topics::routes())
         .merge(stores::routes())
         .merge(components::routes())
-        .fallback(|| async {
-            ApiError::not_found("not-found", "no such route (the API lives under /v1)")
-        })
+        .fallback(|| async { ApiError::not_found("not-found", "no such route (the API lives under /v1)") })
         .layer(DefaultBodyLimit::max(upload_limit))
         .with_state(node)
 }

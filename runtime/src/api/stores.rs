@@ -26,29 +26,21 @@ pub fn routes() -> Router<Arc<Node>> {
 
 /// The store's registered id and its partition count.
 fn locate(node: &Node, app: &str, store: &str) -> ApiResult<(Arc<Topology>, u32, u32)> {
-    let topology = node.topology(app).ok_or_else(|| {
-        ApiError::not_found("unknown-app", format!("no application `{app}` is running"))
-    })?;
+    let topology = node
+        .topology(app)
+        .ok_or_else(|| ApiError::not_found("unknown-app", format!("no application `{app}` is running")))?;
     let sid = topology.store(store).ok_or_else(|| {
         let names: Vec<&str> = topology.stores.iter().map(|s| s.name.as_str()).collect();
         ApiError::not_found(
             "unknown-store",
-            format!(
-                "application `{app}` has no store `{store}` (stores: {})",
-                names.join(", ")
-            ),
+            format!("application `{app}` has no store `{store}` (stores: {})", names.join(", ")),
         )
     })?;
     let partitions = match topology.stores[sid].owner {
         StoreOwner::Global(_) => 1,
-        _ => {
-            topology.subtopologies[topology.stores[sid].subtopology.expect("task store")].partitions
-        }
+        _ => topology.subtopologies[topology.stores[sid].subtopology.expect("task store")].partitions,
     };
-    let id = node
-        .backend
-        .register_store(app, store)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let id = node.backend.register_store(app, store).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((topology, id, partitions))
 }
 
@@ -58,20 +50,14 @@ async fn get_key(
 ) -> ApiResult<impl IntoResponse> {
     blocking(move || {
         let (_, id, partitions) = locate(&node, &app, &store)?;
-        let partition = if partitions == 1 {
-            0
-        } else {
-            partition_for_key(key.as_bytes(), partitions)
-        };
+        let partition = if partitions == 1 { 0 } else { partition_for_key(key.as_bytes(), partitions) };
         let value = node
             .backend
             .open_store(id, partition, &store)
             .get(key.as_bytes())
             .map_err(|e| ApiError::internal(e.to_string()))?;
         match value {
-            Some(v) => Ok(Json(
-                json!({ "key": key, "partition": partition, "value": render_bytes(Some(&v)) }),
-            )),
+            Some(v) => Ok(Json(json!({ "key": key, "partition": partition, "value": render_bytes(Some(&v)) }))),
             None => Err(ApiError::not_found(
                 "unknown-key",
                 format!("store `{store}` of `{app}` has no key `{key}` (partition {partition})"),

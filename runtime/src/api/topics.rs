@@ -58,43 +58,26 @@ struct NewTopic {
     partitions: u32,
 }
 
-async fn create(
-    State(node): State<Arc<Node>>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<impl IntoResponse> {
+async fn create(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> ApiResult<impl IntoResponse> {
     let body = body.map_err(body_error)?;
-    let t: NewTopic = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "bad-request",
-            format!("expected {{\"name\", \"partitions\"}}: {e}"),
-        )
-    })?;
+    let t: NewTopic = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad-request", format!("expected {{\"name\", \"partitions\"}}: {e}")))?;
     if t.partitions == 0
         || t.name.is_empty()
-        || !t
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        || !t.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     {
         return Err(ApiError::bad_request(
             "bad-request",
             "a topic needs a name of a-z A-Z 0-9 . _ - and at least one partition",
         ));
     }
-    blocking(
-        move || match node.backend.create_topic(&t.name, t.partitions) {
-            Ok(topic) => Ok((
-                StatusCode::CREATED,
-                Json(json!({ "name": &*topic.name, "partitions": topic.partitions() })),
-            )),
-            Err(e @ BackendError::PartitionMismatch { .. }) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "topic-exists",
-                e.to_string(),
-            )),
-            Err(e) => Err(ApiError::internal(e.to_string())),
-        },
-    )
+    blocking(move || match node.backend.create_topic(&t.name, t.partitions) {
+        Ok(topic) => Ok((StatusCode::CREATED, Json(json!({ "name": &*topic.name, "partitions": topic.partitions() })))),
+        Err(e @ BackendError::PartitionMismatch { .. }) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "topic-exists", e.to_string()))
+        }
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    })
     .await
 }
 
@@ -108,10 +91,7 @@ async fn produce(
     let text = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("bad-records", "the body is not UTF-8 JSONL"))?;
     blocking(move || {
-        let t = node
-            .backend
-            .topic(&topic)
-            .ok_or_else(|| unknown_topic(&topic))?;
+        let t = node.backend.topic(&topic).ok_or_else(|| unknown_topic(&topic))?;
         let mut records = Vec::new();
         let now_ms = crate::backend::embedded::now_us() / 1000;
         for (i, line) in text.lines().enumerate() {
@@ -119,15 +99,9 @@ async fn produce(
                 continue;
             }
             let with_topic = inject_topic(line, &topic);
-            let parsed = parse_input_line_at(&with_topic, now_ms).map_err(|e| {
-                ApiError::bad_request("bad-records", format!("line {}: {e}", i + 1))
-            })?;
-            let InputLine::Record {
-                topic: named,
-                partition,
-                record,
-            } = parsed
-            else {
+            let parsed = parse_input_line_at(&with_topic, now_ms)
+                .map_err(|e| ApiError::bad_request("bad-records", format!("line {}: {e}", i + 1)))?;
+            let InputLine::Record { topic: named, partition, record } = parsed else {
                 return Err(ApiError::bad_request(
                     "bad-records",
                     format!("line {}: wall_clock lines are for weir test only", i + 1),
@@ -136,10 +110,7 @@ async fn produce(
             if named != topic {
                 return Err(ApiError::bad_request(
                     "bad-records",
-                    format!(
-                        "line {}: topic `{named}` but the URL names `{topic}`",
-                        i + 1
-                    ),
+                    format!("line {}: topic `{named}` but the URL names `{topic}`", i + 1),
                 ));
             }
             if let Some(p) = partition
@@ -147,32 +118,22 @@ async fn produce(
             {
                 return Err(ApiError::bad_request(
                     "bad-records",
-                    format!(
-                        "line {}: partition {p} does not exist (topic `{topic}` has {})",
-                        i + 1,
-                        t.partitions()
-                    ),
+                    format!("line {}: partition {p} does not exist (topic `{topic}` has {})", i + 1, t.partitions()),
                 ));
             }
-            let partition = partition
-                .unwrap_or_else(|| partition_for(record.key.as_deref(), t.partitions(), 0));
+            let partition = partition.unwrap_or_else(|| partition_for(record.key.as_deref(), t.partitions(), 0));
             records.push((t.clone(), partition, record));
         }
         let partitions: Vec<u32> = records.iter().map(|(_, p, _)| *p).collect();
         // All lines or none: one atomic append.
         let offsets = node.backend.append(records).map_err(|e| match e {
-            BackendError::Storage(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage-failure",
-                e.to_string(),
-            ),
+            BackendError::Storage(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage-failure", e.to_string())
+            }
             e => ApiError::internal(e.to_string()),
         })?;
-        let written: Vec<_> = partitions
-            .iter()
-            .zip(offsets)
-            .map(|(p, o)| json!({ "partition": p, "offset": o }))
-            .collect();
+        let written: Vec<_> =
+            partitions.iter().zip(offsets).map(|(p, o)| json!({ "partition": p, "offset": o })).collect();
         Ok(Json(json!({ "records": written })))
     })
     .await
@@ -206,19 +167,13 @@ async fn read(
     Query(q): Query<ReadQuery>,
 ) -> ApiResult<impl IntoResponse> {
     blocking(move || {
-        let t = node
-            .backend
-            .topic(&topic)
-            .ok_or_else(|| unknown_topic(&topic))?;
+        let t = node.backend.topic(&topic).ok_or_else(|| unknown_topic(&topic))?;
         let partitions: Vec<u32> = match q.partition {
             Some(p) if p < t.partitions() => vec![p],
             Some(p) => {
                 return Err(ApiError::bad_request(
                     "bad-request",
-                    format!(
-                        "partition {p} does not exist (topic `{topic}` has {})",
-                        t.partitions()
-                    ),
+                    format!("partition {p} does not exist (topic `{topic}` has {})", t.partitions()),
                 ));
             }
             None => (0..t.partitions()).collect(),
@@ -228,11 +183,7 @@ async fn read(
         let mut records = Vec::new();
         for p in partitions {
             let room = limit.saturating_sub(records.len());
-            for r in node
-                .backend
-                .read(&t, p, from, room)
-                .map_err(|e| ApiError::internal(e.to_string()))?
-            {
+            for r in node.backend.read(&t, p, from, room).map_err(|e| ApiError::internal(e.to_string()))? {
                 let line = OutputLine::new(&r.topic, r.partition, &r.record);
                 let mut v = serde_json::to_value(line).expect("json");
                 v["offset"] = json!(r.offset);

@@ -40,16 +40,9 @@ pub struct MemoryBackend {
 impl MemoryBackend {
     /// Creates every topic of the topology with its partition count.
     pub fn new(topology: &Topology) -> Self {
-        let topics = topology
-            .partitions
-            .iter()
-            .map(|(t, n)| (Arc::from(t.as_str()), vec![Vec::new(); *n as usize]))
-            .collect();
-        let globals = topology
-            .globals
-            .iter()
-            .map(|g| (g.store, Arc::new(MemoryStore::default())))
-            .collect();
+        let topics =
+            topology.partitions.iter().map(|(t, n)| (Arc::from(t.as_str()), vec![Vec::new(); *n as usize])).collect();
+        let globals = topology.globals.iter().map(|g| (g.store, Arc::new(MemoryStore::default()))).collect();
         MemoryBackend {
             topics,
             stores: BTreeMap::new(),
@@ -72,27 +65,14 @@ impl MemoryBackend {
     pub fn append(&mut self, topic: &Arc<str>, partition: u32, record: Record) -> i64 {
         let log = &mut self.topics.get_mut(topic).expect("topic exists")[partition as usize];
         let offset = log.len() as i64;
-        log.push(LogEntry {
-            sequence: self.next_sequence,
-            record,
-        });
+        log.push(LogEntry { sequence: self.next_sequence, record });
         self.next_sequence += 1;
-        self.appended.push(Appended {
-            topic: topic.clone(),
-            partition,
-            offset,
-        });
+        self.appended.push(Appended { topic: topic.clone(), partition, offset });
         offset
     }
 
     /// Records of a partition from `from`, at most `max`.
-    pub fn read(
-        &self,
-        topic: &Arc<str>,
-        partition: u32,
-        from: i64,
-        max: usize,
-    ) -> Vec<(u64, ConsumedRecord)> {
+    pub fn read(&self, topic: &Arc<str>, partition: u32, from: i64, max: usize) -> Vec<(u64, ConsumedRecord)> {
         let log = &self.topics[topic][partition as usize];
         log.iter()
             .enumerate()
@@ -101,12 +81,7 @@ impl MemoryBackend {
             .map(|(offset, e)| {
                 (
                     e.sequence,
-                    ConsumedRecord {
-                        topic: topic.clone(),
-                        partition,
-                        offset: offset as i64,
-                        record: e.record.clone(),
-                    },
+                    ConsumedRecord { topic: topic.clone(), partition, offset: offset as i64, record: e.record.clone() },
                 )
             })
             .collect()
@@ -114,11 +89,7 @@ impl MemoryBackend {
 
     /// The record at an offset.
     pub fn get(&self, topic: &str, partition: u32, offset: i64) -> Option<&Record> {
-        self.topics
-            .get(topic)?
-            .get(partition as usize)?
-            .get(usize::try_from(offset).ok()?)
-            .map(|e| &e.record)
+        self.topics.get(topic)?.get(partition as usize)?.get(usize::try_from(offset).ok()?).map(|e| &e.record)
     }
 
     /// The committed position (next offset to read) of an input partition.
@@ -138,10 +109,7 @@ impl MemoryBackend {
 
     /// Global table stores, for tasks.
     pub fn global_stores(&self) -> BTreeMap<StoreId, SharedStore> {
-        self.globals
-            .iter()
-            .map(|(id, s)| (*id, s.clone() as SharedStore))
-            .collect()
+        self.globals.iter().map(|(id, s)| (*id, s.clone() as SharedStore)).collect()
     }
 
     /// Applies a record of a global table's topic to its store.
@@ -155,24 +123,12 @@ impl MemoryBackend {
     /// changes, records its positions. Cannot fail in memory.
     pub fn commit(&mut self, commit: TaskCommit<'_>) -> Vec<Appended> {
         let mut appended = Vec::with_capacity(commit.produced.len());
-        for ProducedRecord {
-            topic,
-            partition,
-            record,
-        } in commit.produced
-        {
+        for ProducedRecord { topic, partition, record } in commit.produced {
             let offset = self.append(&topic, partition, record);
-            appended.push(Appended {
-                topic,
-                partition,
-                offset,
-            });
+            appended.push(Appended { topic, partition, offset });
         }
         for change in &commit.changes {
-            self.stores
-                .entry((change.store, change.partition))
-                .or_default()
-                .apply(change.writes.iter().copied());
+            self.stores.entry((change.store, change.partition)).or_default().apply(change.writes.iter().copied());
         }
         self.positions.extend(commit.positions);
         appended

@@ -45,12 +45,7 @@ impl MemoryStore {
 
 impl StoreRead for MemoryStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self
-            .data
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned())
+        Ok(self.data.read().unwrap_or_else(|e| e.into_inner()).get(key).cloned())
     }
 
     fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
@@ -58,17 +53,8 @@ impl StoreRead for MemoryStore {
         Ok(data.get(key).map(|v| out.extend_from_slice(v)).is_some())
     }
 
-    fn range(
-        &self,
-        start: Bound<&[u8]>,
-        end: Bound<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StateError> {
+    fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Entries, StateError> {
         let data = self.data.read().unwrap_or_else(|e| e.into_inner());
-        Ok(data
-            .range::<[u8], _>((start, end))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(data.range::<[u8], _>((start, end)).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 }

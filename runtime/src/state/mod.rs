@@ -44,12 +44,7 @@ pub trait StoreRead: Send + Sync {
         })
     }
     /// At most `limit` entries within the bounds, in key order.
-    fn range(
-        &self,
-        start: Bound<&[u8]>,
-        end: Bound<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StateError>;
+    fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Entries, StateError>;
 }
 
 /// A shared handle on committed state.

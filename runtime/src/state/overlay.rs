@@ -41,21 +41,12 @@ fn in_bounds(key: &[u8], start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
 
 impl StoreOverlay {
     pub fn new(name: impl Into<String>, base: SharedStore) -> Self {
-        StoreOverlay {
-            name: name.into(),
-            base,
-            pending: Map::default(),
-            staging: Map::default(),
-            read_only: false,
-        }
+        StoreOverlay { name: name.into(), base, pending: Map::default(), staging: Map::default(), read_only: false }
     }
 
     /// A store nobody in the task may write (a global table's).
     pub fn read_only(name: impl Into<String>, base: SharedStore) -> Self {
-        StoreOverlay {
-            read_only: true,
-            ..Self::new(name, base)
-        }
+        StoreOverlay { read_only: true, ..Self::new(name, base) }
     }
 
     pub fn name(&self) -> &str {
@@ -97,12 +88,7 @@ impl StoreOverlay {
 
     /// Entries within the bounds, pending writes merged over committed
     /// state, at most `limit`.
-    pub fn range(
-        &self,
-        start: Bound<&[u8]>,
-        end: Bound<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StateError> {
+    pub fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Entries, StateError> {
         let mut out: Entries = Vec::new();
         if limit == 0 {
             return Ok(out);
@@ -111,11 +97,7 @@ impl StoreOverlay {
         let mut overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
             .staging
             .iter()
-            .chain(
-                self.pending
-                    .iter()
-                    .filter(|(k, _)| !self.staging.contains_key(*k)),
-            )
+            .chain(self.pending.iter().filter(|(k, _)| !self.staging.contains_key(*k)))
             .filter(|(k, _)| in_bounds(k, start, end))
             .collect();
         overlay.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -124,14 +106,11 @@ impl StoreOverlay {
         loop {
             // Deleted keys in the overlay can hide committed ones, so committed
             // state is read page by page until enough entries survive.
-            let page = self
-                .base
-                .range(cursor.as_ref().map(Vec::as_slice), end, limit)?;
+            let page = self.base.range(cursor.as_ref().map(Vec::as_slice), end, limit)?;
             let exhausted = page.len() < limit;
             let last = page.last().map(|(k, _)| k.clone());
             for (key, value) in page {
-                while let Some((pk, pv)) = pending.next_if(|(pk, _)| pk.as_slice() < key.as_slice())
-                {
+                while let Some((pk, pv)) = pending.next_if(|(pk, _)| pk.as_slice() < key.as_slice()) {
                     if let Some(v) = pv {
                         out.push((pk.clone(), v.clone()));
                     }
@@ -229,15 +208,11 @@ impl TaskStores {
     }
 
     pub fn release_savepoint(&mut self) {
-        self.stores
-            .iter_mut()
-            .for_each(StoreOverlay::release_savepoint);
+        self.stores.iter_mut().for_each(StoreOverlay::release_savepoint);
     }
 
     pub fn rollback_to_savepoint(&mut self) {
-        self.stores
-            .iter_mut()
-            .for_each(StoreOverlay::rollback_to_savepoint);
+        self.stores.iter_mut().for_each(StoreOverlay::rollback_to_savepoint);
     }
 
     pub fn clear_pending(&mut self) {
@@ -300,19 +275,8 @@ mod tests {
         s.write(b"e".to_vec(), Some(b"50".to_vec()));
         s.write(b"h".to_vec(), Some(b"8".to_vec()));
         let all = s.range(Bound::Unbounded, Bound::Unbounded, 100).unwrap();
-        assert_eq!(
-            all,
-            vec![
-                kv("a", "1"),
-                kv("b", "2"),
-                kv("e", "50"),
-                kv("g", "7"),
-                kv("h", "8")
-            ]
-        );
-        let some = s
-            .range(Bound::Included(b"b"), Bound::Excluded(b"g"), 100)
-            .unwrap();
+        assert_eq!(all, vec![kv("a", "1"), kv("b", "2"), kv("e", "50"), kv("g", "7"), kv("h", "8")]);
+        let some = s.range(Bound::Included(b"b"), Bound::Excluded(b"g"), 100).unwrap();
         assert_eq!(some, vec![kv("b", "2"), kv("e", "50")]);
     }
 
@@ -359,14 +323,8 @@ mod tests {
             }
             let limit = 1 + (next() % 8) as usize;
             let lo = vec![b'a' + (next() % 20) as u8];
-            let got = s
-                .range(Bound::Included(&lo), Bound::Unbounded, limit)
-                .unwrap();
-            let want: Vec<_> = reference
-                .range(lo.clone()..)
-                .take(limit)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let got = s.range(Bound::Included(&lo), Bound::Unbounded, limit).unwrap();
+            let want: Vec<_> = reference.range(lo.clone()..).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect();
             assert_eq!(got, want, "limit {limit} from {lo:?}");
             for k in b'a'..b'a' + 20 {
                 assert_eq!(s.get(&[k]).unwrap(), reference.get(&vec![k]).cloned());

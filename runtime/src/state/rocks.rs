@@ -26,10 +26,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
-    WriteOptions,
-};
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
 
 use super::{Entries, StateError, StoreRead};
 
@@ -79,16 +76,12 @@ impl Db {
         let exists = path.join("CURRENT").exists();
         if !exists && path.exists() {
             let entries: Vec<String> = std::fs::read_dir(path)
-                .map_err(|e| DataDirError::Io {
-                    path: shown.clone(),
-                    message: e.to_string(),
-                })?
+                .map_err(|e| DataDirError::Io { path: shown.clone(), message: e.to_string() })?
                 .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
                 .collect();
             if !entries.is_empty() {
-                let rocksdb_like = entries.iter().any(|e| {
-                    e.starts_with("MANIFEST") || e.ends_with(".sst") || e.ends_with(".log")
-                });
+                let rocksdb_like =
+                    entries.iter().any(|e| e.starts_with("MANIFEST") || e.ends_with(".sst") || e.ends_with(".log"));
                 let hint = if rocksdb_like {
                     " (its database files are there but CURRENT is missing)".to_owned()
                 } else {
@@ -104,10 +97,7 @@ impl Db {
                 });
             }
         }
-        std::fs::create_dir_all(path).map_err(|e| DataDirError::Io {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?;
+        std::fs::create_dir_all(path).map_err(|e| DataDirError::Io { path: shown.clone(), message: e.to_string() })?;
         let mut options = Options::default();
         options.create_if_missing(!exists);
         options.create_missing_column_families(!exists);
@@ -125,46 +115,28 @@ impl Db {
                 || message.contains("Column families not opened")
                 || message.contains("does not exist")
             {
-                DataDirError::Foreign {
-                    path: shown.clone(),
-                    hint: format!(" ({message})"),
-                }
+                DataDirError::Foreign { path: shown.clone(), hint: format!(" ({message})") }
             } else {
-                DataDirError::Damaged {
-                    path: shown.clone(),
-                    message,
-                }
+                DataDirError::Damaged { path: shown.clone(), message }
             }
         })?;
         let mut write = WriteOptions::default();
         write.set_sync(fsync);
-        let db = Db {
-            db,
-            path: path.to_path_buf(),
-            write,
-        };
+        let db = Db { db, path: path.to_path_buf(), write };
         let meta = db.cf(CF_META);
         match db
             .db
             .get_cf(meta, b"format")
-            .map_err(|e| DataDirError::Damaged {
-                path: shown.clone(),
-                message: e.to_string(),
-            })? {
+            .map_err(|e| DataDirError::Damaged { path: shown.clone(), message: e.to_string() })?
+        {
             Some(found) if found == DATA_FORMAT.as_bytes() => {}
             Some(found) => {
-                return Err(DataDirError::Format {
-                    path: shown,
-                    found: String::from_utf8_lossy(&found).into_owned(),
-                });
+                return Err(DataDirError::Format { path: shown, found: String::from_utf8_lossy(&found).into_owned() });
             }
             None if !exists => {
                 db.db
                     .put_cf_opt(meta, b"format", DATA_FORMAT, &db.write)
-                    .map_err(|e| DataDirError::Io {
-                        path: shown.clone(),
-                        message: e.to_string(),
-                    })?;
+                    .map_err(|e| DataDirError::Io { path: shown.clone(), message: e.to_string() })?;
             }
             None => {
                 return Err(DataDirError::Foreign {
@@ -181,9 +153,7 @@ impl Db {
     }
 
     pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("column family created at open")
+        self.db.cf_handle(name).expect("column family created at open")
     }
 
     pub fn raw(&self) -> &DB {
@@ -192,24 +162,17 @@ impl Db {
 
     /// Writes a batch atomically (with fsync when configured).
     pub fn write(&self, batch: WriteBatch) -> Result<(), StateError> {
-        self.db
-            .write_opt(batch, &self.write)
-            .map_err(|e| storage_error(&self.path, e))
+        self.db.write_opt(batch, &self.write).map_err(|e| storage_error(&self.path, e))
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        self.db
-            .get_cf(self.cf(CF_META), key.as_bytes())
-            .map_err(|e| storage_error(&self.path, e))
+        self.db.get_cf(self.cf(CF_META), key.as_bytes()).map_err(|e| storage_error(&self.path, e))
     }
 
     /// Meta entries whose key starts with `prefix`, in key order.
     pub fn scan_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            self.cf(CF_META),
-            IteratorMode::From(prefix.as_bytes(), Direction::Forward),
-        );
+        let iter = self.db.iterator_cf(self.cf(CF_META), IteratorMode::From(prefix.as_bytes(), Direction::Forward));
         for item in iter {
             let (k, v) = item.map_err(|e| storage_error(&self.path, e))?;
             if !k.starts_with(prefix.as_bytes()) {
@@ -258,20 +221,13 @@ impl Db {
 
     /// A read view of one store partition.
     pub fn store(self: &Arc<Self>, store: StoreKey, name: &str) -> Arc<RocksStore> {
-        Arc::new(RocksStore {
-            db: self.clone(),
-            prefix: store.prefix(),
-            name: name.to_owned(),
-        })
+        Arc::new(RocksStore { db: self.clone(), prefix: store.prefix(), name: name.to_owned() })
     }
 }
 
 /// Turns a RocksDB error into a [`StateError`] naming the data dir.
 pub fn storage_error(path: &Path, e: rocksdb::Error) -> StateError {
-    StateError {
-        store: path.display().to_string(),
-        message: e.to_string(),
-    }
+    StateError { store: path.display().to_string(), message: e.to_string() }
 }
 
 /// Which store partition: the store's registered id and the partition.
@@ -299,10 +255,7 @@ pub struct RocksStore {
 
 impl RocksStore {
     fn error(&self, e: rocksdb::Error) -> StateError {
-        StateError {
-            store: self.name.clone(),
-            message: e.to_string(),
-        }
+        StateError { store: self.name.clone(), message: e.to_string() }
     }
 
     fn full_key(&self, key: &[u8]) -> Vec<u8> {
@@ -315,19 +268,11 @@ impl RocksStore {
 
 impl StoreRead for RocksStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        self.db
-            .db
-            .get_cf(self.db.cf(CF_STATE), self.full_key(key))
-            .map_err(|e| self.error(e))
+        self.db.db.get_cf(self.db.cf(CF_STATE), self.full_key(key)).map_err(|e| self.error(e))
     }
 
     fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
-        match self
-            .db
-            .db
-            .get_pinned_cf(self.db.cf(CF_STATE), self.full_key(key))
-            .map_err(|e| self.error(e))?
-        {
+        match self.db.db.get_pinned_cf(self.db.cf(CF_STATE), self.full_key(key)).map_err(|e| self.error(e))? {
             Some(v) => {
                 out.extend_from_slice(&v);
                 Ok(true)
@@ -336,12 +281,7 @@ impl StoreRead for RocksStore {
         }
     }
 
-    fn range(
-        &self,
-        start: Bound<&[u8]>,
-        end: Bound<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StateError> {
+    fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Entries, StateError> {
         let mut options = ReadOptions::default();
         let upper = match end {
             Bound::Excluded(e) => self.full_key(e),
@@ -358,11 +298,8 @@ impl StoreRead for RocksStore {
             Bound::Excluded(s) => (self.full_key(s), Some(self.full_key(s))),
             Bound::Unbounded => (self.prefix.to_vec(), None),
         };
-        let iter = self.db.db.iterator_cf_opt(
-            self.db.cf(CF_STATE),
-            options,
-            IteratorMode::From(&from, Direction::Forward),
-        );
+        let iter =
+            self.db.db.iterator_cf_opt(self.db.cf(CF_STATE), options, IteratorMode::From(&from, Direction::Forward));
         let mut out = Vec::new();
         for item in iter {
             let (k, v) = item.map_err(|e| self.error(e))?;
@@ -388,10 +325,7 @@ mod tests {
         let path = dir.path().join("data");
         drop(Db::open(&path, false).unwrap());
         let db = Db::open(&path, false).unwrap();
-        assert_eq!(
-            db.get_meta("format").unwrap().as_deref(),
-            Some(DATA_FORMAT.as_bytes())
-        );
+        assert_eq!(db.get_meta("format").unwrap().as_deref(), Some(DATA_FORMAT.as_bytes()));
     }
 
     #[test]
@@ -427,20 +361,11 @@ mod tests {
     fn store_partitions_are_isolated_and_scan_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), false).unwrap();
-        let a = StoreKey {
-            store: 1,
-            partition: 0,
-        };
-        let b = StoreKey {
-            store: 1,
-            partition: 1,
-        };
+        let a = StoreKey { store: 1, partition: 0 };
+        let b = StoreKey { store: 1, partition: 1 };
         let mut batch = WriteBatch::default();
-        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
-            (b"k1".to_vec(), Some(b"1".to_vec())),
-            (b"k2".to_vec(), Some(b"2".to_vec())),
-            (b"k3".to_vec(), None),
-        ];
+        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            vec![(b"k1".to_vec(), Some(b"1".to_vec())), (b"k2".to_vec(), Some(b"2".to_vec())), (b"k3".to_vec(), None)];
         db.write_state(&mut batch, a, writes.iter().map(|(k, v)| (k, v)));
         db.write_state(&mut batch, b, [(&b"k9".to_vec(), &Some(b"9".to_vec()))]);
         db.write(batch).unwrap();
@@ -448,13 +373,8 @@ mod tests {
         assert_eq!(sa.get(b"k1").unwrap(), Some(b"1".to_vec()));
         assert_eq!(sa.get(b"k9").unwrap(), None);
         let all = sa.range(Bound::Unbounded, Bound::Unbounded, 10).unwrap();
-        assert_eq!(
-            all.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(),
-            [&b"k1"[..], b"k2"]
-        );
-        let after = sa
-            .range(Bound::Excluded(b"k1"), Bound::Unbounded, 10)
-            .unwrap();
+        assert_eq!(all.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), [&b"k1"[..], b"k2"]);
+        let after = sa.range(Bound::Excluded(b"k1"), Bound::Unbounded, 10).unwrap();
         assert_eq!(after.len(), 1);
         let mut batch = WriteBatch::default();
         db.drop_state(&mut batch, a);

@@ -122,10 +122,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            memory_bytes: DEFAULT_MEMORY_LIMIT,
-            call_timeout: DEFAULT_CALL_TIMEOUT,
-        }
+        Limits { memory_bytes: DEFAULT_MEMORY_LIMIT, call_timeout: DEFAULT_CALL_TIMEOUT }
     }
 }
 
@@ -196,12 +193,7 @@ impl std::error::Error for SpecError {}
 
 impl SpecError {
     fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
-        SpecError {
-            problems: vec![Problem {
-                path: path.into(),
-                message: message.into(),
-            }],
-        }
+        SpecError { problems: vec![Problem { path: path.into(), message: message.into() }] }
     }
 }
 
@@ -212,19 +204,13 @@ pub fn parse_spec(text: &str) -> Result<Spec, SpecError> {
         let de = &mut serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            SpecError::one(
-                if path == "." { String::new() } else { path },
-                format!("invalid spec: {}", e.inner()),
-            )
+            SpecError::one(if path == "." { String::new() } else { path }, format!("invalid spec: {}", e.inner()))
         })
     } else {
         let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            SpecError::one(
-                if path == "." { String::new() } else { path },
-                format!("invalid spec: {}", e.inner()),
-            )
+            SpecError::one(if path == "." { String::new() } else { path }, format!("invalid spec: {}", e.inner()))
         })
     }
 }
@@ -243,9 +229,7 @@ fn valid_name(name: &str) -> bool {
         && name.len() <= 200
         && name != "."
         && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// What kind of element a name refers to.
@@ -277,28 +261,22 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size like 64MiB"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 64MiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         _ => {
-            return Err(format!(
-                "`{text}`: unknown size unit `{unit}` (use B, KiB, MiB or GiB)"
-            ));
+            return Err(format!("`{text}`: unknown size unit `{unit}` (use B, KiB, MiB or GiB)"));
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Parses a human duration: `100ms`, `1s`, `2m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration like 100ms or 1s: {e}"))
+    humantime::parse_duration(text.trim()).map_err(|e| format!("`{text}` is not a duration like 100ms or 1s: {e}"))
 }
 
 struct UnionFind(Vec<usize>);
@@ -333,10 +311,7 @@ impl Topology {
 
     /// Like [`compile`](Self::compile), with partition counts of existing
     /// topics (e.g. read from a broker) taking precedence over the spec's.
-    pub fn compile_with_counts(
-        spec: Spec,
-        actual: &BTreeMap<String, u32>,
-    ) -> Result<Topology, SpecError> {
+    pub fn compile_with_counts(spec: Spec, actual: &BTreeMap<String, u32>) -> Result<Topology, SpecError> {
         Compiler::new(spec, actual).run()
     }
 
@@ -386,28 +361,18 @@ struct Compiler<'a> {
 
 impl<'a> Compiler<'a> {
     fn new(spec: Spec, actual: &'a BTreeMap<String, u32>) -> Self {
-        Compiler {
-            spec,
-            actual,
-            problems: Vec::new(),
-        }
+        Compiler { spec, actual, problems: Vec::new() }
     }
 
     fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.problems.push(Problem { path: path.into(), message: message.into() });
     }
 
     fn run(mut self) -> Result<Topology, SpecError> {
         let spec = self.spec.clone();
         let app = spec.name.clone();
         if !valid_name(&app) {
-            self.problem(
-                "name",
-                format!("`{app}` is not a valid application name (1-200 of a-z A-Z 0-9 . _ -)"),
-            );
+            self.problem("name", format!("`{app}` is not a valid application name (1-200 of a-z A-Z 0-9 . _ -)"));
         }
 
         // One namespace for every graph element.
@@ -441,9 +406,7 @@ impl<'a> Compiler<'a> {
         }
         if !self.problems.is_empty() {
             // Names are the basis of everything below.
-            return Err(SpecError {
-                problems: self.problems,
-            });
+            return Err(SpecError { problems: self.problems });
         }
 
         // Nodes: sources, tables, repartition readers, processors (sinks and
@@ -456,13 +419,13 @@ impl<'a> Compiler<'a> {
 
         let mut read_topic = |this: &mut Self, topic: &str, path: String, reader: &str| {
             if topic.is_empty() || !valid_name(topic) {
-                this.problem(
-                    format!("{path}.topic"),
-                    format!("`{topic}` is not a valid topic name"),
-                );
+                this.problem(format!("{path}.topic"), format!("`{topic}` is not a valid topic name"));
             }
             if let Some(other) = topic_readers.insert(topic.to_owned(), reader.to_owned()) {
-                this.problem(format!("{path}.topic"), format!("topic `{topic}` is already read by `{other}`; read a topic once and fan out with `to:`"));
+                this.problem(
+                    format!("{path}.topic"),
+                    format!("topic `{topic}` is already read by `{other}`; read a topic once and fan out with `to:`"),
+                );
             }
         };
 
@@ -550,10 +513,7 @@ impl<'a> Compiler<'a> {
         let mut store_users: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for name in spec.stores.keys() {
             if !valid_name(name) {
-                self.problem(
-                    format!("stores.{name}"),
-                    "invalid store name (1-200 of a-z A-Z 0-9 . _ -)",
-                );
+                self.problem(format!("stores.{name}"), "invalid store name (1-200 of a-z A-Z 0-9 . _ -)");
             }
             store_users.insert(name.clone(), Vec::new());
         }
@@ -565,11 +525,7 @@ impl<'a> Compiler<'a> {
             .iter()
             .map(|(n, s)| (Kind::Source, n, &s.to))
             .chain(spec.tables.iter().map(|(n, t)| (Kind::Table, n, &t.to)))
-            .chain(
-                spec.repartitions
-                    .iter()
-                    .map(|(n, r)| (Kind::Repartition, n, &r.to)),
-            )
+            .chain(spec.repartitions.iter().map(|(n, r)| (Kind::Repartition, n, &r.to)))
             .collect();
         for (kind, name, to) in to_lists {
             let from = ids[name];
@@ -582,10 +538,7 @@ impl<'a> Compiler<'a> {
                     }
                     Some(other) => self.problem(
                         format!("{}.{name}.to[{i}]", kind.section()),
-                        format!(
-                            "`{target}` is a {} entry, but `to:` lists processors",
-                            other.section()
-                        ),
+                        format!("`{target}` is a {} entry, but `to:` lists processors", other.section()),
                     ),
                     None => {
                         let known = names_of(&kinds, Kind::Processor);
@@ -623,25 +576,12 @@ impl<'a> Compiler<'a> {
             for (i, store) in p.stores.iter().enumerate() {
                 if let Some(users) = store_users.get_mut(store) {
                     users.push(name.clone());
-                    let sid = self.add_store(
-                        &mut stores,
-                        &mut store_ids,
-                        store,
-                        StoreOwner::Processor(id),
-                        String::new(),
-                    );
-                    grants.push(StoreGrant {
-                        name: store.clone(),
-                        store: sid,
-                        writable: true,
-                    });
+                    let sid =
+                        self.add_store(&mut stores, &mut store_ids, store, StoreOwner::Processor(id), String::new());
+                    grants.push(StoreGrant { name: store.clone(), store: sid, writable: true });
                     store_links.push((id, sid));
                 } else if let Some(&sid) = store_ids.get(store) {
-                    grants.push(StoreGrant {
-                        name: store.clone(),
-                        store: sid,
-                        writable: false,
-                    });
+                    grants.push(StoreGrant { name: store.clone(), store: sid, writable: false });
                     if let StoreOwner::Table(_) = stores[sid].owner {
                         store_links.push((id, sid));
                     }
@@ -654,11 +594,7 @@ impl<'a> Compiler<'a> {
                         format!("{path}.stores[{i}]"),
                         format!(
                             "unknown store `{store}` (stores: {})",
-                            if known.is_empty() {
-                                "none".into()
-                            } else {
-                                known.join(", ")
-                            }
+                            if known.is_empty() { "none".into() } else { known.join(", ") }
                         ),
                     );
                 }
@@ -691,11 +627,15 @@ impl<'a> Compiler<'a> {
                         }
                         Some(Kind::Repartition) => {
                             fed_repartitions.insert(target.clone());
-                            resolved.push(Target::Topic { topic: format!("{app}-{target}-repartition"), internal: true });
+                            resolved
+                                .push(Target::Topic { topic: format!("{app}-{target}-repartition"), internal: true });
                         }
                         Some(other) => self.problem(
                             tpath,
-                            format!("`{target}` is a {} entry; outputs go to processors, sinks or repartitions", other.section()),
+                            format!(
+                                "`{target}` is a {} entry; outputs go to processors, sinks or repartitions",
+                                other.section()
+                            ),
                         ),
                         None => self.problem(
                             tpath,
@@ -708,10 +648,7 @@ impl<'a> Compiler<'a> {
                         ),
                     }
                 }
-                outputs.push(OutputDef {
-                    name: output.clone(),
-                    targets: resolved,
-                });
+                outputs.push(OutputDef { name: output.clone(), targets: resolved });
             }
             let memory_bytes = match &p.limits.memory {
                 None => DEFAULT_MEMORY_LIMIT,
@@ -732,10 +669,7 @@ impl<'a> Compiler<'a> {
                 Some(text) => match parse_duration(text) {
                     Ok(d) if d >= Duration::from_millis(10) => d,
                     Ok(_) => {
-                        self.problem(
-                            format!("{path}.limits.call_timeout"),
-                            "must be at least 10ms",
-                        );
+                        self.problem(format!("{path}.limits.call_timeout"), "must be at least 10ms");
                         DEFAULT_CALL_TIMEOUT
                     }
                     Err(e) => {
@@ -756,18 +690,11 @@ impl<'a> Compiler<'a> {
                 name: name.clone(),
                 kind: NodeKind::Processor(Box::new(ProcessorDef {
                     component: p.component.clone(),
-                    config: p
-                        .config
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.to_string()))
-                        .collect(),
+                    config: p.config.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
                     stores: grants,
                     outputs,
                     on_error: p.on_error,
-                    limits: Limits {
-                        memory_bytes,
-                        call_timeout,
-                    },
+                    limits: Limits { memory_bytes, call_timeout },
                     max_batch,
                 })),
                 to: Vec::new(),
@@ -789,7 +716,10 @@ impl<'a> Compiler<'a> {
                 1 => {}
                 _ => self.problem(
                     format!("stores.{store}"),
-                    format!("used by processors {}; a store belongs to one processor (tables' stores may be read by many)", users.join(" and ")),
+                    format!(
+                        "used by processors {}; a store belongs to one processor (tables' stores may be read by many)",
+                        users.join(" and ")
+                    ),
                 ),
             }
         }
@@ -799,10 +729,7 @@ impl<'a> Compiler<'a> {
             }
             let topic = &spec.sinks[name].topic;
             if !valid_name(topic) {
-                self.problem(
-                    format!("sinks.{name}.topic"),
-                    format!("`{topic}` is not a valid topic name"),
-                );
+                self.problem(format!("sinks.{name}.topic"), format!("`{topic}` is not a valid topic name"));
             }
             if topic_readers.contains_key(topic) {
                 self.problem(format!("sinks.{name}.topic"), format!("topic `{topic}` is also an input of this application; use a repartition edge to feed records back"));
@@ -810,16 +737,11 @@ impl<'a> Compiler<'a> {
         }
         for name in spec.repartitions.keys() {
             if !fed_repartitions.contains(name) {
-                self.problem(
-                    format!("repartitions.{name}"),
-                    "no processor output writes to it",
-                );
+                self.problem(format!("repartitions.{name}"), "no processor output writes to it");
             }
         }
         if !self.problems.is_empty() {
-            return Err(SpecError {
-                problems: self.problems,
-            });
+            return Err(SpecError { problems: self.problems });
         }
 
         // Sub-topologies: connected components over edges and table-store links.
@@ -852,13 +774,9 @@ impl<'a> Compiler<'a> {
             if let NodeKind::Processor(p) = &node.kind {
                 for o in &p.outputs {
                     for t in &o.targets {
-                        if let Target::Topic {
-                            topic,
-                            internal: true,
-                        } = t
-                            && let Some(name) = topic
-                                .strip_prefix(&format!("{app}-"))
-                                .and_then(|t| t.strip_suffix("-repartition"))
+                        if let Target::Topic { topic, internal: true } = t
+                            && let Some(name) =
+                                topic.strip_prefix(&format!("{app}-")).and_then(|t| t.strip_suffix("-repartition"))
                             && let Some(&reader) = ids.get(name)
                         {
                             let (from, to) = (node.subtopology, nodes[reader].subtopology);
@@ -873,16 +791,11 @@ impl<'a> Compiler<'a> {
         let mut order: Vec<usize> = Vec::new();
         let mut placed = vec![false; sub_count];
         while order.len() < sub_count {
-            let next = (0..sub_count).find(|s| {
-                !placed[*s]
-                    && !sub_edges
-                        .iter()
-                        .any(|(from, to)| to == s && !placed[*from] && from != s)
-            });
+            let next = (0..sub_count)
+                .find(|s| !placed[*s] && !sub_edges.iter().any(|(from, to)| to == s && !placed[*from] && from != s));
             // A cycle between sub-topologies keeps the remaining ones in discovery order
             // (it is reported when partition counts are resolved).
-            let next =
-                next.unwrap_or_else(|| (0..sub_count).find(|s| !placed[*s]).expect("one left"));
+            let next = next.unwrap_or_else(|| (0..sub_count).find(|s| !placed[*s]).expect("one left"));
             placed[next] = true;
             order.push(next);
         }
@@ -899,29 +812,15 @@ impl<'a> Compiler<'a> {
 
         // Topological order of processors within each sub-topology (Kahn), and cycles.
         let mut subtopologies: Vec<SubTopology> = (0..roots.len())
-            .map(|id| SubTopology {
-                id,
-                partitions: 0,
-                inputs: Vec::new(),
-                processors: Vec::new(),
-                stores: Vec::new(),
-            })
+            .map(|id| SubTopology { id, partitions: 0, inputs: Vec::new(), processors: Vec::new(), stores: Vec::new() })
             .collect();
         let processor_ids: Vec<NodeId> = (first_processor..nodes.len()).collect();
         let mut indegree: HashMap<NodeId, usize> = processor_ids.iter().map(|p| (*p, 0)).collect();
-        let proc_edges: Vec<(NodeId, NodeId)> = edges
-            .iter()
-            .copied()
-            .filter(|(a, _)| *a >= first_processor)
-            .collect();
+        let proc_edges: Vec<(NodeId, NodeId)> = edges.iter().copied().filter(|(a, _)| *a >= first_processor).collect();
         for (_, b) in &proc_edges {
             *indegree.get_mut(b).expect("edge target is a processor") += 1;
         }
-        let mut ready: Vec<NodeId> = processor_ids
-            .iter()
-            .copied()
-            .filter(|p| indegree[p] == 0)
-            .collect();
+        let mut ready: Vec<NodeId> = processor_ids.iter().copied().filter(|p| indegree[p] == 0).collect();
         ready.reverse();
         let mut ordered = Vec::new();
         while let Some(p) = ready.pop() {
@@ -935,11 +834,8 @@ impl<'a> Compiler<'a> {
             }
         }
         if ordered.len() < processor_ids.len() {
-            let mut cyclic: Vec<&str> = processor_ids
-                .iter()
-                .filter(|p| !ordered.contains(p))
-                .map(|p| nodes[*p].name.as_str())
-                .collect();
+            let mut cyclic: Vec<&str> =
+                processor_ids.iter().filter(|p| !ordered.contains(p)).map(|p| nodes[*p].name.as_str()).collect();
             cyclic.sort_unstable();
             return Err(SpecError::one(
                 "processors",
@@ -975,10 +871,7 @@ impl<'a> Compiler<'a> {
         // Partition counts and co-partitioning.
         let default_partitions = spec.default_partitions.unwrap_or(1).max(1);
         let declared = |topic: &str| -> Option<u32> {
-            self.actual
-                .get(topic)
-                .copied()
-                .or_else(|| spec.topics.get(topic).map(|t| t.partitions()))
+            self.actual.get(topic).copied().or_else(|| spec.topics.get(topic).map(|t| t.partitions()))
         };
         let mut partitions: BTreeMap<String, u32> = BTreeMap::new();
         let mut problems = Vec::new();
@@ -996,15 +889,8 @@ impl<'a> Compiler<'a> {
             if let NodeKind::Processor(p) = &node.kind {
                 for o in &p.outputs {
                     for t in &o.targets {
-                        if let Target::Topic {
-                            topic,
-                            internal: true,
-                        } = t
-                        {
-                            repartition_writers
-                                .entry(topic.clone())
-                                .or_default()
-                                .insert(node.subtopology);
+                        if let Target::Topic { topic, internal: true } = t {
+                            repartition_writers.entry(topic.clone()).or_default().insert(node.subtopology);
                         }
                     }
                 }
@@ -1026,9 +912,7 @@ impl<'a> Compiler<'a> {
                     let explicit = match &nodes[*node].kind {
                         NodeKind::Repartition { .. } => {
                             let name = &nodes[*node].name;
-                            spec.repartitions[name]
-                                .partitions
-                                .or_else(|| self.actual.get(topic).copied())
+                            spec.repartitions[name].partitions.or_else(|| self.actual.get(topic).copied())
                         }
                         _ => Some(declared(topic).unwrap_or(default_partitions)),
                     };
@@ -1040,9 +924,7 @@ impl<'a> Compiler<'a> {
                                     continue;
                                 }
                                 match resolved[*up] {
-                                    Some(n) => {
-                                        inherited = Some(inherited.map_or(n, |m: u32| m.max(n)))
-                                    }
+                                    Some(n) => inherited = Some(inherited.map_or(n, |m: u32| m.max(n))),
                                     None => waiting = true,
                                 }
                             }
@@ -1051,13 +933,9 @@ impl<'a> Compiler<'a> {
                 }
                 let count = if let Some((_, first)) = known.first() {
                     if known.iter().any(|(_, n)| n != first) {
-                        let procs: Vec<&str> = subtopologies[sub]
-                            .processors
-                            .iter()
-                            .map(|p| nodes[*p].name.as_str())
-                            .collect();
-                        let counts: Vec<String> =
-                            known.iter().map(|(t, n)| format!("{t} has {n}")).collect();
+                        let procs: Vec<&str> =
+                            subtopologies[sub].processors.iter().map(|p| nodes[*p].name.as_str()).collect();
+                        let counts: Vec<String> = known.iter().map(|(t, n)| format!("{t} has {n}")).collect();
                         problems.push(Problem {
                             path: "topics".into(),
                             message: format!(
@@ -1099,16 +977,10 @@ impl<'a> Compiler<'a> {
             }
         }
         for g in &globals {
-            partitions.insert(
-                g.input.topic.clone(),
-                declared(&g.input.topic).unwrap_or(default_partitions),
-            );
+            partitions.insert(g.input.topic.clone(), declared(&g.input.topic).unwrap_or(default_partitions));
         }
         for s in spec.sinks.values() {
-            partitions.insert(
-                s.topic.clone(),
-                declared(&s.topic).unwrap_or(default_partitions),
-            );
+            partitions.insert(s.topic.clone(), declared(&s.topic).unwrap_or(default_partitions));
         }
         for store in &stores {
             if let (Some(changelog), Some(sub)) = (&store.changelog, store.subtopology) {
@@ -1116,10 +988,7 @@ impl<'a> Compiler<'a> {
             }
         }
         let dead_letter_topic = format!("{app}-dlq");
-        partitions.insert(
-            dead_letter_topic.clone(),
-            spec.dead_letter_partitions.unwrap_or(1).max(1),
-        );
+        partitions.insert(dead_letter_topic.clone(), spec.dead_letter_partitions.unwrap_or(1).max(1));
 
         Ok(Topology {
             name: app,
@@ -1150,33 +1019,17 @@ impl<'a> Compiler<'a> {
             return id;
         }
         if !path.is_empty() && self.spec.stores.contains_key(name) {
-            self.problem(
-                path,
-                format!("store name `{name}` is also declared under stores:"),
-            );
+            self.problem(path, format!("store name `{name}` is also declared under stores:"));
         }
         ids.insert(name.to_owned(), stores.len());
-        stores.push(StoreDef {
-            name: name.to_owned(),
-            owner,
-            changelog: None,
-            subtopology: None,
-        });
+        stores.push(StoreDef { name: name.to_owned(), owner, changelog: None, subtopology: None });
         stores.len() - 1
     }
 }
 
 fn names_of(kinds: &BTreeMap<String, Kind>, kind: Kind) -> String {
-    let names: Vec<&str> = kinds
-        .iter()
-        .filter(|(_, k)| **k == kind)
-        .map(|(n, _)| n.as_str())
-        .collect();
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(", ")
-    }
+    let names: Vec<&str> = kinds.iter().filter(|(_, k)| **k == kind).map(|(n, _)| n.as_str()).collect();
+    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
 }
 
 #[cfg(test)]

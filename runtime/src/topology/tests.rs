@@ -10,19 +10,14 @@ fn compile(yaml: &str) -> Result<Topology, SpecError> {
 fn problems(yaml: &str) -> Vec<String> {
     match compile(yaml) {
         Ok(_) => panic!("spec should be refused:\n{yaml}"),
-        Err(e) => e
-            .problems
-            .iter()
-            .map(|p| format!("{}: {}", p.path, p.message))
-            .collect(),
+        Err(e) => e.problems.iter().map(|p| format!("{}: {}", p.path, p.message)).collect(),
     }
 }
 
 fn assert_problem(yaml: &str, path: &str, fragment: &str) {
     let all = problems(yaml);
     assert!(
-        all.iter()
-            .any(|p| p.starts_with(&format!("{path}: ")) && p.contains(fragment)),
+        all.iter().any(|p| p.starts_with(&format!("{path}: ")) && p.contains(fragment)),
         "expected a problem at `{path}` containing `{fragment}`, got:\n{}",
         all.join("\n")
     );
@@ -54,30 +49,15 @@ sinks:
 fn repartition_edges_split_sub_topologies_upstream_first() {
     let t = compile(RESERVATION).unwrap();
     assert_eq!(t.subtopologies.len(), 2);
-    let names = |s: usize| -> Vec<&str> {
-        t.subtopologies[s]
-            .processors
-            .iter()
-            .map(|p| t.nodes[*p].name.as_str())
-            .collect()
-    };
+    let names =
+        |s: usize| -> Vec<&str> { t.subtopologies[s].processors.iter().map(|p| t.nodes[*p].name.as_str()).collect() };
     assert_eq!(names(0), ["rekey"]);
     assert_eq!(names(1), ["reserve"]);
-    let mut inputs: Vec<&str> = t.subtopologies[1]
-        .inputs
-        .iter()
-        .map(|(topic, _)| topic.as_str())
-        .collect();
+    let mut inputs: Vec<&str> = t.subtopologies[1].inputs.iter().map(|(topic, _)| topic.as_str()).collect();
     inputs.sort_unstable();
-    assert_eq!(
-        inputs,
-        ["adjustments", "reservation-orders-by-product-repartition"]
-    );
+    assert_eq!(inputs, ["adjustments", "reservation-orders-by-product-repartition"]);
     // The repartition topic takes the partition count of its co-partitioned peer.
-    assert_eq!(
-        t.partitions_of("reservation-orders-by-product-repartition"),
-        Some(4)
-    );
+    assert_eq!(t.partitions_of("reservation-orders-by-product-repartition"), Some(4));
     assert_eq!(t.partitions_of("reservation-stock-changelog"), Some(4));
     assert_eq!(t.partitions_of("reservation-dlq"), Some(1));
     assert_eq!(t.dead_letter_topic, "reservation-dlq");
@@ -88,22 +68,14 @@ fn co_partitioned_inputs_with_different_counts_are_refused_naming_topics_and_cou
     // Without an explicit count, the repartition topic follows its peer.
     let yaml = RESERVATION.replace("adjustments: 4", "adjustments: 3");
     let t = compile(&yaml).unwrap();
-    assert_eq!(
-        t.partitions_of("reservation-orders-by-product-repartition"),
-        Some(3)
-    );
+    assert_eq!(t.partitions_of("reservation-orders-by-product-repartition"), Some(3));
     // With a conflicting explicit count, deploy is refused.
-    let yaml = yaml.replace(
-        "orders-by-product: { to: [reserve] }",
-        "orders-by-product: { partitions: 4, to: [reserve] }",
-    );
+    let yaml =
+        yaml.replace("orders-by-product: { to: [reserve] }", "orders-by-product: { partitions: 4, to: [reserve] }");
     let all = problems(&yaml).join("\n");
     assert!(all.contains("co-partitioning"), "{all}");
     assert!(all.contains("adjustments has 3"), "{all}");
-    assert!(
-        all.contains("reservation-orders-by-product-repartition has 4"),
-        "{all}"
-    );
+    assert!(all.contains("reservation-orders-by-product-repartition has 4"), "{all}");
 }
 
 #[test]
@@ -151,17 +123,9 @@ sinks:
 #[test]
 fn unknown_references_name_the_field_and_the_choices() {
     let yaml = RESERVATION.replace("stores: [stock]", "stores: [stok]");
-    assert_problem(
-        &yaml,
-        "processors.reserve.stores[0]",
-        "unknown store `stok` (stores: stock)",
-    );
+    assert_problem(&yaml, "processors.reserve.stores[0]", "unknown store `stok` (stores: stock)");
     let yaml = RESERVATION.replace("validated: validated,", "validated: nowhere,");
-    assert_problem(
-        &yaml,
-        "processors.reserve.outputs.validated",
-        "unknown target `nowhere`",
-    );
+    assert_problem(&yaml, "processors.reserve.outputs.validated", "unknown target `nowhere`");
     let yaml = RESERVATION.replace("to: [rekey]", "to: [rekye]");
     assert_problem(&yaml, "sources.orders.to[0]", "unknown processor `rekye`");
 }
@@ -169,11 +133,7 @@ fn unknown_references_name_the_field_and_the_choices() {
 #[test]
 fn outputs_must_go_to_processors_sinks_or_repartitions() {
     let yaml = RESERVATION.replace("validated: validated,", "validated: orders,");
-    assert_problem(
-        &yaml,
-        "processors.reserve.outputs.validated",
-        "is a sources entry",
-    );
+    assert_problem(&yaml, "processors.reserve.outputs.validated", "is a sources entry");
 }
 
 #[test]
@@ -219,11 +179,9 @@ sinks:
   never: { topic: never }
 "#;
     let all = problems(yaml).join("\n");
-    for want in [
-        "processors.orphan: receives no records",
-        "stores.unused: not used",
-        "sinks.never: no processor output writes",
-    ] {
+    for want in
+        ["processors.orphan: receives no records", "stores.unused: not used", "sinks.never: no processor output writes"]
+    {
         assert!(all.contains(want), "missing `{want}` in:\n{all}");
     }
 }
@@ -238,14 +196,8 @@ processors:
   a: { component: x.wasm }
 "#;
     let all = problems(yaml).join("\n");
-    assert!(
-        all.contains("name: `bad name` is not a valid application name"),
-        "{all}"
-    );
-    assert!(
-        all.contains("processors.a: name already used in sources"),
-        "{all}"
-    );
+    assert!(all.contains("name: `bad name` is not a valid application name"), "{all}");
+    assert!(all.contains("processors.a: name already used in sources"), "{all}");
 }
 
 #[test]
@@ -263,7 +215,10 @@ processors:
 
 #[test]
 fn limits_are_parsed_and_checked() {
-    let ok = RESERVATION.replace("component: r.wasm\n    stores", "component: r.wasm\n    limits: { memory: 32MiB, call_timeout: 250ms }\n    max_batch: 10\n    stores");
+    let ok = RESERVATION.replace(
+        "component: r.wasm\n    stores",
+        "component: r.wasm\n    limits: { memory: 32MiB, call_timeout: 250ms }\n    max_batch: 10\n    stores",
+    );
     let t = compile(&ok).unwrap();
     let def = t.processor(t.node("reserve").unwrap()).unwrap();
     assert_eq!(def.limits.memory_bytes, 32 << 20);
@@ -274,30 +229,19 @@ fn limits_are_parsed_and_checked() {
         "component: r.wasm\n    limits: { memory: lots, call_timeout: 1ms }\n    stores",
     );
     assert_problem(&bad, "processors.reserve.limits.memory", "not a size");
-    assert_problem(
-        &bad,
-        "processors.reserve.limits.call_timeout",
-        "at least 10ms",
-    );
+    assert_problem(&bad, "processors.reserve.limits.call_timeout", "at least 10ms");
 }
 
 #[test]
 fn parse_errors_name_the_field_path() {
-    let err = parse_spec("name: x\nprocessors:\n  p:\n    component: x.wasm\n    stroes: [s]\n")
-        .unwrap_err();
+    let err = parse_spec("name: x\nprocessors:\n  p:\n    component: x.wasm\n    stroes: [s]\n").unwrap_err();
     let text = err.to_string();
     assert!(text.starts_with("processors.p"), "{text}");
     assert!(text.contains("unknown field `stroes`"), "{text}");
     let err = parse_spec(r#"{"name": "x", "processors": {"p": {"component": 3}}}"#).unwrap_err();
-    assert!(
-        err.to_string().starts_with("processors.p.component"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("processors.p.component"), "{err}");
     let err = parse_spec("name: x\non_error: maybe\n").unwrap_err();
-    assert!(
-        err.to_string().contains("unknown field `on_error`"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("unknown field `on_error`"), "{err}");
 }
 
 #[test]

@@ -42,10 +42,7 @@ pub struct LoadedComponent {
 
 impl std::fmt::Debug for LoadedComponent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedComponent")
-            .field("sha256", &self.sha256)
-            .field("size", &self.size)
-            .finish()
+        f.debug_struct("LoadedComponent").field("sha256", &self.sha256).field("size", &self.size).finish()
     }
 }
 
@@ -56,11 +53,7 @@ const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
 const REQUIRED_EXPORTS: [&str; 3] = ["init", "process", "punctuate"];
 
 impl LoadedComponent {
-    pub(crate) fn load(
-        engine: &WasmEngine,
-        bytes: &[u8],
-        sha256: String,
-    ) -> Result<Self, LoadError> {
+    pub(crate) fn load(engine: &WasmEngine, bytes: &[u8], sha256: String) -> Result<Self, LoadError> {
         if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
             return Err(LoadError::NotWasm);
         }
@@ -69,23 +62,16 @@ impl LoadedComponent {
         }
         let component = compile_or_cached(engine, bytes, &sha256)?;
         let ty = component.component_type();
-        let exports: Vec<String> = ty
-            .exports(engine.engine())
-            .map(|(name, _)| name.to_owned())
-            .collect();
-        let imports: Vec<String> = ty
-            .imports(engine.engine())
-            .map(|(name, _)| name.to_owned())
-            .collect();
+        let exports: Vec<String> = ty.exports(engine.engine()).map(|(name, _)| name.to_owned()).collect();
+        let imports: Vec<String> = ty.imports(engine.engine()).map(|(name, _)| name.to_owned()).collect();
 
         // Name what is missing before asking wasmtime, whose messages are terser.
         let missing: Vec<&str> = REQUIRED_EXPORTS
             .iter()
             .copied()
             .filter(|want| {
-                !ty.exports(engine.engine()).any(|(name, item)| {
-                    name == *want && matches!(item.ty, ComponentItem::ComponentFunc(_))
-                })
+                !ty.exports(engine.engine())
+                    .any(|(name, item)| name == *want && matches!(item.ty, ComponentItem::ComponentFunc(_)))
             })
             .collect();
         if !missing.is_empty() {
@@ -93,11 +79,7 @@ impl LoadedComponent {
                 "missing export{} {} (it exports: {})",
                 if missing.len() > 1 { "s" } else { "" },
                 missing.join(", "),
-                if exports.is_empty() {
-                    "nothing".to_owned()
-                } else {
-                    exports.join(", ")
-                }
+                if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") }
             )));
         }
         for import in &imports {
@@ -111,18 +93,13 @@ impl LoadedComponent {
             }
         }
         let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
-            LoadError::WrongWorld(format!("{} (weir provides {CONTRACT} imports and WASI 0.2 without files, network or environment)", root_message(&e)))
+            LoadError::WrongWorld(format!(
+                "{} (weir provides {CONTRACT} imports and WASI 0.2 without files, network or environment)",
+                root_message(&e)
+            ))
         })?;
-        let pre =
-            ProcessorPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(root_message(&e)))?;
-        Ok(LoadedComponent {
-            sha256,
-            size: bytes.len(),
-            component,
-            pre,
-            exports,
-            imports,
-        })
+        let pre = ProcessorPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(root_message(&e)))?;
+        Ok(LoadedComponent { sha256, size: bytes.len(), component, pre, exports, imports })
     }
 
     pub fn sha256(&self) -> &str {
@@ -156,11 +133,7 @@ fn root_message(e: &wasmtime::Error) -> String {
     parts.join(": ")
 }
 
-fn compile_or_cached(
-    engine: &WasmEngine,
-    bytes: &[u8],
-    sha256: &str,
-) -> Result<Component, LoadError> {
+fn compile_or_cached(engine: &WasmEngine, bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
     let cache = engine.cache_path(sha256);
     if let Some(path) = &cache
         && path.exists()
@@ -176,10 +149,7 @@ fn compile_or_cached(
         }
     }
     let started = std::time::Instant::now();
-    let compiled = engine
-        .engine()
-        .precompile_component(bytes)
-        .map_err(|e| LoadError::Invalid(root_message(&e)))?;
+    let compiled = engine.engine().precompile_component(bytes).map_err(|e| LoadError::Invalid(root_message(&e)))?;
     tracing::info!(
         sha256,
         bytes = bytes.len(),
@@ -194,6 +164,5 @@ fn compile_or_cached(
         }
     }
     // SAFETY: `compiled` was produced just now by this engine.
-    unsafe { Component::deserialize(engine.engine(), &compiled) }
-        .map_err(|e| LoadError::Internal(root_message(&e)))
+    unsafe { Component::deserialize(engine.engine(), &compiled) }.map_err(|e| LoadError::Internal(root_message(&e)))
 }

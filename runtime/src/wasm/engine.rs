@@ -31,11 +31,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig {
-            cache_dir: None,
-            max_instances: 256,
-            max_memory_bytes: 1 << 30,
-        }
+        EngineConfig { cache_dir: None, max_instances: 256, max_memory_bytes: 1 << 30 }
     }
 }
 
@@ -79,10 +75,7 @@ impl WasmEngine {
 
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        super::bindings::Processor::add_to_linker::<GuestState, HasSelf<GuestState>>(
-            &mut linker,
-            |s| s,
-        )?;
+        super::bindings::Processor::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -93,14 +86,12 @@ impl WasmEngine {
         let ticker = {
             let engine = engine.clone();
             let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("weir-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })?
+            std::thread::Builder::new().name("weir-epoch".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })?
         };
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir)?;
@@ -131,37 +122,24 @@ impl WasmEngine {
     /// Validates, precompiles (or fetches from cache) and prepares a component.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedComponent>, LoadError> {
         let sha256 = hex::encode(Sha256::digest(bytes));
-        if let Some(found) = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&sha256)
-        {
+        if let Some(found) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&sha256) {
             return Ok(found.clone());
         }
         let loaded = Arc::new(LoadedComponent::load(self, bytes, sha256.clone())?);
-        self.loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(sha256, loaded.clone());
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(sha256, loaded.clone());
         Ok(loaded)
     }
 
     /// Loads a component from a file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedComponent>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| LoadError::Io { path: path.display().to_string(), message: e.to_string() })?;
         self.load(&bytes)
     }
 
     /// Where the precompiled form of a component lives on disk, if caching.
     pub(crate) fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
-        self.config
-            .cache_dir
-            .as_ref()
-            .map(|d| d.join(format!("{sha256}-{}.cwasm", self.engine_hash)))
+        self.config.cache_dir.as_ref().map(|d| d.join(format!("{sha256}-{}.cwasm", self.engine_hash)))
     }
 
     /// Converts a wall-clock deadline into epoch ticks.

@@ -101,9 +101,7 @@ impl GuestState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        let limits = GuestLimiter {
-            memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
-        };
+        let limits = GuestLimiter { memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX) };
         GuestState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -123,17 +121,12 @@ fn seeded_rng() -> rand::rngs::StdRng {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 fn guest_error(message: impl Into<String>) -> types::Error {
-    types::Error {
-        message: message.into(),
-    }
+    types::Error { message: message.into() }
 }
 
 fn fault(e: StateError) -> wasmtime::Error {
@@ -148,21 +141,11 @@ impl store::Host for GuestState {}
 fn slice(data: &[u8], span: types::Span) -> Result<&[u8], String> {
     let start = span.offset as usize;
     data.get(start..start.saturating_add(span.len as usize))
-        .ok_or_else(|| {
-            format!(
-                "span {}+{} is outside its buffer of {} bytes",
-                span.offset,
-                span.len,
-                data.len()
-            )
-        })
+        .ok_or_else(|| format!("span {}+{} is outside its buffer of {} bytes", span.offset, span.len, data.len()))
 }
 
 fn push_span(data: &mut Vec<u8>, bytes: &[u8]) -> types::Span {
-    let span = types::Span {
-        offset: data.len() as u32,
-        len: bytes.len() as u32,
-    };
+    let span = types::Span { offset: data.len() as u32, len: bytes.len() as u32 };
     data.extend_from_slice(bytes);
     span
 }
@@ -177,34 +160,20 @@ impl GuestState {
 }
 
 impl store::HostStore for GuestState {
-    fn open(
-        &mut self,
-        name: String,
-    ) -> wasmtime::Result<Result<Resource<StoreHandle>, types::Error>> {
+    fn open(&mut self, name: String) -> wasmtime::Result<Result<Resource<StoreHandle>, types::Error>> {
         let Some(grant) = self.info.grants.iter().find(|g| g.name == name) else {
             let granted: Vec<&str> = self.info.grants.iter().map(|g| g.name.as_str()).collect();
             return Ok(Err(guest_error(format!(
                 "store `{name}` is not granted to processor `{}` (granted: {})",
                 self.info.processor,
-                if granted.is_empty() {
-                    "none".to_owned()
-                } else {
-                    granted.join(", ")
-                }
+                if granted.is_empty() { "none".to_owned() } else { granted.join(", ") }
             ))));
         };
-        let handle = StoreHandle {
-            index: grant.index,
-            writable: grant.writable,
-        };
+        let handle = StoreHandle { index: grant.index, writable: grant.writable };
         Ok(Ok(self.table.push(handle)?))
     }
 
-    fn get(
-        &mut self,
-        this: Resource<StoreHandle>,
-        key: Vec<u8>,
-    ) -> wasmtime::Result<Option<Vec<u8>>> {
+    fn get(&mut self, this: Resource<StoreHandle>, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
         let index = self.table.get(&this)?.index;
         self.call.stores.get(index).get(&key).map_err(fault)
     }
@@ -229,10 +198,7 @@ impl store::HostStore for GuestState {
             };
             let start = data.len();
             let found = store.get_into(key, &mut data).map_err(fault)?;
-            items.push(found.then(|| types::Span {
-                offset: start as u32,
-                len: (data.len() - start) as u32,
-            }));
+            items.push(found.then(|| types::Span { offset: start as u32, len: (data.len() - start) as u32 }));
         }
         Ok(types::OptionalByteList { data, items })
     }
@@ -253,8 +219,8 @@ impl store::HostStore for GuestState {
         }
         // Check every span before writing anything: a bad batch writes nothing.
         for (k, v) in &writes.writes {
-            if let Err(message) = slice(&writes.data, *k)
-                .and_then(|_| v.map_or(Ok(&[][..]), |v| slice(&writes.data, v)))
+            if let Err(message) =
+                slice(&writes.data, *k).and_then(|_| v.map_or(Ok(&[][..]), |v| slice(&writes.data, v)))
             {
                 return Ok(Err(self.violation(format!("write-many: {message}"))));
             }
@@ -262,8 +228,7 @@ impl store::HostStore for GuestState {
         let store = self.call.stores.get_mut(index);
         for (k, v) in writes.writes {
             let key = writes.data[k.offset as usize..(k.offset + k.len) as usize].to_vec();
-            let value =
-                v.map(|v| writes.data[v.offset as usize..(v.offset + v.len) as usize].to_vec());
+            let value = v.map(|v| writes.data[v.offset as usize..(v.offset + v.len) as usize].to_vec());
             store.write(key, value);
         }
         Ok(Ok(()))
@@ -279,17 +244,9 @@ impl store::HostStore for GuestState {
         let index = self.table.get(&this)?.index;
         let lower = start.as_deref().map_or(Bound::Unbounded, Bound::Included);
         let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let found = self
-            .call
-            .stores
-            .get(index)
-            .range(lower, upper, limit as usize)
-            .map_err(fault)?;
+        let found = self.call.stores.get(index).range(lower, upper, limit as usize).map_err(fault)?;
         let mut data = Vec::new();
-        let items = found
-            .iter()
-            .map(|(k, v)| (push_span(&mut data, k), push_span(&mut data, v)))
-            .collect();
+        let items = found.iter().map(|(k, v)| (push_span(&mut data, k), push_span(&mut data, v))).collect();
         Ok(types::Entries { data, items })
     }
 
@@ -301,11 +258,7 @@ impl store::HostStore for GuestState {
 
 impl emitter::Host for GuestState {
     fn emit(&mut self, batch: types::OutputBatch) -> wasmtime::Result<Result<(), types::Error>> {
-        let types::OutputBatch {
-            data,
-            headers,
-            records,
-        } = batch;
+        let types::OutputBatch { data, headers, records } = batch;
         let mut emitted = Vec::with_capacity(records.len());
         for r in records {
             let Some(_) = self.info.outputs.get(r.output as usize) else {
@@ -313,26 +266,18 @@ impl emitter::Host for GuestState {
                     "output #{} is not declared for processor `{}` (declared: {})",
                     r.output,
                     self.info.processor,
-                    if self.info.outputs.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        self.info.outputs.join(", ")
-                    }
+                    if self.info.outputs.is_empty() { "none".to_owned() } else { self.info.outputs.join(", ") }
                 );
                 return Ok(Err(self.violation(message)));
             };
             let first = r.first_header as usize;
-            let header_refs =
-                match headers.get(first..first.saturating_add(r.header_count as usize)) {
-                    Some(h) => h,
-                    None => {
-                        return Ok(Err(
-                            self.violation("emit: header range outside the batch".to_owned())
-                        ));
-                    }
-                };
-            let bytes =
-                |s: Option<types::Span>| s.map(|s| slice(&data, s).map(<[u8]>::to_vec)).transpose();
+            let header_refs = match headers.get(first..first.saturating_add(r.header_count as usize)) {
+                Some(h) => h,
+                None => {
+                    return Ok(Err(self.violation("emit: header range outside the batch".to_owned())));
+                }
+            };
+            let bytes = |s: Option<types::Span>| s.map(|s| slice(&data, s).map(<[u8]>::to_vec)).transpose();
             let (key, value) = match (bytes(r.key), bytes(r.value)) {
                 (Ok(k), Ok(v)) => (k, v),
                 (Err(m), _) | (_, Err(m)) => return Ok(Err(self.violation(format!("emit: {m}")))),
@@ -379,11 +324,7 @@ impl context::Host for GuestState {
     fn wall_clock_time(&mut self) -> wasmtime::Result<i64> {
         Ok(self.wall_clock.load(Ordering::Relaxed))
     }
-    fn schedule(
-        &mut self,
-        kind: types::Punctuation,
-        interval_ms: u64,
-    ) -> wasmtime::Result<Result<(), types::Error>> {
+    fn schedule(&mut self, kind: types::Punctuation, interval_ms: u64) -> wasmtime::Result<Result<(), types::Error>> {
         self.call.schedules.push((kind, interval_ms));
         Ok(Ok(()))
     }
@@ -419,36 +360,21 @@ pub(crate) struct GuestLimiter {
 
 /// The trap raised when a guest grows its memory past its limit.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "memory limit exceeded: the guest asked for {desired} bytes of linear memory, its limit is {limit}"
-)]
+#[error("memory limit exceeded: the guest asked for {desired} bytes of linear memory, its limit is {limit}")]
 pub struct MemoryLimitExceeded {
     pub desired: usize,
     pub limit: usize,
 }
 
 impl ResourceLimiter for GuestLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
-            return Err(wasmtime::Error::new(MemoryLimitExceeded {
-                desired,
-                limit: self.memory_bytes,
-            }));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded { desired, limit: self.memory_bytes }));
         }
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
     }
 }
@@ -487,12 +413,7 @@ struct OutputState {
 impl GuestOutput {
     fn new(info: Arc<InstanceInfo>, stream: &'static str) -> Self {
         GuestOutput {
-            inner: Arc::new(Mutex::new(OutputState {
-                info,
-                stream,
-                line: Vec::new(),
-                recent: String::new(),
-            })),
+            inner: Arc::new(Mutex::new(OutputState { info, stream, line: Vec::new(), recent: String::new() })),
         }
     }
 
@@ -509,11 +430,7 @@ impl GuestOutput {
 
     /// Forgets recent output (at the start of a call).
     pub(crate) fn clear_recent(&self) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .recent
-            .clear();
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).recent.clear();
     }
 
     /// What the guest wrote since the last clear, including an unfinished line.
@@ -577,11 +494,7 @@ impl OutputStream for GuestOutput {
 }
 
 impl tokio::io::AsyncWrite for GuestOutput {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.write_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }

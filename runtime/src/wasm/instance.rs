@@ -108,27 +108,12 @@ impl ProcessorInstance {
         store.limiter(|s| &mut s.limits);
         let timeout_ticks = WasmEngine::ticks_for(limits.call_timeout);
         store.set_epoch_deadline(timeout_ticks);
-        let bindings = component
-            .pre()
-            .instantiate(&mut store)
-            .map_err(|e| InstantiateError {
-                processor: processor.clone(),
-                message: describe_instantiate_error(&e, engine),
-            })?;
-        let batch = types::Batch {
-            data: Vec::new(),
-            topics: Vec::new(),
-            headers: Vec::new(),
-            records: Vec::new(),
-        };
-        Ok(ProcessorInstance {
-            store,
-            bindings,
-            component,
-            timeout_ticks,
-            timeout: limits.call_timeout,
-            batch,
-        })
+        let bindings = component.pre().instantiate(&mut store).map_err(|e| InstantiateError {
+            processor: processor.clone(),
+            message: describe_instantiate_error(&e, engine),
+        })?;
+        let batch = types::Batch { data: Vec::new(), topics: Vec::new(), headers: Vec::new(), records: Vec::new() };
+        Ok(ProcessorInstance { store, bindings, component, timeout_ticks, timeout: limits.call_timeout, batch })
     }
 
     pub fn component(&self) -> &Arc<LoadedComponent> {
@@ -136,30 +121,16 @@ impl ProcessorInstance {
     }
 
     /// Calls `init` with the processor's config.
-    pub fn init(
-        &mut self,
-        stores: &mut TaskStores,
-        time: CallTime,
-        config: &[(String, String)],
-    ) -> CallOutcome {
-        self.call(stores, time, |b, s| {
-            Ok(b.call_init(s, config)?.map_err(|e| (None, e.message)))
-        })
+    pub fn init(&mut self, stores: &mut TaskStores, time: CallTime, config: &[(String, String)]) -> CallOutcome {
+        self.call(stores, time, |b, s| Ok(b.call_init(s, config)?.map_err(|e| (None, e.message))))
     }
 
     /// Calls `process` with a batch of records.
-    pub fn process(
-        &mut self,
-        stores: &mut TaskStores,
-        time: CallTime,
-        records: &[TaskRecord],
-    ) -> CallOutcome {
+    pub fn process(&mut self, stores: &mut TaskStores, time: CallTime, records: &[TaskRecord]) -> CallOutcome {
         let mut batch = std::mem::replace(&mut self.batch, encode_batch(&[]));
         fill_batch(&mut batch, records);
-        let outcome = self.call(stores, time, |b, s| {
-            Ok(b.call_process(s, &batch)?
-                .map_err(|e| (Some(e.index), e.error.message)))
-        });
+        let outcome = self
+            .call(stores, time, |b, s| Ok(b.call_process(s, &batch)?.map_err(|e| (Some(e.index), e.error.message))));
         self.batch = batch;
         outcome
     }
@@ -172,20 +143,14 @@ impl ProcessorInstance {
         kind: Punctuation,
         timestamp: i64,
     ) -> CallOutcome {
-        self.call(stores, time, |b, s| {
-            Ok(b.call_punctuate(s, kind, timestamp)?
-                .map_err(|e| (None, e.message)))
-        })
+        self.call(stores, time, |b, s| Ok(b.call_punctuate(s, kind, timestamp)?.map_err(|e| (None, e.message))))
     }
 
     fn call(
         &mut self,
         stores: &mut TaskStores,
         time: CallTime,
-        f: impl FnOnce(
-            &Processor,
-            &mut Store<GuestState>,
-        ) -> wasmtime::Result<Result<(), (Option<u32>, String)>>,
+        f: impl FnOnce(&Processor, &mut Store<GuestState>) -> wasmtime::Result<Result<(), (Option<u32>, String)>>,
     ) -> CallOutcome {
         let data = self.store.data_mut();
         data.call.stores = std::mem::take(stores);
@@ -204,25 +169,13 @@ impl ProcessorInstance {
         match result {
             Ok(Ok(())) => match violation {
                 None => Ok(CallOk { emitted, schedules }),
-                Some(message) => Err(CallFailure {
-                    kind: FailureKind::ContractViolation,
-                    message,
-                    index: None,
-                    poisoned: false,
-                }),
+                Some(message) => {
+                    Err(CallFailure { kind: FailureKind::ContractViolation, message, index: None, poisoned: false })
+                }
             },
             Ok(Err((index, message))) => {
-                let kind = if violation.is_some() {
-                    FailureKind::ContractViolation
-                } else {
-                    FailureKind::GuestError
-                };
-                Err(CallFailure {
-                    kind,
-                    message,
-                    index,
-                    poisoned: false,
-                })
+                let kind = if violation.is_some() { FailureKind::ContractViolation } else { FailureKind::GuestError };
+                Err(CallFailure { kind, message, index, poisoned: false })
             }
             Err(trap) => Err(self.classify_trap(trap)),
         }
@@ -230,28 +183,15 @@ impl ProcessorInstance {
 
     fn classify_trap(&mut self, trap: wasmtime::Error) -> CallFailure {
         if let Some(HostFault(e)) = trap.downcast_ref::<HostFault>() {
-            return CallFailure {
-                kind: FailureKind::HostFault,
-                message: e.to_string(),
-                index: None,
-                poisoned: true,
-            };
+            return CallFailure { kind: FailureKind::HostFault, message: e.to_string(), index: None, poisoned: true };
         }
         if let Some(e) = trap.downcast_ref::<MemoryLimitExceeded>() {
-            return CallFailure {
-                kind: FailureKind::MemoryLimit,
-                message: e.to_string(),
-                index: None,
-                poisoned: true,
-            };
+            return CallFailure { kind: FailureKind::MemoryLimit, message: e.to_string(), index: None, poisoned: true };
         }
         if let Some(wasmtime::Trap::Interrupt) = trap.downcast_ref::<wasmtime::Trap>() {
             return CallFailure {
                 kind: FailureKind::Timeout,
-                message: format!(
-                    "call exceeded its time limit of {:?} and was stopped",
-                    self.timeout
-                ),
+                message: format!("call exceeded its time limit of {:?} and was stopped", self.timeout),
                 index: None,
                 poisoned: true,
             };
@@ -261,17 +201,8 @@ impl ProcessorInstance {
             None => format!("guest trapped: {trap}"),
         };
         let stderr = self.store.data().stderr.recent();
-        let message = if stderr.is_empty() {
-            what
-        } else {
-            format!("{what}; guest stderr: {stderr}")
-        };
-        CallFailure {
-            kind: FailureKind::Trap,
-            message,
-            index: None,
-            poisoned: true,
-        }
+        let message = if stderr.is_empty() { what } else { format!("{what}; guest stderr: {stderr}") };
+        CallFailure { kind: FailureKind::Trap, message, index: None, poisoned: true }
     }
 }
 
@@ -289,12 +220,7 @@ fn describe_instantiate_error(e: &wasmtime::Error, engine: &WasmEngine) -> Strin
 }
 
 fn encode_batch(records: &[TaskRecord]) -> types::Batch {
-    let mut batch = types::Batch {
-        data: Vec::new(),
-        topics: Vec::new(),
-        headers: Vec::new(),
-        records: Vec::new(),
-    };
+    let mut batch = types::Batch { data: Vec::new(), topics: Vec::new(), headers: Vec::new(), records: Vec::new() };
     fill_batch(&mut batch, records);
     batch
 }
@@ -319,10 +245,7 @@ fn fill_batch(batch: &mut types::Batch, records: &[TaskRecord]) {
     for r in records {
         let mut push = |bytes: &Option<Vec<u8>>| {
             bytes.as_ref().map(|b| {
-                let span = types::Span {
-                    offset: batch.data.len() as u32,
-                    len: b.len() as u32,
-                };
+                let span = types::Span { offset: batch.data.len() as u32, len: b.len() as u32 };
                 batch.data.extend_from_slice(b);
                 span
             })
@@ -332,20 +255,11 @@ fn fill_batch(batch: &mut types::Batch, records: &[TaskRecord]) {
         let old_value = push(&r.old_value);
         let first_header = batch.headers.len() as u32;
         for (name, v) in &r.headers {
-            let span = types::Span {
-                offset: batch.data.len() as u32,
-                len: v.len() as u32,
-            };
+            let span = types::Span { offset: batch.data.len() as u32, len: v.len() as u32 };
             batch.data.extend_from_slice(v);
-            batch.headers.push(types::Header {
-                name: name.clone(),
-                value: span,
-            });
+            batch.headers.push(types::Header { name: name.clone(), value: span });
         }
-        let topic = match topics
-            .iter()
-            .position(|t| std::sync::Arc::ptr_eq(t, &r.topic) || **t == r.topic)
-        {
+        let topic = match topics.iter().position(|t| std::sync::Arc::ptr_eq(t, &r.topic) || **t == r.topic) {
             Some(i) => i,
             None => {
                 topics.push(&r.topic);

@@ -34,9 +34,7 @@ mod instance;
 pub use component::{LoadError, LoadedComponent};
 pub use engine::{EngineConfig, WasmEngine};
 pub use host::{GuestState, InstanceInfo, StoreGrantInfo};
-pub use instance::{
-    CallFailure, CallOk, CallOutcome, CallTime, FailureKind, InstantiateError, ProcessorInstance,
-};
+pub use instance::{CallFailure, CallOk, CallOutcome, CallTime, FailureKind, InstantiateError, ProcessorInstance};
 
 /// Generated from `wit/`: the host side of the contract.
 pub mod bindings {

@@ -46,12 +46,7 @@ fn put_opt(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
 
 /// Encodes a record with the time (µs since the epoch) it is appended.
 pub fn encode(record: &Record, appended_us: i64) -> Vec<u8> {
-    let size = 1
-        + 16
-        + 8
-        + record.key.as_ref().map_or(0, Vec::len)
-        + record.value.as_ref().map_or(0, Vec::len)
-        + 2;
+    let size = 1 + 16 + 8 + record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len) + 2;
     let mut out = Vec::with_capacity(size);
     out.push(RECORD_FORMAT);
     out.extend_from_slice(&record.timestamp.to_le_bytes());
@@ -75,29 +70,19 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|e| *e <= self.bytes.len())
-            .ok_or("record is truncated")?;
+        let end = self.at.checked_add(n).filter(|e| *e <= self.bytes.len()).ok_or("record is truncated")?;
         let s = &self.bytes[self.at..end];
         self.at = end;
         Ok(s)
     }
     fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_le_bytes(
-            self.take(2)?.try_into().expect("2 bytes"),
-        ))
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
     fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
     fn opt(&mut self) -> Result<Option<Vec<u8>>, String> {
         match self.u32()? {
@@ -122,27 +107,16 @@ pub fn decode(bytes: &[u8]) -> Result<(Record, i64), String> {
     let mut headers = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let n = r.u16()? as usize;
-        let name =
-            String::from_utf8(r.take(n)?.to_vec()).map_err(|_| "header name is not UTF-8")?;
+        let name = String::from_utf8(r.take(n)?.to_vec()).map_err(|_| "header name is not UTF-8")?;
         let len = r.u32()? as usize;
         headers.push((name, r.take(len)?.to_vec()));
     }
-    Ok((
-        Record {
-            key,
-            value,
-            timestamp,
-            headers,
-        },
-        appended,
-    ))
+    Ok((Record { key, value, timestamp, headers }, appended))
 }
 
 /// The append time (µs) of an encoded record, without decoding the rest.
 pub fn appended_at(bytes: &[u8]) -> Option<i64> {
-    bytes
-        .get(9..17)
-        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+    bytes.get(9..17).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
 }
 
 #[cfg(test)]
@@ -160,31 +134,14 @@ mod tests {
         let bytes = encode(&r, 42);
         assert_eq!(decode(&bytes).unwrap(), (r, 42));
         assert_eq!(appended_at(&bytes), Some(42));
-        assert!(
-            decode(&bytes[..bytes.len() - 1])
-                .unwrap_err()
-                .contains("truncated")
-        );
+        assert!(decode(&bytes[..bytes.len() - 1]).unwrap_err().contains("truncated"));
     }
 
     #[test]
     fn keys_sort_by_topic_partition_offset() {
-        let mut keys = vec![
-            log_key(1, 0, 300),
-            log_key(1, 0, 2),
-            log_key(0, 5, 9),
-            log_key(1, 1, 0),
-        ];
+        let mut keys = vec![log_key(1, 0, 300), log_key(1, 0, 2), log_key(0, 5, 9), log_key(1, 1, 0)];
         keys.sort();
-        assert_eq!(
-            keys,
-            vec![
-                log_key(0, 5, 9),
-                log_key(1, 0, 2),
-                log_key(1, 0, 300),
-                log_key(1, 1, 0)
-            ]
-        );
+        assert_eq!(keys, vec![log_key(0, 5, 9), log_key(1, 0, 2), log_key(1, 0, 300), log_key(1, 1, 0)]);
         assert_eq!(offset_of(&log_key(3, 4, 77)), 77);
     }
 }

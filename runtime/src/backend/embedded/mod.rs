@@ -52,15 +52,11 @@ impl Topic {
     }
 
     pub fn end_offset(&self, partition: u32) -> i64 {
-        self.partitions
-            .get(partition as usize)
-            .map_or(0, |p| p.end.load(Ordering::Acquire))
+        self.partitions.get(partition as usize).map_or(0, |p| p.end.load(Ordering::Acquire))
     }
 
     pub fn start_offset(&self, partition: u32) -> i64 {
-        self.partitions
-            .get(partition as usize)
-            .map_or(0, |p| p.start.load(Ordering::Acquire))
+        self.partitions.get(partition as usize).map_or(0, |p| p.start.load(Ordering::Acquire))
     }
 }
 
@@ -82,41 +78,20 @@ pub enum BackendError {
     #[error("topic `{0}` does not exist")]
     UnknownTopic(String),
     #[error("topic `{topic}` has {partitions} partition(s); there is no partition {partition}")]
-    UnknownPartition {
-        topic: String,
-        partition: u32,
-        partitions: u32,
-    },
+    UnknownPartition { topic: String, partition: u32, partitions: u32 },
     #[error("topic `{topic}` exists with {existing} partition(s), not {wanted}")]
-    PartitionMismatch {
-        topic: String,
-        existing: u32,
-        wanted: u32,
-    },
-    #[error(
-        "store `{app}/{store}` was written in store format {found}, this weir uses {STORE_FORMAT}"
-    )]
-    StoreFormat {
-        app: String,
-        store: String,
-        found: u32,
-    },
+    PartitionMismatch { topic: String, existing: u32, wanted: u32 },
+    #[error("store `{app}/{store}` was written in store format {found}, this weir uses {STORE_FORMAT}")]
+    StoreFormat { app: String, store: String, found: u32 },
     #[error("storage failure: {0}")]
     Storage(#[from] StateError),
     #[error("corrupt record in {topic}/{partition}@{offset}: {message}")]
-    Corrupt {
-        topic: String,
-        partition: u32,
-        offset: i64,
-        message: String,
-    },
+    Corrupt { topic: String, partition: u32, offset: i64, message: String },
 }
 
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 /// The embedded backend of one data directory.
@@ -132,41 +107,29 @@ impl EmbeddedBackend {
     /// Opens the data directory (creating it if new) and loads its topics.
     pub fn open(data_dir: &std::path::Path, fsync: bool) -> Result<Arc<Self>, DataDirError> {
         let db = Db::open(data_dir, fsync)?;
-        let damaged = |e: StateError| DataDirError::Damaged {
-            path: data_dir.display().to_string(),
-            message: e.message,
-        };
+        let damaged =
+            |e: StateError| DataDirError::Damaged { path: data_dir.display().to_string(), message: e.message };
         let mut topics = BTreeMap::new();
         for (key, value) in db.scan_meta("topic/").map_err(damaged)? {
             let name = key["topic/".len()..].to_owned();
-            let meta: TopicMeta =
-                serde_json::from_slice(&value).map_err(|e| DataDirError::Damaged {
-                    path: data_dir.display().to_string(),
-                    message: format!("topic record {key}: {e}"),
-                })?;
+            let meta: TopicMeta = serde_json::from_slice(&value).map_err(|e| DataDirError::Damaged {
+                path: data_dir.display().to_string(),
+                message: format!("topic record {key}: {e}"),
+            })?;
             let mut partitions = Vec::new();
             for p in 0..meta.partitions {
                 let (start, end) = Self::bounds(&db, meta.id, p).map_err(damaged)?;
                 let bytes = db
                     .get_meta(&format!("bytes/{}/{p}", meta.id))
                     .map_err(damaged)?
-                    .map_or(0, |b| {
-                        i64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8]))
-                    });
+                    .map_or(0, |b| i64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])));
                 partitions.push(PartitionState {
                     end: AtomicI64::new(end),
                     start: AtomicI64::new(start),
                     bytes: AtomicI64::new(bytes),
                 });
             }
-            topics.insert(
-                name.clone(),
-                Arc::new(Topic {
-                    id: meta.id,
-                    name: Arc::from(name.as_str()),
-                    partitions,
-                }),
-            );
+            topics.insert(name.clone(), Arc::new(Topic { id: meta.id, name: Arc::from(name.as_str()), partitions }));
         }
         Ok(Arc::new(EmbeddedBackend {
             db,
@@ -180,25 +143,19 @@ impl EmbeddedBackend {
     fn bounds(db: &Db, topic: u32, partition: u32) -> Result<(i64, i64), StateError> {
         let prefix = log::partition_prefix(topic, partition);
         let cf = db.cf(CF_LOG);
-        let mut first = db
-            .raw()
-            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward));
+        let mut first = db.raw().iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward));
         let start = match first.next() {
             Some(Ok((k, _))) if k.starts_with(&prefix) => log::offset_of(&k),
             Some(Err(e)) => return Err(storage_error(db.path(), e)),
             _ => {
                 // Empty: the start is where retention last left it.
                 let recorded = db.get_meta(&format!("start/{topic}/{partition}"))?;
-                let start = recorded.map_or(0, |b| {
-                    i64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8]))
-                });
+                let start = recorded.map_or(0, |b| i64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])));
                 return Ok((start, start));
             }
         };
         let last_key = log::log_key(topic, partition, i64::MAX);
-        let mut last = db
-            .raw()
-            .iterator_cf(cf, IteratorMode::From(&last_key, Direction::Reverse));
+        let mut last = db.raw().iterator_cf(cf, IteratorMode::From(&last_key, Direction::Reverse));
         let end = match last.next() {
             Some(Ok((k, _))) if k.starts_with(&prefix) => log::offset_of(&k) + 1,
             Some(Err(e)) => return Err(storage_error(db.path(), e)),
@@ -212,20 +169,11 @@ impl EmbeddedBackend {
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
 
     pub fn topics(&self) -> Vec<Arc<Topic>> {
-        self.topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
     /// Creates a topic, or checks an existing one has `partitions`.
@@ -243,27 +191,18 @@ impl EmbeddedBackend {
         }
         let id = self.next_id("topic")?;
         let mut batch = WriteBatch::default();
-        self.db
-            .put_meta(&mut batch, "next-id/topic", &(id + 1).to_be_bytes());
+        self.db.put_meta(&mut batch, "next-id/topic", &(id + 1).to_be_bytes());
         let meta = serde_json::to_vec(&TopicMeta { id, partitions }).expect("json");
-        self.db
-            .put_meta(&mut batch, &format!("topic/{name}"), &meta);
+        self.db.put_meta(&mut batch, &format!("topic/{name}"), &meta);
         self.db.write(batch)?;
         let topic = Arc::new(Topic {
             id,
             name: Arc::from(name),
             partitions: (0..partitions)
-                .map(|_| PartitionState {
-                    end: AtomicI64::new(0),
-                    start: AtomicI64::new(0),
-                    bytes: AtomicI64::new(0),
-                })
+                .map(|_| PartitionState { end: AtomicI64::new(0), start: AtomicI64::new(0), bytes: AtomicI64::new(0) })
                 .collect(),
         });
-        self.topics
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned(), topic.clone());
+        self.topics.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), topic.clone());
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
     }
@@ -272,9 +211,7 @@ impl EmbeddedBackend {
         Ok(self
             .db
             .get_meta(&format!("next-id/{kind}"))?
-            .map_or(1, |b| {
-                u32::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 4]))
-            }))
+            .map_or(1, |b| u32::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 4]))))
     }
 
     /// The id of an application's store, registering it on first use.
@@ -282,28 +219,17 @@ impl EmbeddedBackend {
         let _guard = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let key = format!("store/{app}/{store}");
         if let Some(bytes) = self.db.get_meta(&key)? {
-            let meta: StoreMeta = serde_json::from_slice(&bytes).map_err(|e| StateError {
-                store: key.clone(),
-                message: format!("unreadable store record: {e}"),
-            })?;
+            let meta: StoreMeta = serde_json::from_slice(&bytes)
+                .map_err(|e| StateError { store: key.clone(), message: format!("unreadable store record: {e}") })?;
             if meta.format != STORE_FORMAT {
-                return Err(BackendError::StoreFormat {
-                    app: app.into(),
-                    store: store.into(),
-                    found: meta.format,
-                });
+                return Err(BackendError::StoreFormat { app: app.into(), store: store.into(), found: meta.format });
             }
             return Ok(meta.id);
         }
         let id = self.next_id("store")?;
         let mut batch = WriteBatch::default();
-        self.db
-            .put_meta(&mut batch, "next-id/store", &(id + 1).to_be_bytes());
-        let meta = serde_json::to_vec(&StoreMeta {
-            id,
-            format: STORE_FORMAT,
-        })
-        .expect("json");
+        self.db.put_meta(&mut batch, "next-id/store", &(id + 1).to_be_bytes());
+        let meta = serde_json::to_vec(&StoreMeta { id, format: STORE_FORMAT }).expect("json");
         self.db.put_meta(&mut batch, &key, &meta);
         self.db.write(batch)?;
         Ok(id)
@@ -311,13 +237,7 @@ impl EmbeddedBackend {
 
     /// Committed state of a store partition.
     pub fn open_store(&self, store_id: u32, partition: u32, name: &str) -> SharedStore {
-        self.db.store(
-            StoreKey {
-                store: store_id,
-                partition,
-            },
-            name,
-        )
+        self.db.store(StoreKey { store: store_id, partition }, name)
     }
 
     /// The committed position (next offset to read) of an application on a partition.
@@ -325,17 +245,12 @@ impl EmbeddedBackend {
         Ok(self
             .db
             .get_meta(&format!("pos/{app}/{topic}/{partition}"))?
-            .map_or(0, |b| {
-                i64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8]))
-            }))
+            .map_or(0, |b| i64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8]))))
     }
 
     /// Appends records produced from outside (the produce API) atomically.
     /// Returns the offset of each record.
-    pub fn append(
-        &self,
-        records: Vec<(Arc<Topic>, u32, Record)>,
-    ) -> Result<Vec<i64>, BackendError> {
+    pub fn append(&self, records: Vec<(Arc<Topic>, u32, Record)>) -> Result<Vec<i64>, BackendError> {
         for (topic, partition, _) in &records {
             if *partition >= topic.partitions() {
                 return Err(BackendError::UnknownPartition {
@@ -348,10 +263,7 @@ impl EmbeddedBackend {
         let _guard = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = WriteBatch::default();
         let mut appender = Appender::new(&self.db);
-        let offsets = records
-            .iter()
-            .map(|(t, p, r)| appender.add(&mut batch, t, *p, r))
-            .collect();
+        let offsets = records.iter().map(|(t, p, r)| appender.add(&mut batch, t, *p, r)).collect();
         appender.finish(&mut batch);
         self.db.write(batch)?;
         appender.publish();
@@ -370,9 +282,7 @@ impl EmbeddedBackend {
     ) -> Result<(), BackendError> {
         let mut produced = Vec::with_capacity(commit.produced.len());
         for p in &commit.produced {
-            let topic = self
-                .topic(&p.topic)
-                .ok_or_else(|| BackendError::UnknownTopic(p.topic.to_string()))?;
+            let topic = self.topic(&p.topic).ok_or_else(|| BackendError::UnknownTopic(p.topic.to_string()))?;
             produced.push(topic);
         }
         let _guard = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -386,19 +296,12 @@ impl EmbeddedBackend {
             let id = store_ids[&change.store];
             self.db.write_state(
                 &mut batch,
-                StoreKey {
-                    store: id,
-                    partition: change.partition,
-                },
+                StoreKey { store: id, partition: change.partition },
                 change.writes.iter().copied(),
             );
         }
         for ((topic, partition), offset) in &commit.positions {
-            self.db.put_meta(
-                &mut batch,
-                &format!("pos/{app}/{topic}/{partition}"),
-                &offset.to_be_bytes(),
-            );
+            self.db.put_meta(&mut batch, &format!("pos/{app}/{topic}/{partition}"), &offset.to_be_bytes());
         }
         self.db.write(batch)?;
         appender.publish();
@@ -416,8 +319,7 @@ impl EmbeddedBackend {
         from: i64,
         max: usize,
     ) -> Result<Vec<ConsumedRecord>, BackendError> {
-        self.read_with_time(topic, partition, from, max)
-            .map(|v| v.into_iter().map(|(r, _)| r).collect())
+        self.read_with_time(topic, partition, from, max).map(|v| v.into_iter().map(|(r, _)| r).collect())
     }
 
     /// Like [`read`](Self::read), with each record's append time (µs).
@@ -436,11 +338,8 @@ impl EmbeddedBackend {
         let mut options = ReadOptions::default();
         options.set_iterate_upper_bound(log::log_key(topic.id, partition, end).to_vec());
         let start = log::log_key(topic.id, partition, from);
-        let iter = self.db.raw().iterator_cf_opt(
-            self.db.cf(CF_LOG),
-            options,
-            IteratorMode::From(&start, Direction::Forward),
-        );
+        let iter =
+            self.db.raw().iterator_cf_opt(self.db.cf(CF_LOG), options, IteratorMode::From(&start, Direction::Forward));
         let mut out = Vec::with_capacity(max.min((end - from) as usize));
         for item in iter {
             let (k, v) = item.map_err(|e| storage_error(self.db.path(), e))?;
@@ -451,15 +350,7 @@ impl EmbeddedBackend {
                 offset,
                 message,
             })?;
-            out.push((
-                ConsumedRecord {
-                    topic: topic.name.clone(),
-                    partition,
-                    offset,
-                    record,
-                },
-                appended,
-            ));
+            out.push((ConsumedRecord { topic: topic.name.clone(), partition, offset, record }, appended));
             if out.len() >= max {
                 break;
             }
@@ -491,18 +382,12 @@ impl EmbeddedBackend {
 
     /// Deployed applications: name → stored definition (JSON).
     pub fn applications(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        Ok(self
-            .db
-            .scan_meta("app/")?
-            .into_iter()
-            .map(|(k, v)| (k["app/".len()..].to_owned(), v))
-            .collect())
+        Ok(self.db.scan_meta("app/")?.into_iter().map(|(k, v)| (k["app/".len()..].to_owned(), v)).collect())
     }
 
     pub fn save_application(&self, name: &str, definition: &[u8]) -> Result<(), StateError> {
         let mut batch = WriteBatch::default();
-        self.db
-            .put_meta(&mut batch, &format!("app/{name}"), definition);
+        self.db.put_meta(&mut batch, &format!("app/{name}"), definition);
         self.db.write(batch)
     }
 
@@ -529,11 +414,7 @@ impl EmbeddedBackend {
     /// Applies retention: drops records older than `max_age` (if non-zero)
     /// and the oldest records of partitions above `max_bytes` (if non-zero).
     /// Returns how many records were dropped.
-    pub fn enforce_retention(
-        &self,
-        max_age: Duration,
-        max_bytes: u64,
-    ) -> Result<u64, BackendError> {
+    pub fn enforce_retention(&self, max_age: Duration, max_bytes: u64) -> Result<u64, BackendError> {
         let cutoff = now_us() - max_age.as_micros() as i64;
         let mut dropped = 0;
         for topic in self.topics() {
@@ -541,11 +422,7 @@ impl EmbeddedBackend {
                 let state = &topic.partitions[p as usize];
                 let start = state.start.load(Ordering::Acquire);
                 let end = state.end.load(Ordering::Acquire);
-                let mut excess = if max_bytes > 0 {
-                    state.bytes.load(Ordering::Acquire) - max_bytes as i64
-                } else {
-                    0
-                };
+                let mut excess = if max_bytes > 0 { state.bytes.load(Ordering::Acquire) - max_bytes as i64 } else { 0 };
                 let mut new_start = start;
                 let mut freed = 0i64;
                 if !max_age.is_zero() || excess > 0 {
@@ -559,8 +436,7 @@ impl EmbeddedBackend {
                     );
                     for item in iter {
                         let (k, v) = item.map_err(|e| storage_error(self.db.path(), e))?;
-                        let old =
-                            !max_age.is_zero() && log::appended_at(&v).is_some_and(|t| t < cutoff);
+                        let old = !max_age.is_zero() && log::appended_at(&v).is_some_and(|t| t < cutoff);
                         if !old && excess <= 0 {
                             break;
                         }
@@ -578,17 +454,9 @@ impl EmbeddedBackend {
                         log::log_key(topic.id, p, start),
                         log::log_key(topic.id, p, new_start),
                     );
-                    self.db.put_meta(
-                        &mut batch,
-                        &format!("start/{}/{p}", topic.id),
-                        &new_start.to_be_bytes(),
-                    );
+                    self.db.put_meta(&mut batch, &format!("start/{}/{p}", topic.id), &new_start.to_be_bytes());
                     let bytes = state.bytes.load(Ordering::Acquire) - freed;
-                    self.db.put_meta(
-                        &mut batch,
-                        &format!("bytes/{}/{p}", topic.id),
-                        &bytes.max(0).to_be_bytes(),
-                    );
+                    self.db.put_meta(&mut batch, &format!("bytes/{}/{p}", topic.id), &bytes.max(0).to_be_bytes());
                     self.db.write(batch)?;
                     state.start.store(new_start, Ordering::Release);
                     state.bytes.store(bytes.max(0), Ordering::Release);
@@ -627,33 +495,17 @@ struct Appender<'a> {
 
 impl<'a> Appender<'a> {
     fn new(db: &'a Db) -> Self {
-        Appender {
-            db,
-            now: now_us(),
-            next: HashMap::new(),
-        }
+        Appender { db, now: now_us(), next: HashMap::new() }
     }
 
-    fn add(
-        &mut self,
-        batch: &mut WriteBatch,
-        topic: &Arc<Topic>,
-        partition: u32,
-        record: &Record,
-    ) -> i64 {
-        let entry = self
-            .next
-            .entry((topic.id, partition))
-            .or_insert_with(|| (topic.clone(), topic.end_offset(partition), 0));
+    fn add(&mut self, batch: &mut WriteBatch, topic: &Arc<Topic>, partition: u32, record: &Record) -> i64 {
+        let entry =
+            self.next.entry((topic.id, partition)).or_insert_with(|| (topic.clone(), topic.end_offset(partition), 0));
         let offset = entry.1;
         let value = log::encode(record, self.now);
         entry.1 += 1;
         entry.2 += (16 + value.len()) as i64;
-        batch.put_cf(
-            self.db.cf(CF_LOG),
-            log::log_key(topic.id, partition, offset),
-            value,
-        );
+        batch.put_cf(self.db.cf(CF_LOG), log::log_key(topic.id, partition, offset), value);
         offset
     }
 
@@ -661,8 +513,7 @@ impl<'a> Appender<'a> {
     fn finish(&self, batch: &mut WriteBatch) {
         for ((id, p), (topic, _, added)) in &self.next {
             let bytes = topic.partitions[*p as usize].bytes.load(Ordering::Acquire) + added;
-            self.db
-                .put_meta(batch, &format!("bytes/{id}/{p}"), &bytes.to_be_bytes());
+            self.db.put_meta(batch, &format!("bytes/{id}/{p}"), &bytes.to_be_bytes());
         }
     }
 

@@ -18,8 +18,8 @@
 //! every few seconds from its last committed state.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,8 @@ use rocksdb::WriteBatch;
 use super::{BackendError, EmbeddedBackend, Topic};
 use crate::record::ConsumedRecord;
 use crate::state::SharedStore;
-use crate::status::{AppStatus, InputStatus, TaskState, TaskStatus};
-use crate::task::{AppRuntime, Task, TaskId};
+use crate::status::{AppStatus, InputStatus, SwapRecord, TaskState, TaskStatus};
+use crate::task::{AppRuntime, Task, TaskError, TaskId};
 use crate::topology::{ProcessingGuarantee, StoreId, Topology};
 
 /// How long a stalled task waits before trying again.
@@ -52,9 +52,125 @@ pub enum StartError {
     Topics(String),
 }
 
+/// What an application's workers share besides data: the version to run and
+/// the history of updates. An update bumps `generation`; each task switches
+/// at its next commit boundary.
+pub struct Control {
+    runtime: RwLock<Arc<AppRuntime>>,
+    generation: AtomicU64,
+    /// The version before the current update, to roll back to.
+    previous: Mutex<Option<Arc<AppRuntime>>>,
+    swaps: Mutex<Vec<SwapRecord>>,
+    tasks: usize,
+    /// Called with the version an update rolled back to (to persist it).
+    on_rollback: Mutex<Option<RollbackHook>>,
+}
+
+/// See [`EmbeddedApp::on_rollback`].
+pub type RollbackHook = Box<dyn Fn(&AppRuntime) + Send>;
+
+fn components_of(app: &AppRuntime) -> BTreeMap<String, String> {
+    app.components
+        .iter()
+        .map(|(node, c)| (app.topology.nodes[*node].name.clone(), format!("sha256:{}", c.sha256())))
+        .collect()
+}
+
+impl Control {
+    fn current(&self) -> (u64, Arc<AppRuntime>) {
+        let runtime = self.runtime.read().unwrap_or_else(|e| e.into_inner());
+        (self.generation.load(Ordering::Acquire), runtime.clone())
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Starts a component swap to `new`; refused while another is switching.
+    fn begin(&self, new: Arc<AppRuntime>) -> Result<u64, String> {
+        let mut swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(last) = swaps.last()
+            && last.state == "switching"
+        {
+            return Err(format!("update {} is still switching tasks; try again when it is done", last.id));
+        }
+        let mut runtime = self.runtime.write().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        swaps.push(SwapRecord {
+            id: generation,
+            started_ms: super::now_us() / 1000,
+            kind: "component-swap".into(),
+            from: components_of(&runtime),
+            to: components_of(&new),
+            state: "switching".into(),
+            error: None,
+            tasks: self.tasks,
+            switched: 0,
+            passed: 0,
+            max_pause_ms: 0.0,
+        });
+        *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(runtime.clone());
+        *runtime = new;
+        Ok(generation)
+    }
+
+    fn with_record(&self, generation: u64, f: impl FnOnce(&mut SwapRecord)) {
+        let mut swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = swaps.iter_mut().rev().find(|r| r.id == generation) {
+            f(r);
+        }
+    }
+
+    fn switched(&self, generation: u64, pause: Duration) {
+        let tasks = self.tasks;
+        self.with_record(generation, |r| {
+            r.switched += 1;
+            r.max_pause_ms = r.max_pause_ms.max(pause.as_secs_f64() * 1000.0);
+            if r.switched >= tasks && r.state == "switching" {
+                r.state = "switched".into();
+            }
+        });
+    }
+
+    fn passed(&self, generation: u64) {
+        let tasks = self.tasks;
+        self.with_record(generation, |r| {
+            r.passed += 1;
+            if r.passed >= tasks && r.state == "switched" {
+                r.state = "applied".into();
+            }
+        });
+    }
+
+    /// The new version failed: every task goes back to the previous one.
+    fn failed(&self, generation: u64, error: String) {
+        let mut swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(record) = swaps.iter_mut().rev().find(|r| r.id == generation) else { return };
+        if record.state == "rolled-back" {
+            return;
+        }
+        tracing::error!(update = generation, "update rolled back: {error}");
+        record.state = "rolled-back".into();
+        record.error = Some(error);
+        if let Some(previous) = self.previous.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Some(hook) = self.on_rollback.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                hook(&previous);
+            }
+            let mut runtime = self.runtime.write().unwrap_or_else(|e| e.into_inner());
+            *runtime = previous;
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The update a generation belongs to (a rollback generation belongs to none).
+    fn owns(&self, generation: u64) -> bool {
+        self.swaps.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|r| r.id == generation)
+    }
+}
+
 /// A running application on the embedded backend.
 pub struct EmbeddedApp {
-    app: Arc<AppRuntime>,
+    control: Arc<Control>,
     status: Arc<Mutex<BTreeMap<TaskId, TaskStatus>>>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
@@ -65,16 +181,9 @@ pub struct EmbeddedApp {
 /// Changelog topics are not created: here stores are committed in the same
 /// write batch as the log, so the data directory itself is their durable copy.
 pub fn create_topics(backend: &EmbeddedBackend, topology: &Topology) -> Result<(), StartError> {
-    let changelogs: Vec<&str> = topology
-        .stores
-        .iter()
-        .filter_map(|s| s.changelog.as_deref())
-        .collect();
-    let topics: Vec<(&String, &u32)> = topology
-        .partitions
-        .iter()
-        .filter(|(t, _)| !changelogs.contains(&t.as_str()))
-        .collect();
+    let changelogs: Vec<&str> = topology.stores.iter().filter_map(|s| s.changelog.as_deref()).collect();
+    let topics: Vec<(&String, &u32)> =
+        topology.partitions.iter().filter(|(t, _)| !changelogs.contains(&t.as_str())).collect();
     let mut problems = Vec::new();
     for (topic, partitions) in topics.iter().copied() {
         if let Some(existing) = backend.topic(topic)
@@ -103,6 +212,16 @@ impl EmbeddedApp {
         app: Arc<AppRuntime>,
         config: RunnerConfig,
     ) -> Result<Self, StartError> {
+        Self::start_with_history(backend, app, config, Vec::new())
+    }
+
+    /// Like [`start`](Self::start), carrying the update history of a previous run.
+    pub fn start_with_history(
+        backend: Arc<EmbeddedBackend>,
+        app: Arc<AppRuntime>,
+        config: RunnerConfig,
+        history: Vec<SwapRecord>,
+    ) -> Result<Self, StartError> {
         let topology = app.topology.clone();
         create_topics(&backend, &topology)?;
         let mut store_ids: HashMap<StoreId, u32> = HashMap::new();
@@ -110,26 +229,30 @@ impl EmbeddedApp {
             store_ids.insert(sid, backend.register_store(&topology.name, &store.name)?);
         }
         let store_ids = Arc::new(store_ids);
-        let globals: BTreeMap<StoreId, SharedStore> = topology
-            .globals
-            .iter()
-            .map(|g| (g.store, backend.open_store(store_ids[&g.store], 0, &g.name)))
-            .collect();
+        let globals: BTreeMap<StoreId, SharedStore> =
+            topology.globals.iter().map(|g| (g.store, backend.open_store(store_ids[&g.store], 0, &g.name))).collect();
         // Global tables are complete before any task processes a record.
         let mut updater = GlobalUpdater::new(&backend, &topology, &store_ids);
         updater.catch_up()?;
 
         let status = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let total_tasks = topology.subtopologies.iter().map(|s| s.partitions as usize).sum();
+        let first_generation = history.last().map_or(0, |r| r.id);
+        let control = Arc::new(Control {
+            runtime: RwLock::new(app.clone()),
+            generation: AtomicU64::new(first_generation),
+            previous: Mutex::new(None),
+            swaps: Mutex::new(history),
+            tasks: total_tasks,
+            on_rollback: Mutex::new(None),
+        });
         let mut assignments: Vec<Vec<TaskId>> = vec![Vec::new(); config.workers.max(1)];
         let mut n = 0;
         for sub in &topology.subtopologies {
             for partition in 0..sub.partitions {
                 let worker = n % assignments.len();
-                assignments[worker].push(TaskId {
-                    subtopology: sub.id,
-                    partition,
-                });
+                assignments[worker].push(TaskId { subtopology: sub.id, partition });
                 n += 1;
             }
         }
@@ -142,17 +265,13 @@ impl EmbeddedApp {
             }
             let worker = Worker {
                 backend: backend.clone(),
-                app: app.clone(),
+                control: control.clone(),
                 config: config.clone(),
                 store_ids: store_ids.clone(),
                 globals: globals.clone(),
                 status: status.clone(),
                 stop: stop.clone(),
-                global_updater: if i == 0 {
-                    Some(GlobalUpdater::new(&backend, &topology, &store_ids))
-                } else {
-                    None
-                },
+                global_updater: if i == 0 { Some(GlobalUpdater::new(&backend, &topology, &store_ids)) } else { None },
             };
             let name = format!("weir-{}-{i}", topology.name);
             let handle = std::thread::Builder::new()
@@ -162,29 +281,51 @@ impl EmbeddedApp {
             workers.push(handle);
         }
         tracing::info!(app = %topology.name, tasks = n, workers = workers.len(), "application started");
-        Ok(EmbeddedApp {
-            app,
-            status,
-            stop,
-            workers,
-            backend,
-        })
+        Ok(EmbeddedApp { control, status, stop, workers, backend })
     }
 
-    pub fn runtime(&self) -> &Arc<AppRuntime> {
-        &self.app
+    /// The version the application runs (or is switching to).
+    pub fn runtime(&self) -> Arc<AppRuntime> {
+        self.control.current().1
+    }
+
+    /// Starts a hot swap to `new` (same graph): each task switches at its
+    /// next commit boundary. Returns the update's id.
+    pub fn update(&self, new: Arc<AppRuntime>) -> Result<u64, String> {
+        let id = self.control.begin(new)?;
+        self.backend.notify();
+        Ok(id)
+    }
+
+    /// The record of an update.
+    pub fn swap(&self, id: u64) -> Option<SwapRecord> {
+        self.control.swaps.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|r| r.id == id).cloned()
+    }
+
+    /// Registers what to do when an update rolls back (e.g. persist the
+    /// version the application runs again).
+    pub fn on_rollback(&self, hook: RollbackHook) {
+        *self.control.on_rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// Records how long the latest update paused processing.
+    pub fn set_last_pause(&self, pause: Duration) {
+        if let Some(r) = self.control.swaps.lock().unwrap_or_else(|e| e.into_inner()).last_mut() {
+            r.max_pause_ms = pause.as_secs_f64() * 1000.0;
+        }
+    }
+
+    /// Every update so far.
+    pub fn history(&self) -> Vec<SwapRecord> {
+        self.control.swaps.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The application's status, with lag computed now.
     pub fn status(&self) -> AppStatus {
-        let topology = &self.app.topology;
-        let mut tasks: Vec<TaskStatus> = self
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let app = self.runtime();
+        let topology = &app.topology;
+        let mut tasks: Vec<TaskStatus> =
+            self.status.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for t in &mut tasks {
             for input in &mut t.inputs {
                 if let Some(topic) = self.backend.topic(&input.topic) {
@@ -205,12 +346,8 @@ impl EmbeddedApp {
             state: String::new(),
             lag: 0,
             tasks,
-            components: self
-                .app
-                .components
-                .iter()
-                .map(|(node, c)| (topology.nodes[*node].name.clone(), c.sha256().to_owned()))
-                .collect(),
+            components: components_of(&app),
+            swaps: self.history(),
         };
         status.summarize();
         status
@@ -223,7 +360,7 @@ impl EmbeddedApp {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        tracing::info!(app = %self.app.topology.name, "application stopped");
+        tracing::info!(app = %self.runtime().topology.name, "application stopped");
     }
 }
 
@@ -246,31 +383,19 @@ struct GlobalUpdater {
 }
 
 impl GlobalUpdater {
-    fn new(
-        backend: &Arc<EmbeddedBackend>,
-        topology: &Topology,
-        store_ids: &HashMap<StoreId, u32>,
-    ) -> Self {
+    fn new(backend: &Arc<EmbeddedBackend>, topology: &Topology, store_ids: &HashMap<StoreId, u32>) -> Self {
         let tables = topology
             .globals
             .iter()
             .filter_map(|g| {
                 let topic = backend.topic(&g.input.topic)?;
                 let positions = (0..topic.partitions())
-                    .map(|p| {
-                        backend
-                            .position(&topology.name, &g.input.topic, p)
-                            .unwrap_or(0)
-                    })
+                    .map(|p| backend.position(&topology.name, &g.input.topic, p).unwrap_or(0))
                     .collect();
                 Some((topic, store_ids[&g.store], positions))
             })
             .collect();
-        GlobalUpdater {
-            backend: backend.clone(),
-            app: topology.name.clone(),
-            tables,
-        }
+        GlobalUpdater { backend: backend.clone(), app: topology.name.clone(), tables }
     }
 
     /// Applies everything new; true if anything was.
@@ -284,23 +409,14 @@ impl GlobalUpdater {
                     continue;
                 };
                 let mut batch = WriteBatch::default();
-                let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = records
-                    .into_iter()
-                    .filter_map(|r| r.record.key.map(|k| (k, r.record.value)))
-                    .collect();
+                let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                    records.into_iter().filter_map(|r| r.record.key.map(|k| (k, r.record.value))).collect();
                 db.write_state(
                     &mut batch,
-                    crate::state::rocks::StoreKey {
-                        store: *store_id,
-                        partition: 0,
-                    },
+                    crate::state::rocks::StoreKey { store: *store_id, partition: 0 },
                     writes.iter().map(|(k, v)| (k, v)),
                 );
-                db.put_meta(
-                    &mut batch,
-                    &format!("pos/{}/{}/{p}", self.app, topic.name),
-                    &(last + 1).to_be_bytes(),
-                );
+                db.put_meta(&mut batch, &format!("pos/{}/{}/{p}", self.app, topic.name), &(last + 1).to_be_bytes());
                 db.write(batch)?;
                 *position = last + 1;
                 any = true;
@@ -317,7 +433,7 @@ impl GlobalUpdater {
 
 struct Worker {
     backend: Arc<EmbeddedBackend>,
-    app: Arc<AppRuntime>,
+    control: Arc<Control>,
     config: RunnerConfig,
     store_ids: Arc<HashMap<StoreId, u32>>,
     globals: BTreeMap<StoreId, SharedStore>,
@@ -342,6 +458,8 @@ struct Slot {
     error: Option<String>,
     retry_at: Option<Instant>,
     commits: u64,
+    /// The control generation this task's version belongs to.
+    generation: u64,
 }
 
 impl Worker {
@@ -350,7 +468,7 @@ impl Worker {
         for slot in &mut slots {
             self.start_task(slot);
         }
-        let topology = self.app.topology.clone();
+        let topology = self.control.current().1.topology.clone();
         let exactly_once = topology.guarantee == ProcessingGuarantee::ExactlyOnce;
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
@@ -366,25 +484,27 @@ impl Worker {
             }
             let now_ms = super::now_us() / 1000;
             for slot in &mut slots {
-                if slot.state == TaskState::Stalled
-                    && slot.retry_at.is_some_and(|t| Instant::now() >= t)
-                {
+                if slot.state == TaskState::Stalled && slot.retry_at.is_some_and(|t| Instant::now() >= t) {
                     self.start_task(slot);
                 }
                 if slot.state != TaskState::Running || stopping {
                     continue;
                 }
+                if slot.generation != self.control.generation() {
+                    self.switch_version(slot);
+                    worked = true;
+                }
                 match self.poll(slot) {
                     Ok(read_any) => worked |= read_any,
                     Err(e) => {
-                        self.fail(slot, e, false);
+                        self.task_error(slot, e);
                         continue;
                     }
                 }
                 if let Some(task) = &mut slot.task
                     && let Err(e) = task.advance_wall_clock(now_ms)
                 {
-                    self.fail(slot, e.to_string(), false);
+                    self.task_error(slot, e);
                     continue;
                 }
                 let due = slot.last_commit.elapsed() >= self.config.commit_interval;
@@ -414,8 +534,52 @@ impl Worker {
         }
     }
 
+    /// Moves a task to the version the control plane wants, at a commit
+    /// boundary: commit, then swap (instantiate + init); stores are kept.
+    fn switch_version(&self, slot: &mut Slot) {
+        let started = Instant::now();
+        self.commit(slot, true);
+        let Some(task) = slot.task.as_mut() else { return };
+        if slot.state != TaskState::Running || task.has_uncommitted() {
+            return; // The commit failed: the task stalls and restarts on the current version.
+        }
+        let (generation, target) = self.control.current();
+        match task.swap(target) {
+            Ok(_) => {
+                slot.generation = generation;
+                self.control.switched(generation, started.elapsed());
+                let app = self.control.current().1.topology.name.clone();
+                tracing::info!(app, task = %slot.id, update = generation, pause_us = started.elapsed().as_micros() as u64, "switched version");
+            }
+            Err(e) => {
+                // Nothing changed in this task; everyone goes back.
+                self.control.failed(generation, format!("task {}: {e}", slot.id));
+                slot.generation = self.control.generation();
+            }
+        }
+    }
+
+    /// A task error: a failed swap rolls back; anything else stops the task.
+    fn task_error(&self, slot: &mut Slot, error: TaskError) {
+        if let TaskError::SwapFailed { .. } = &error
+            && let Some(task) = slot.task.as_mut()
+        {
+            // Nothing of the new version's transaction is committed.
+            task.abort();
+            task.rollback_swap();
+            for i in 0..slot.read.len() {
+                slot.read[i] = slot.committed[i];
+            }
+            self.control.failed(slot.generation, format!("task {}: {error}", slot.id));
+            slot.generation = self.control.generation();
+            self.publish_status(slot);
+            return;
+        }
+        self.fail(slot, error.to_string(), false);
+    }
+
     fn new_slot(&self, id: TaskId) -> Slot {
-        let topology = &self.app.topology;
+        let topology = self.control.current().1.topology.clone();
         let inputs: Vec<(Arc<Topic>, u32)> = topology.subtopologies[id.subtopology]
             .inputs
             .iter()
@@ -433,35 +597,28 @@ impl Worker {
             error: None,
             retry_at: None,
             commits: 0,
+            generation: 0,
         }
     }
 
     /// (Re)creates a task from committed state.
     fn start_task(&self, slot: &mut Slot) {
-        let topology = &self.app.topology;
+        let (generation, app) = self.control.current();
+        let topology = &app.topology;
         slot.state = TaskState::Starting;
         self.publish_status(slot);
         let result = (|| -> Result<Task, String> {
             for (i, (topic, p)) in slot.inputs.iter().enumerate() {
-                let committed = self
-                    .backend
-                    .position(&topology.name, &topic.name, *p)
-                    .map_err(|e| e.to_string())?;
+                let committed = self.backend.position(&topology.name, &topic.name, *p).map_err(|e| e.to_string())?;
                 slot.committed[i] = committed;
                 slot.read[i] = committed;
             }
             let backend = &self.backend;
             let store_ids = &self.store_ids;
             let mut task = Task::new(
-                self.app.clone(),
+                app.clone(),
                 slot.id,
-                |sid| {
-                    Ok(backend.open_store(
-                        store_ids[&sid],
-                        slot.id.partition,
-                        &topology.stores[sid].name,
-                    ))
-                },
+                |sid| Ok(backend.open_store(store_ids[&sid], slot.id.partition, &topology.stores[sid].name)),
                 &self.globals,
             )
             .map_err(|e| e.to_string())?;
@@ -472,6 +629,7 @@ impl Worker {
         match result {
             Ok(task) => {
                 slot.task = Some(task);
+                slot.generation = generation;
                 slot.state = TaskState::Running;
                 slot.error = None;
                 slot.retry_at = None;
@@ -486,16 +644,14 @@ impl Worker {
     }
 
     /// Reads new input and processes it. True if there was any.
-    fn poll(&self, slot: &mut Slot) -> Result<bool, String> {
-        let mut per_input: Vec<std::collections::VecDeque<ConsumedRecord>> =
-            Vec::with_capacity(slot.inputs.len());
+    fn poll(&self, slot: &mut Slot) -> Result<bool, TaskError> {
+        let mut per_input: Vec<std::collections::VecDeque<ConsumedRecord>> = Vec::with_capacity(slot.inputs.len());
         let mut total = 0;
         for (i, (topic, p)) in slot.inputs.iter().enumerate() {
             let room = self.config.max_batch.saturating_sub(total);
-            let records = self
-                .backend
-                .read(topic, *p, slot.read[i], room)
-                .map_err(|e| e.to_string())?;
+            let records = self.backend.read(topic, *p, slot.read[i], room).map_err(|e| {
+                TaskError::State(crate::state::StateError { store: topic.name.to_string(), message: e.to_string() })
+            })?;
             if let Some(last) = records.last() {
                 slot.read[i] = last.offset + 1;
             }
@@ -507,7 +663,7 @@ impl Worker {
         }
         let records = merge_by_timestamp(per_input, total);
         let task = slot.task.as_mut().expect("running task");
-        task.process(records).map_err(|e| e.to_string())?;
+        task.process(records)?;
         slot.positions_dirty = true;
         Ok(true)
     }
@@ -515,7 +671,8 @@ impl Worker {
     /// Commits the task's transaction. With `with_positions` false
     /// (at-least-once between intervals), positions stay in the task.
     fn commit(&self, slot: &mut Slot, with_positions: bool) {
-        let app = &self.app.topology.name;
+        let runtime = self.control.current().1;
+        let app = &runtime.topology.name;
         let Some(task) = slot.task.as_mut() else {
             return;
         };
@@ -523,6 +680,7 @@ impl Worker {
             slot.last_commit = Instant::now();
             return;
         }
+        let on_probation = task.in_probation();
         let mut commit = task.prepare_commit();
         let positions = std::mem::take(&mut commit.positions);
         if with_positions {
@@ -532,6 +690,9 @@ impl Worker {
         match result {
             Ok(()) => {
                 task.commit_succeeded();
+                if on_probation && !task.in_probation() && self.control.owns(slot.generation) {
+                    self.control.passed(slot.generation);
+                }
                 if with_positions {
                     for (i, (topic, p)) in slot.inputs.iter().enumerate() {
                         if let Some(offset) = positions.get(&(topic.name.clone(), *p)) {
@@ -562,7 +723,8 @@ impl Worker {
         for i in 0..slot.read.len() {
             slot.read[i] = slot.committed[i];
         }
-        let app = &self.app.topology.name;
+        let runtime = self.control.current().1;
+        let app = &runtime.topology.name;
         if stall {
             tracing::error!(app, task = %slot.id, "task stalled, retrying in {STALL_RETRY:?}: {error}");
             slot.state = TaskState::Stalled;
@@ -576,17 +738,8 @@ impl Worker {
     }
 
     fn publish_status(&self, slot: &Slot) {
-        let metrics = slot
-            .task
-            .as_ref()
-            .map(|t| t.metrics().clone())
-            .unwrap_or_default();
-        let previous = self
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&slot.id)
-            .cloned();
+        let metrics = slot.task.as_ref().map(|t| t.metrics().clone()).unwrap_or_default();
+        let previous = self.status.lock().unwrap_or_else(|e| e.into_inner()).get(&slot.id).cloned();
         // Counters survive a task being re-created after a stall.
         let keep = |f: fn(&TaskStatus) -> u64, now: u64| now.max(previous.as_ref().map_or(0, f));
         let status = TaskStatus {
@@ -612,19 +765,12 @@ impl Worker {
             emitted: metrics.emitted.clone(),
             dead_letters: keep(|s| s.dead_letters, metrics.dead_letters),
             skipped: keep(|s| s.skipped, metrics.skipped),
-            failures: metrics
-                .failures
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), *v))
-                .collect(),
+            failures: metrics.failures.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
             partition_mismatches: keep(|s| s.partition_mismatches, metrics.partition_mismatches),
             commits: slot.commits,
             restore: None,
         };
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(slot.id, status);
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.id, status);
     }
 }
 
@@ -640,11 +786,7 @@ fn merge_by_timestamp(
     }
     let mut out = Vec::with_capacity(total);
     loop {
-        let next = inputs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, q)| q.front().map(|r| (r.record.timestamp, i)))
-            .min();
+        let next = inputs.iter().enumerate().filter_map(|(i, q)| q.front().map(|r| (r.record.timestamp, i))).min();
         match next {
             Some((_, i)) => out.push(inputs[i].pop_front().expect("non-empty")),
             None => return out,

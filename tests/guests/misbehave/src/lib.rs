@@ -8,10 +8,15 @@
 //! the output `out`. Config `init=fail` makes `init` fail and `init=trap`
 //! makes it panic. Config `stream_every` / `wall_every` (ms) schedule
 //! punctuations, each of which emits `{"punctuation": kind, "at": timestamp}`.
+//! Config `always=<value>` behaves on every record as if its value were that
+//! (`always=panic`: a version that traps on everything).
 
 use weir_sdk::prelude::*;
 
-pub struct Misbehave;
+#[derive(Default)]
+pub struct Misbehave {
+    always: Option<Vec<u8>>,
+}
 
 impl Processor for Misbehave {
     fn init(&mut self, ctx: &mut Context, config: &Config) -> Result<()> {
@@ -20,11 +25,9 @@ impl Processor for Misbehave {
             Some("trap") => panic!("init panicked: configured to trap"),
             _ => {}
         }
+        self.always = config.get("always").map(|v| v.as_bytes().to_vec());
         if let Some(ms) = config.parse::<u64>("stream_every")? {
-            ctx.schedule(
-                Punctuation::StreamTime,
-                std::time::Duration::from_millis(ms),
-            )?;
+            ctx.schedule(Punctuation::StreamTime, std::time::Duration::from_millis(ms))?;
         }
         if let Some(ms) = config.parse::<u64>("wall_every")? {
             ctx.schedule(Punctuation::WallClock, std::time::Duration::from_millis(ms))?;
@@ -37,15 +40,12 @@ impl Processor for Misbehave {
             Punctuation::StreamTime => "stream-time",
             Punctuation::WallClock => "wall-clock",
         };
-        ctx.emit(
-            "out",
-            "tick",
-            format!("{{\"punctuation\":\"{kind}\",\"at\":{timestamp}}}"),
-        )
+        ctx.emit("out", "tick", format!("{{\"punctuation\":\"{kind}\",\"at\":{timestamp}}}"))
     }
 
     fn process(&mut self, ctx: &mut Context, rec: Record) -> Result<()> {
-        match rec.value().unwrap_or_default() {
+        let what = self.always.clone().unwrap_or_else(|| rec.value().unwrap_or_default().to_vec());
+        match what.as_slice() {
             b"loop" => {
                 let mut n: u64 = 0;
                 loop {
@@ -99,4 +99,4 @@ fn emit_undeclared() -> Result<()> {
     bail!("undeclared output (native build)")
 }
 
-export_processor!(Misbehave);
+export_processor!(Misbehave::default());
