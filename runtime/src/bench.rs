@@ -474,3 +474,84 @@ fn raw_loop(
         }
     }
 }
+
+/// `weir bench swap`: hot swap on a loaded application, in-process on the
+/// embedded backend: per round, upload (validate + precompile) time, the
+/// time from the update request to every task running the new version
+/// (upload-to-running = both), and the longest pause of a task.
+pub fn swap(guests: PathBuf, rounds: usize) -> anyhow::Result<()> {
+    use crate::node::Node;
+    let v1 = std::fs::read(guests.join("key_count.wasm"))?;
+    let v2_path = guests.join("key_count_v2.wasm");
+    anyhow::ensure!(
+        v2_path.exists(),
+        "{} not found: build it with `cargo build --profile guest --target wasm32-wasip2 -p key-count --features v2` \
+         and copy target/wasm32-wasip2/guest/key_count.wasm there (the test build does this)",
+        v2_path.display()
+    );
+    let v2 = std::fs::read(&v2_path)?;
+    let dir = tempfile::tempdir()?;
+    let config = crate::config::Config { data_dir: dir.path().join("data"), workers: 2, ..Default::default() };
+    let node = Node::open(config)?;
+    let spec_for = |sha: &str| -> anyhow::Result<crate::topology::Spec> {
+        Ok(crate::topology::parse_spec(&format!(
+            "name: swap\ntopics: {{ events: 4, counts: 4 }}\nsources: {{ events: {{ topic: events, to: [count] }} }}\n\
+             processors:\n  count: {{ component: \"sha256:{sha}\", stores: [counts], outputs: {{ counts: counts }} }}\n\
+             stores: {{ counts: {{}} }}\nsinks: {{ counts: {{ topic: counts }} }}\n"
+        ))?)
+    };
+    let first = node.registry.add(&v1)?;
+    node.deploy(spec_for(first.sha256())?)?;
+    let events = node.backend.topic("events").expect("created by deploy");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (backend, stop) = (node.backend.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let batch: Vec<_> = (0..100)
+                    .map(|_| {
+                        i += 1;
+                        let key = format!("k{}", i % 1000).into_bytes();
+                        let p = crate::partitioner::partition_for(Some(&key), 4, 0);
+                        let r = crate::record::Record {
+                            key: Some(key),
+                            value: Some(b"x".to_vec()),
+                            timestamp: 0,
+                            headers: Vec::new(),
+                        };
+                        (events.clone(), p, r)
+                    })
+                    .collect();
+                let _ = backend.append(batch);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    println!("hot swap of key-count under load (~50k records/s offered), {rounds} rounds, 4 tasks");
+    let mut pauses = Vec::new();
+    for round in 0..rounds {
+        let bytes = if round % 2 == 0 { &v2 } else { &v1 };
+        let started = Instant::now();
+        let loaded = node.registry.add(bytes)?;
+        let uploaded = started.elapsed();
+        let deployment = node.deploy(spec_for(loaded.sha256())?)?;
+        let update = deployment.update.expect("an update");
+        anyhow::ensure!(update.state != "rolled-back", "round {round} rolled back: {:?}", update.error);
+        println!(
+            "round {round}: upload+precompile {:7.1} ms   upload-to-running {:7.1} ms   longest task pause {:6.3} ms   ({})",
+            uploaded.as_secs_f64() * 1000.0,
+            uploaded.as_secs_f64() * 1000.0 + update.switched_ms.map_or(f64::NAN, |t| (t - update.started_ms) as f64),
+            update.max_pause_ms,
+            update.state
+        );
+        pauses.push(update.max_pause_ms);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let _ = load.join();
+    node.shutdown();
+    pauses.sort_by(f64::total_cmp);
+    println!("pause per task: median {:.3} ms, max {:.3} ms", pauses[pauses.len() / 2], pauses[pauses.len() - 1]);
+    Ok(())
+}

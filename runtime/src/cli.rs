@@ -48,6 +48,17 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_SERVER)]
         server: String,
     },
+    /// Upload a component to the registry under a name and version.
+    Push {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Default: the next number (1, 2, ...).
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
     /// Send JSONL records from stdin to a topic (the `weir test` input format;
     /// "topic" may be omitted).
     Produce {
@@ -122,6 +133,15 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Hot swap of key-count v1 ⇄ v2 under load: upload time, upload-to-running
+    /// time, and the longest pause of a task, per round.
+    Swap {
+        /// Directory of the built guest components (needs key_count.wasm and key_count_v2.wasm).
+        #[arg(long, default_value = "target/wasm32-wasip2/guest")]
+        guests: PathBuf,
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+    },
     /// The embedded backend, exactly-once: the raw read→write loop, a
     /// passthrough component, key-count and reservation; records/s and
     /// p50/p99 end-to-end latency; last line `ratio <passthrough/raw>`.
@@ -220,6 +240,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::client::deploy(&spec, server.trim_end_matches('/'))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Push { file, name, version, server } => {
+            let answer = crate::client::push(&file, &name, version.as_deref(), server.trim_end_matches('/'))?;
+            println!("{}", answer["reference"].as_str().unwrap_or_default());
+            eprintln!(
+                "pushed {} ({} bytes, sha256:{})",
+                file.display(),
+                answer["size"],
+                answer["sha256"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Produce { topic, server } => {
             let n = crate::client::produce(&topic, server.trim_end_matches('/'), std::io::stdin().lock())?;
             eprintln!("produced {n} records to {topic}");
@@ -239,6 +270,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { which } => match which {
+            BenchCommand::Swap { guests, rounds } => {
+                crate::bench::swap(guests, rounds.max(1))?;
+                Ok(ExitCode::SUCCESS)
+            }
             BenchCommand::Embedded { guests, records, latency_rate } => {
                 let settings = crate::bench::EmbeddedBench { guests, records, latency_rate, ..Default::default() };
                 crate::bench::embedded(settings)?;

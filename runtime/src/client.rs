@@ -28,11 +28,16 @@ fn agent() -> ureq::Agent {
 /// carrying the server's `detail`.
 pub fn call(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::Result<Value> {
     let agent = agent();
+    // The API's bearer token, when the server requires one.
+    let auth = std::env::var("WEIR_API_TOKEN").ok().filter(|t| !t.is_empty()).map(|t| format!("Bearer {t}"));
+    let auth = auth.as_deref().unwrap_or("");
     let response = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        ("DELETE", _) => agent.delete(url).call(),
-        ("POST", Some((ct, b))) => agent.post(url).header("content-type", ct).send(&b[..]),
-        ("PUT", Some((ct, b))) => agent.put(url).header("content-type", ct).send(&b[..]),
+        ("GET", _) => agent.get(url).header("authorization", auth).call(),
+        ("DELETE", _) => agent.delete(url).header("authorization", auth).call(),
+        ("POST", Some((ct, b))) => {
+            agent.post(url).header("content-type", ct).header("authorization", auth).send(&b[..])
+        }
+        ("PUT", Some((ct, b))) => agent.put(url).header("content-type", ct).header("authorization", auth).send(&b[..]),
         _ => unreachable!("method {method} with body"),
     }
     .with_context(|| format!("cannot reach weir at {url}"))?;
@@ -244,4 +249,15 @@ fn encode_path(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Uploads a component under a name (and version).
+pub fn push(file: &Path, name: &str, version: Option<&str>, server: &str) -> anyhow::Result<Value> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let version = version.map(|v| format!("&version={}", encode_path(v))).unwrap_or_default();
+    call(
+        "POST",
+        &format!("{server}/v1/components?name={}{version}", encode_path(name)),
+        Some(("application/wasm", bytes)),
+    )
 }

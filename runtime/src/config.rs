@@ -16,6 +16,8 @@
 //! retention_check = "30s"           # WEIR_RETENTION_CHECK: how often retention runs
 //! max_instances = 256               # WEIR_MAX_INSTANCES: live wasm instances
 //! max_upload = "50MiB"              # WEIR_MAX_UPLOAD: component upload limit
+//! api_token = ""                    # WEIR_API_TOKEN: bearer token for mutating routes; empty = loopback only
+//! api_token_reads = false           # WEIR_API_TOKEN_READS: require the token for reads too
 //! ```
 
 use std::net::SocketAddr;
@@ -51,6 +53,11 @@ pub struct Config {
     pub max_instances: u32,
     /// Largest component upload accepted.
     pub max_upload: u64,
+    /// Bearer token required on mutating routes. Without one, weir serves
+    /// on loopback only.
+    pub api_token: Option<String>,
+    /// Require the token on reads too.
+    pub api_token_reads: bool,
 }
 
 impl Default for Config {
@@ -68,6 +75,8 @@ impl Default for Config {
             retention_check: Duration::from_secs(30),
             max_instances: 256,
             max_upload: 50 << 20,
+            api_token: None,
+            api_token_reads: false,
         }
     }
 }
@@ -88,6 +97,8 @@ struct FileConfig {
     retention_check: Option<String>,
     max_instances: Option<u32>,
     max_upload: Option<String>,
+    api_token: Option<String>,
+    api_token_reads: Option<bool>,
 }
 
 /// A configuration problem, naming where the bad value came from.
@@ -131,6 +142,14 @@ impl Config {
                 .map(|v| v.parse().map_err(|e| ConfigError(format!("WEIR_MAX_INSTANCES=`{v}`: {e}"))))
                 .transpose()?,
             max_upload: var("WEIR_MAX_UPLOAD"),
+            api_token: var("WEIR_API_TOKEN"),
+            api_token_reads: var("WEIR_API_TOKEN_READS")
+                .map(|v| match v.as_str() {
+                    "1" | "true" | "yes" => Ok(true),
+                    "0" | "false" | "no" => Ok(false),
+                    _ => Err(ConfigError(format!("WEIR_API_TOKEN_READS=`{v}`: use true or false"))),
+                })
+                .transpose()?,
         };
         config.apply(from_env, "environment")?;
         Ok(config)
@@ -178,6 +197,12 @@ impl Config {
         }
         if let Some(v) = f.max_instances {
             self.max_instances = v.max(1);
+        }
+        if let Some(v) = f.api_token {
+            self.api_token = Some(v).filter(|t| !t.is_empty());
+        }
+        if let Some(v) = f.api_token_reads {
+            self.api_token_reads = v;
         }
         if let Some(v) = f.max_upload {
             self.max_upload = parse_size(&v).map_err(|e| bad("max_upload", e))?;

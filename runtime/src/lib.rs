@@ -25,6 +25,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod jsonl;
+pub mod metrics;
 pub mod node;
 pub mod partitioner;
 pub mod record;

@@ -220,6 +220,7 @@ impl Node {
             switched: 0,
             passed: 0,
             max_pause_ms: 0.0,
+            switched_ms: None,
         };
         history.push(record);
         let result = self.run(new, history.clone(), &mut apps);
@@ -233,6 +234,7 @@ impl Node {
         }
         let pause = started.elapsed();
         if let Some(d) = self.apps.lock().unwrap_or_else(|e| e.into_inner()).get(&name) {
+            // A restart pauses every task for as long as the whole switch took.
             d.app.set_last_pause(pause);
         }
         self.save(&spec)?;
@@ -355,7 +357,13 @@ impl Node {
 
     pub fn status(&self, name: &str) -> Option<AppStatus> {
         if let Some(d) = self.apps.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
-            return Some(d.app.status());
+            let mut status = d.app.status();
+            for (processor, reference) in &status.components {
+                let sha = reference.trim_start_matches("sha256:");
+                let named = self.registry.name_of(sha).unwrap_or_else(|| "(unnamed)".to_owned());
+                status.component_versions.insert(processor.clone(), named);
+            }
+            return Some(status);
         }
         self.broken.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|error| AppStatus {
             name: name.to_owned(),
@@ -365,6 +373,7 @@ impl Node {
             lag: 0,
             tasks: Vec::new(),
             components: BTreeMap::new(),
+            component_versions: BTreeMap::new(),
             swaps: Vec::new(),
         })
     }
@@ -380,6 +389,30 @@ impl Node {
     /// The topology of a running application.
     pub fn topology(&self, name: &str) -> Option<Arc<Topology>> {
         self.apps.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|d| d.app.runtime().topology.clone())
+    }
+
+    /// Every application's metrics in Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let names = self.applications();
+        let mut apps = Vec::new();
+        for name in names {
+            let metrics = self.apps.lock().unwrap_or_else(|e| e.into_inner()).get(&name).map(|d| d.app.metrics());
+            if let (Some(status), Some(metrics)) = (self.status(&name), metrics) {
+                apps.push((status, metrics));
+            }
+        }
+        crate::metrics::render(&apps)
+    }
+
+    /// Applications running a component (by sha256).
+    pub fn used_by(&self, sha256: &str) -> Vec<String> {
+        self.apps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, d)| d.app.runtime().components.values().any(|c| c.sha256() == sha256))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Stops every application (final commits), for a clean shutdown.

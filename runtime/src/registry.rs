@@ -3,11 +3,18 @@
 //! the engine's cache (`<data-dir>/cache/`), so a restart loads them in
 //! milliseconds instead of recompiling.
 //!
-//! Specs served by `weir serve` refer to components as `sha256:<hex>`;
-//! `weir deploy` uploads the files a spec names and rewrites the references.
+//! Components may also be named and versioned (`weir push FILE --name N
+//! [--version V]`; versions default to 1, 2, 3, ...): the index lives in
+//! `<data-dir>/components/names/<name>.json`. Specs served by `weir serve`
+//! refer to components as `sha256:<hex>`, `name@version` or `name` (its
+//! latest version); `weir deploy` uploads the files a spec names and rewrites
+//! those references to `sha256:<hex>`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
 
 use crate::wasm::{LoadError, LoadedComponent, WasmEngine};
 
@@ -21,24 +28,46 @@ pub enum RegistryError {
          and rewrites the spec to sha256:<hex> references"
     )]
     Path(String),
-    #[error("component reference `{0}` is not `sha256:<64 hex digits>`")]
+    #[error("component reference `{0}` is not `sha256:<64 hex digits>`, `name@version` or `name`")]
     Malformed(String),
+    #[error("`{0}` is not a valid component name or version (1-100 of a-z A-Z 0-9 . _ -)")]
+    BadName(String),
+    #[error(
+        "component {name}@{version} already exists with other content (sha256:{sha256}); versions are immutable, push a new version"
+    )]
+    VersionExists { name: String, version: String, sha256: String },
     #[error("component {sha256}: {error}")]
     Load { sha256: String, error: LoadError },
     #[error("registry storage: {0}")]
     Io(String),
 }
 
+/// One named version of a component.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionEntry {
+    pub version: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Milliseconds since the Unix epoch.
+    pub uploaded_ms: i64,
+}
+
 pub struct ComponentRegistry {
     dir: PathBuf,
     engine: Arc<WasmEngine>,
+    /// Serialises changes to the name index.
+    names: Mutex<()>,
+}
+
+fn valid(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 impl ComponentRegistry {
     pub fn open(data_dir: &Path, engine: Arc<WasmEngine>) -> Result<Self, RegistryError> {
         let dir = data_dir.join("components");
-        std::fs::create_dir_all(&dir).map_err(|e| RegistryError::Io(format!("{}: {e}", dir.display())))?;
-        Ok(ComponentRegistry { dir, engine })
+        std::fs::create_dir_all(dir.join("names")).map_err(|e| RegistryError::Io(format!("{}: {e}", dir.display())))?;
+        Ok(ComponentRegistry { dir, engine, names: Mutex::new(()) })
     }
 
     pub fn engine(&self) -> &Arc<WasmEngine> {
@@ -58,13 +87,121 @@ impl ComponentRegistry {
         Ok(loaded)
     }
 
+    /// Adds a component and records it as `name@version` (the next number
+    /// when `version` is `None`). Re-pushing the same content under the same
+    /// version is a no-op; other content under an existing version is refused.
+    pub fn add_named(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(Arc<LoadedComponent>, VersionEntry), RegistryError> {
+        if !valid(name) {
+            return Err(RegistryError::BadName(name.to_owned()));
+        }
+        if let Some(v) = version
+            && !valid(v)
+        {
+            return Err(RegistryError::BadName(v.to_owned()));
+        }
+        let loaded = self.add(bytes).map_err(|error| RegistryError::Load { sha256: "(upload)".into(), error })?;
+        let _guard = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let mut versions = self.versions(name);
+        let version = match version {
+            Some(v) => v.to_owned(),
+            None => (versions.iter().filter_map(|e| e.version.parse::<u64>().ok()).max().unwrap_or(0) + 1).to_string(),
+        };
+        if let Some(existing) = versions.iter().find(|e| e.version == version) {
+            if existing.sha256 == loaded.sha256() {
+                return Ok((loaded, existing.clone()));
+            }
+            return Err(RegistryError::VersionExists { name: name.into(), version, sha256: existing.sha256.clone() });
+        }
+        let entry = VersionEntry {
+            version,
+            sha256: loaded.sha256().to_owned(),
+            size: bytes.len() as u64,
+            uploaded_ms: crate::backend::embedded::now_us() / 1000,
+        };
+        versions.push(entry.clone());
+        self.write_versions(name, &versions)?;
+        Ok((loaded, entry))
+    }
+
+    fn index(&self, name: &str) -> PathBuf {
+        self.dir.join("names").join(format!("{name}.json"))
+    }
+
+    fn write_versions(&self, name: &str, versions: &[VersionEntry]) -> Result<(), RegistryError> {
+        let path = self.index(name);
+        let tmp = path.with_extension("tmp");
+        let text = serde_json::to_vec_pretty(versions).expect("json");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| RegistryError::Io(format!("{}: {e}", path.display())))
+    }
+
+    /// The versions of a named component, oldest first.
+    pub fn versions(&self, name: &str) -> Vec<VersionEntry> {
+        std::fs::read(self.index(name)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    /// Every named component with its versions.
+    pub fn names(&self) -> BTreeMap<String, Vec<VersionEntry>> {
+        let mut out = BTreeMap::new();
+        for entry in std::fs::read_dir(self.dir.join("names")).into_iter().flatten().flatten() {
+            if let Some(name) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".json")) {
+                out.insert(name.to_owned(), self.versions(name));
+            }
+        }
+        out
+    }
+
+    /// `name@version` of a content hash, if it was pushed under a name.
+    pub fn name_of(&self, sha256: &str) -> Option<String> {
+        self.names().into_iter().find_map(|(name, versions)| {
+            versions.iter().rev().find(|v| v.sha256 == sha256).map(|v| format!("{name}@{}", v.version))
+        })
+    }
+
+    /// Forgets `name@version` (and its file, if no other name points at it).
+    pub fn remove(&self, name: &str, version: &str) -> Result<bool, RegistryError> {
+        let _guard = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let mut versions = self.versions(name);
+        let Some(i) = versions.iter().position(|v| v.version == version) else { return Ok(false) };
+        let removed = versions.remove(i);
+        if versions.is_empty() {
+            let _ = std::fs::remove_file(self.index(name));
+        } else {
+            self.write_versions(name, &versions)?;
+        }
+        let still_named = self.names().values().flatten().any(|v| v.sha256 == removed.sha256);
+        if !still_named {
+            let _ = std::fs::remove_file(self.dir.join(format!("{}.wasm", removed.sha256)));
+        }
+        Ok(true)
+    }
+
     /// Resolves a spec's component reference.
     pub fn resolve(&self, reference: &str) -> Result<Arc<LoadedComponent>, RegistryError> {
         let Some(hex) = reference.strip_prefix("sha256:") else {
             if crate::testdriver::component_path(reference, Path::new(".")).is_some() {
                 return Err(RegistryError::Path(reference.to_owned()));
             }
-            return Err(RegistryError::Malformed(reference.to_owned()));
+            let (name, version) = match reference.split_once('@') {
+                Some((n, v)) => (n, Some(v)),
+                None => (reference, None),
+            };
+            if !valid(name) || version.is_some_and(|v| !valid(v)) {
+                return Err(RegistryError::Malformed(reference.to_owned()));
+            }
+            let versions = self.versions(name);
+            let entry = match version {
+                Some(v) => versions.iter().find(|e| e.version == v),
+                None => versions.last(),
+            };
+            let entry = entry.ok_or_else(|| RegistryError::Unknown(reference.to_owned()))?;
+            return self.resolve(&format!("sha256:{}", entry.sha256));
         };
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(RegistryError::Malformed(reference.to_owned()));

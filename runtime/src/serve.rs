@@ -24,8 +24,19 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     };
     let _ = retention;
 
+    let mut bind = config.http;
+    if config.api_token.is_none() && !bind.ip().is_loopback() {
+        tracing::warn!(
+            requested = %bind,
+            "no api_token configured: serving on loopback only; set WEIR_API_TOKEN (or api_token) to serve on {}",
+            bind.ip()
+        );
+        bind.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    } else if config.api_token.is_none() {
+        tracing::warn!("no api_token configured: anyone on this machine may change applications");
+    }
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.http).await?;
+        let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         // The first line on stdout: scripts and tests read the bound address here.
         println!("listening http://{addr}");

@@ -78,6 +78,8 @@ pub struct SwapRecord {
     pub passed: usize,
     /// Longest time a task paused to switch (commit + instantiate + init).
     pub max_pause_ms: f64,
+    /// When the last task switched (ms since the epoch).
+    pub switched_ms: Option<i64>,
 }
 
 /// The whole application.
@@ -90,8 +92,10 @@ pub struct AppStatus {
     pub state: String,
     pub lag: i64,
     pub tasks: Vec<TaskStatus>,
-    /// Processor → component sha256.
+    /// Processor → component (`sha256:<hex>`).
     pub components: BTreeMap<String, String>,
+    /// Processor → `name@version` of its component, when it was pushed by name.
+    pub component_versions: BTreeMap<String, String>,
     /// Updates, oldest first.
     pub swaps: Vec<SwapRecord>,
 }

@@ -1,6 +1,7 @@
 //! weir's end-to-end tests: real components (built from this workspace by
 //! `weir-tests`' build script), the real `weir` binary.
 
+mod api;
 mod bad_state;
 mod common;
 mod crash;

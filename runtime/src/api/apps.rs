@@ -20,7 +20,9 @@ pub fn routes() -> Router<Arc<Node>> {
     Router::new().route("/v1/apps", get(list)).route("/v1/apps/{name}", get(status).put(deploy).delete(remove))
 }
 
-async fn list(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse> {
+/// Deployed applications with their state and lag.
+#[utoipa::path(get, path = "/v1/apps", tag = "applications", responses((status = 200, description = "applications")))]
+pub async fn list(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse> {
     blocking(move || {
         let apps: Vec<_> = node
             .applications()
@@ -33,7 +35,11 @@ async fn list(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse> {
     .await
 }
 
-async fn status(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
+/// An application's status: tasks, partitions, positions and lag, component
+/// versions per processor, counters, last errors, update history.
+#[utoipa::path(get, path = "/v1/apps/{name}", tag = "applications", params(("name" = String, Path, description = "application")),
+    responses((status = 200, description = "status"), (status = 404, description = "unknown application")))]
+pub async fn status(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
     blocking(move || {
         node.status(&name)
             .map(Json)
@@ -42,7 +48,15 @@ async fn status(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiR
     .await
 }
 
-async fn deploy(
+/// Deploy a spec (YAML or JSON), or update a running application: a hot
+/// swap when only components, configs or limits change (rolled back if the
+/// new version fails `init` or traps before its first commit), a restart on
+/// the new graph otherwise. Everything is validated before anything changes.
+#[utoipa::path(put, path = "/v1/apps/{name}", tag = "applications", params(("name" = String, Path, description = "application")),
+    request_body(content = String, content_type = "application/yaml", description = "the spec"),
+    responses((status = 201, description = "created"), (status = 200, description = "updated"), (status = 400, description = "invalid spec: every problem with its field path"),
+        (status = 409, description = "an update of this application is in progress"), (status = 422, description = "cannot deploy, or the update was rolled back")))]
+pub async fn deploy(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -82,7 +96,10 @@ fn spec_error(e: crate::topology::SpecError) -> ApiError {
     err
 }
 
-async fn remove(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
+/// Stop an application (final commit) and forget it, with its state.
+#[utoipa::path(delete, path = "/v1/apps/{name}", tag = "applications", params(("name" = String, Path, description = "application")),
+    responses((status = 204, description = "deleted"), (status = 404, description = "unknown application")))]
+pub async fn remove(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
     blocking(move || match node.undeploy(&name) {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(ApiError::not_found("unknown-app", format!("no application `{name}` is deployed"))),

@@ -3,20 +3,22 @@
 //! per resource; handlers are thin: the work happens in [`crate::node::Node`],
 //! on blocking threads (RocksDB and wasm are synchronous).
 
-mod apps;
-mod components;
-mod stores;
-mod topics;
+pub mod apps;
+pub mod components;
+pub mod stores;
+pub mod topics;
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
+use utoipa::OpenApi;
 
 use crate::node::Node;
 
@@ -63,17 +65,104 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("worker thread: {e}")))?
 }
 
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "weir", description = "Stream processing on Kafka with WebAssembly processors: components, applications, topics, state."),
+    paths(
+        apps::list, apps::status, apps::deploy, apps::remove,
+        components::upload, components::list, components::describe_name, components::describe_version, components::remove,
+        topics::list, topics::create, topics::produce, topics::read,
+        stores::get_key, stores::scan,
+        metrics, healthz, readyz,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Prometheus metrics of every application.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse> {
+    blocking(move || Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics()))).await
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the data dir is open and saved applications were resumed.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready")))]
+pub async fn readyz() -> &'static str {
+    "ready"
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+/// Bearer-token check: mutating routes always (when a token is configured),
+/// reads when `api_token_reads` is set. Health and readiness stay open.
+async fn authorize(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let Some(token) = node.config.api_token.as_deref() else { return next.run(request).await };
+    let path = request.uri().path();
+    let mutating = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let open = path == "/healthz" || path == "/readyz";
+    if open || (!mutating && !node.config.api_token_reads) {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route needs a bearer token: send `Authorization: Bearer <token>` (the CLI reads WEIR_API_TOKEN)",
+        )
+        .into_response(),
+        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => next.run(request).await,
+        Some(_) => {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the bearer token is not the one this weir accepts")
+                .into_response()
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The router of the whole API.
 pub fn router(node: Arc<Node>) -> Router {
     let upload_limit = usize::try_from(node.config.max_upload).unwrap_or(usize::MAX);
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
         .merge(apps::routes())
         .merge(topics::routes())
         .merge(stores::routes())
         .merge(components::routes())
         .fallback(|| async { ApiError::not_found("not-found", "no such route (the API lives under /v1)") })
+        .layer(axum::middleware::from_fn_with_state(node.clone(), authorize))
         .layer(DefaultBodyLimit::max(upload_limit))
         .with_state(node)
 }

@@ -44,7 +44,11 @@ fn locate(node: &Node, app: &str, store: &str) -> ApiResult<(Arc<Topology>, u32,
     Ok((topology, id, partitions))
 }
 
-async fn get_key(
+/// One key of a store (text key), from its partition (murmur2 of the key).
+#[utoipa::path(get, path = "/v1/apps/{app}/stores/{store}/keys/{key}", tag = "state",
+    params(("app" = String, Path, description = "application"), ("store" = String, Path, description = "store"), ("key" = String, Path, description = "key")),
+    responses((status = 200, description = "the value"), (status = 404, description = "unknown application, store or key")))]
+pub async fn get_key(
     State(node): State<Arc<Node>>,
     Path((app, store, key)): Path<(String, String, String)>,
 ) -> ApiResult<impl IntoResponse> {
@@ -67,14 +71,18 @@ async fn get_key(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ScanQuery {
+pub struct ScanQuery {
     prefix: Option<String>,
     limit: Option<usize>,
 }
 
-async fn scan(
+/// Entries of a store across its partitions, optionally under a prefix.
+#[utoipa::path(get, path = "/v1/apps/{app}/stores/{store}", tag = "state",
+    params(("app" = String, Path, description = "application"), ("store" = String, Path, description = "store"), ScanQuery),
+    responses((status = 200, description = "entries"), (status = 404, description = "unknown application or store")))]
+pub async fn scan(
     State(node): State<Arc<Node>>,
     Path((app, store)): Path<(String, String)>,
     Query(q): Query<ScanQuery>,

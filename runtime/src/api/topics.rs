@@ -35,7 +35,9 @@ fn unknown_topic(topic: &str) -> ApiError {
     )
 }
 
-async fn list(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse> {
+/// Topics of the embedded backend with partition counts and end offsets.
+#[utoipa::path(get, path = "/v1/topics", tag = "topics", responses((status = 200, description = "topics")))]
+pub async fn list(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse> {
     blocking(move || {
         let topics: Vec<_> = node
             .backend
@@ -58,7 +60,13 @@ struct NewTopic {
     partitions: u32,
 }
 
-async fn create(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> ApiResult<impl IntoResponse> {
+/// Create a topic: `{"name", "partitions"}`.
+#[utoipa::path(post, path = "/v1/topics", tag = "topics", request_body(content = String, content_type = "application/json"),
+    responses((status = 201, description = "created"), (status = 400, description = "bad request"), (status = 409, description = "exists with another partition count")))]
+pub async fn create(
+    State(node): State<Arc<Node>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
     let body = body.map_err(body_error)?;
     let t: NewTopic = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad-request", format!("expected {{\"name\", \"partitions\"}}: {e}")))?;
@@ -82,7 +90,13 @@ async fn create(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejectio
 }
 
 /// Body: JSONL in `weir test`'s input format; `topic` may be omitted.
-async fn produce(
+/// Produce records: JSONL in `weir test`'s input format (`topic` may be
+/// omitted). All lines or none: one atomic append.
+#[utoipa::path(post, path = "/v1/topics/{topic}/records", tag = "topics", params(("topic" = String, Path, description = "topic")),
+    request_body(content = String, content_type = "application/x-ndjson"),
+    responses((status = 200, description = "partition and offset of each record"), (status = 400, description = "a bad line, named"),
+        (status = 404, description = "unknown topic"), (status = 503, description = "storage failure (e.g. disk full)")))]
+pub async fn produce(
     State(node): State<Arc<Node>>,
     Path(topic): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -150,9 +164,9 @@ fn inject_topic(line: &str, topic: &str) -> String {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ReadQuery {
+pub struct ReadQuery {
     /// Offset to start from, in every partition read (default 0).
     from: Option<i64>,
     /// Most records returned (default 1000).
@@ -161,7 +175,10 @@ struct ReadQuery {
     partition: Option<u32>,
 }
 
-async fn read(
+/// Read records from an offset (in each partition read), at most `limit`.
+#[utoipa::path(get, path = "/v1/topics/{topic}/records", tag = "topics", params(("topic" = String, Path, description = "topic"), ReadQuery),
+    responses((status = 200, description = "records with offsets"), (status = 404, description = "unknown topic")))]
+pub async fn read(
     State(node): State<Arc<Node>>,
     Path(topic): Path<String>,
     Query(q): Query<ReadQuery>,

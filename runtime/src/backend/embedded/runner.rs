@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use rocksdb::WriteBatch;
 
 use super::{BackendError, EmbeddedBackend, Topic};
+use crate::metrics::AppMetrics;
 use crate::record::ConsumedRecord;
 use crate::state::SharedStore;
 use crate::status::{AppStatus, InputStatus, SwapRecord, TaskState, TaskStatus};
@@ -64,6 +65,7 @@ pub struct Control {
     tasks: usize,
     /// Called with the version an update rolled back to (to persist it).
     on_rollback: Mutex<Option<RollbackHook>>,
+    metrics: Arc<AppMetrics>,
 }
 
 /// See [`EmbeddedApp::on_rollback`].
@@ -108,6 +110,7 @@ impl Control {
             switched: 0,
             passed: 0,
             max_pause_ms: 0.0,
+            switched_ms: None,
         });
         *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(runtime.clone());
         *runtime = new;
@@ -128,6 +131,7 @@ impl Control {
             r.max_pause_ms = r.max_pause_ms.max(pause.as_secs_f64() * 1000.0);
             if r.switched >= tasks && r.state == "switching" {
                 r.state = "switched".into();
+                r.switched_ms = Some(super::now_us() / 1000);
             }
         });
     }
@@ -246,6 +250,7 @@ impl EmbeddedApp {
             swaps: Mutex::new(history),
             tasks: total_tasks,
             on_rollback: Mutex::new(None),
+            metrics: Arc::new(AppMetrics::default()),
         });
         let mut assignments: Vec<Vec<TaskId>> = vec![Vec::new(); config.workers.max(1)];
         let mut n = 0;
@@ -315,6 +320,11 @@ impl EmbeddedApp {
         }
     }
 
+    /// Latency histograms.
+    pub fn metrics(&self) -> Arc<AppMetrics> {
+        self.control.metrics.clone()
+    }
+
     /// Every update so far.
     pub fn history(&self) -> Vec<SwapRecord> {
         self.control.swaps.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -347,6 +357,7 @@ impl EmbeddedApp {
             lag: 0,
             tasks,
             components: components_of(&app),
+            component_versions: BTreeMap::new(),
             swaps: self.history(),
         };
         status.summarize();
@@ -663,7 +674,9 @@ impl Worker {
         }
         let records = merge_by_timestamp(per_input, total);
         let task = slot.task.as_mut().expect("running task");
+        let started = Instant::now();
         task.process(records)?;
+        self.control.metrics.process.observe(started.elapsed());
         slot.positions_dirty = true;
         Ok(true)
     }
@@ -686,7 +699,9 @@ impl Worker {
         if with_positions {
             commit.positions = positions.clone();
         }
+        let started = Instant::now();
         let result = self.backend.commit(app, commit, &self.store_ids);
+        self.control.metrics.commit.observe(started.elapsed());
         match result {
             Ok(()) => {
                 task.commit_succeeded();
