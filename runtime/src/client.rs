@@ -24,6 +24,20 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
+/// Sends a body. Large bodies ask the server first (`Expect: 100-continue`),
+/// so a body the server refuses by size is never sent and its 413 reaches the
+/// user instead of a broken pipe.
+fn upload(
+    request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+    content_type: &str,
+    auth: &str,
+    body: &[u8],
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    let request = request.header("content-type", content_type).header("authorization", auth);
+    let request = if body.len() > 64 * 1024 { request.header("expect", "100-continue") } else { request };
+    request.send(body)
+}
+
 /// Sends a request; returns the JSON body of a 2xx answer, or an error
 /// carrying the server's `detail`.
 pub fn call(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::Result<Value> {
@@ -34,10 +48,8 @@ pub fn call(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::R
     let response = match (method, body) {
         ("GET", _) => agent.get(url).header("authorization", auth).call(),
         ("DELETE", _) => agent.delete(url).header("authorization", auth).call(),
-        ("POST", Some((ct, b))) => {
-            agent.post(url).header("content-type", ct).header("authorization", auth).send(&b[..])
-        }
-        ("PUT", Some((ct, b))) => agent.put(url).header("content-type", ct).header("authorization", auth).send(&b[..]),
+        ("POST", Some((ct, b))) => upload(agent.post(url), ct, auth, &b),
+        ("PUT", Some((ct, b))) => upload(agent.put(url), ct, auth, &b),
         _ => unreachable!("method {method} with body"),
     }
     .with_context(|| format!("cannot reach weir at {url}"))?;

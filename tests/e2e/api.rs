@@ -23,8 +23,13 @@ fn request(method: &str, url: &str, body: Option<(&str, Vec<u8>)>, token: Option
     let response = match (method, body) {
         ("GET", _) => with(agent.get(url)).call(),
         ("DELETE", _) => with(agent.delete(url)).call(),
-        ("POST", Some((ct, b))) => with_body(agent.post(url)).header("content-type", ct).send(&b[..]),
-        ("PUT", Some((ct, b))) => with_body(agent.put(url)).header("content-type", ct).send(&b[..]),
+        // Like weir's own client: ask before sending a body the server may refuse by size.
+        ("POST", Some((ct, b))) => {
+            with_body(agent.post(url)).header("content-type", ct).header("expect", "100-continue").send(&b[..])
+        }
+        ("PUT", Some((ct, b))) => {
+            with_body(agent.put(url)).header("content-type", ct).header("expect", "100-continue").send(&b[..])
+        }
         _ => unreachable!(),
     }
     .expect("server answers");

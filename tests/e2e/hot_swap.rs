@@ -222,8 +222,12 @@ fn an_incompatible_graph_change_is_refused_before_anything_changes() {
     );
     let server = Server::start(&dir.path().join("data"), Options::default());
     server.deploy(&v1);
+    let before = server.wait_idle("key-count", Duration::from_secs(30));
     let err = weir::client::deploy(&resharded, &server.url).expect_err("refused");
     let message = format!("{err:#}");
     assert!(message.contains("422") && message.contains("topic `events` exists with 4 partition(s)"), "{message}");
-    assert_eq!(server.get("/v1/apps/key-count").unwrap()["state"], "running");
+    let after = server.get("/v1/apps/key-count").unwrap();
+    assert_eq!(after["state"], "running", "{after:#}");
+    assert_eq!(after["components"], before["components"], "the running components are untouched: {after:#}");
+    assert_eq!(after["swaps"], before["swaps"], "no swap was started: {after:#}");
 }

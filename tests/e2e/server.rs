@@ -57,8 +57,23 @@ impl Server {
         }
     }
 
+    /// The weir binary to run. Another uid may not reach the build's target
+    /// dir (CI keeps it under root's home), so for one the binary is copied
+    /// beside the data dir, whose parent the test makes world-readable.
+    fn binary(&self) -> PathBuf {
+        let built = PathBuf::from(env!("CARGO_BIN_EXE_weir"));
+        if self.options.uid.is_none() {
+            return built;
+        }
+        let parent = self.data_dir.parent().expect("data dir has a parent");
+        let copy = parent.join("weir-for-other-uid");
+        std::fs::copy(&built, &copy).expect("copy the weir binary");
+        std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        copy
+    }
+
     fn spawn(&mut self) -> Result<(), String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        let mut cmd = Command::new(self.binary());
         cmd.arg("serve").arg("--data-dir").arg(&self.data_dir).args(["--http", "127.0.0.1:0"]);
         if let Some(ci) = &self.options.commit_interval {
             cmd.args(["--commit-interval", ci]);

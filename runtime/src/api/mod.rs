@@ -163,8 +163,28 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(components::routes())
         .fallback(|| async { ApiError::not_found("not-found", "no such route (the API lives under /v1)") })
         .layer(axum::middleware::from_fn_with_state(node.clone(), authorize))
+        .layer(axum::middleware::from_fn_with_state(upload_limit, refuse_declared_oversize))
         .layer(DefaultBodyLimit::max(upload_limit))
         .with_state(node)
+}
+
+/// Answers 413 from the `Content-Length` header alone, before any of the body
+/// is read. Without this the body limit trips only after `limit` bytes have
+/// been read, the connection closes under a client still writing, and the
+/// client sees a broken pipe instead of the reason. A client that sends
+/// `Expect: 100-continue` (weir's own does for uploads) never sends the body.
+async fn refuse_declared_oversize(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("request body too large: {length} bytes declared, the limit is {limit} (WEIR_MAX_UPLOAD)"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// Converts axum's body-limit rejection into our error shape.

@@ -8,5 +8,6 @@
 //! - [`embedded`]: RocksDB in a local data directory; durable, exactly-once;
 //!   what `weir serve` runs on without brokers.
 
+pub mod control;
 pub mod embedded;
 pub mod memory;

@@ -18,14 +18,15 @@
 //! every few seconds from its last committed state.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rocksdb::WriteBatch;
 
 use super::{BackendError, EmbeddedBackend, Topic};
+use crate::backend::control::{Control, RollbackHook, components_of};
 use crate::metrics::AppMetrics;
 use crate::record::ConsumedRecord;
 use crate::state::SharedStore;
@@ -51,125 +52,6 @@ pub enum StartError {
     Backend(#[from] BackendError),
     #[error("{0}")]
     Topics(String),
-}
-
-/// What an application's workers share besides data: the version to run and
-/// the history of updates. An update bumps `generation`; each task switches
-/// at its next commit boundary.
-pub struct Control {
-    runtime: RwLock<Arc<AppRuntime>>,
-    generation: AtomicU64,
-    /// The version before the current update, to roll back to.
-    previous: Mutex<Option<Arc<AppRuntime>>>,
-    swaps: Mutex<Vec<SwapRecord>>,
-    tasks: usize,
-    /// Called with the version an update rolled back to (to persist it).
-    on_rollback: Mutex<Option<RollbackHook>>,
-    metrics: Arc<AppMetrics>,
-}
-
-/// See [`EmbeddedApp::on_rollback`].
-pub type RollbackHook = Box<dyn Fn(&AppRuntime) + Send>;
-
-fn components_of(app: &AppRuntime) -> BTreeMap<String, String> {
-    app.components
-        .iter()
-        .map(|(node, c)| (app.topology.nodes[*node].name.clone(), format!("sha256:{}", c.sha256())))
-        .collect()
-}
-
-impl Control {
-    fn current(&self) -> (u64, Arc<AppRuntime>) {
-        let runtime = self.runtime.read().unwrap_or_else(|e| e.into_inner());
-        (self.generation.load(Ordering::Acquire), runtime.clone())
-    }
-
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Starts a component swap to `new`; refused while another is switching.
-    fn begin(&self, new: Arc<AppRuntime>) -> Result<u64, String> {
-        let mut swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(last) = swaps.last()
-            && last.state == "switching"
-        {
-            return Err(format!("update {} is still switching tasks; try again when it is done", last.id));
-        }
-        let mut runtime = self.runtime.write().unwrap_or_else(|e| e.into_inner());
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        swaps.push(SwapRecord {
-            id: generation,
-            started_ms: super::now_us() / 1000,
-            kind: "component-swap".into(),
-            from: components_of(&runtime),
-            to: components_of(&new),
-            state: "switching".into(),
-            error: None,
-            tasks: self.tasks,
-            switched: 0,
-            passed: 0,
-            max_pause_ms: 0.0,
-            switched_ms: None,
-        });
-        *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(runtime.clone());
-        *runtime = new;
-        Ok(generation)
-    }
-
-    fn with_record(&self, generation: u64, f: impl FnOnce(&mut SwapRecord)) {
-        let mut swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = swaps.iter_mut().rev().find(|r| r.id == generation) {
-            f(r);
-        }
-    }
-
-    fn switched(&self, generation: u64, pause: Duration) {
-        let tasks = self.tasks;
-        self.with_record(generation, |r| {
-            r.switched += 1;
-            r.max_pause_ms = r.max_pause_ms.max(pause.as_secs_f64() * 1000.0);
-            if r.switched >= tasks && r.state == "switching" {
-                r.state = "switched".into();
-                r.switched_ms = Some(super::now_us() / 1000);
-            }
-        });
-    }
-
-    fn passed(&self, generation: u64) {
-        let tasks = self.tasks;
-        self.with_record(generation, |r| {
-            r.passed += 1;
-            if r.passed >= tasks && r.state == "switched" {
-                r.state = "applied".into();
-            }
-        });
-    }
-
-    /// The new version failed: every task goes back to the previous one.
-    fn failed(&self, generation: u64, error: String) {
-        let mut swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(record) = swaps.iter_mut().rev().find(|r| r.id == generation) else { return };
-        if record.state == "rolled-back" {
-            return;
-        }
-        tracing::error!(update = generation, "update rolled back: {error}");
-        record.state = "rolled-back".into();
-        record.error = Some(error);
-        if let Some(previous) = self.previous.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            if let Some(hook) = self.on_rollback.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                hook(&previous);
-            }
-            let mut runtime = self.runtime.write().unwrap_or_else(|e| e.into_inner());
-            *runtime = previous;
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    /// The update a generation belongs to (a rollback generation belongs to none).
-    fn owns(&self, generation: u64) -> bool {
-        self.swaps.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|r| r.id == generation)
-    }
 }
 
 /// A running application on the embedded backend.
@@ -243,15 +125,8 @@ impl EmbeddedApp {
         let stop = Arc::new(AtomicBool::new(false));
         let total_tasks = topology.subtopologies.iter().map(|s| s.partitions as usize).sum();
         let first_generation = history.last().map_or(0, |r| r.id);
-        let control = Arc::new(Control {
-            runtime: RwLock::new(app.clone()),
-            generation: AtomicU64::new(first_generation),
-            previous: Mutex::new(None),
-            swaps: Mutex::new(history),
-            tasks: total_tasks,
-            on_rollback: Mutex::new(None),
-            metrics: Arc::new(AppMetrics::default()),
-        });
+        let _ = first_generation;
+        let control = Arc::new(Control::new(app.clone(), history, total_tasks));
         let mut assignments: Vec<Vec<TaskId>> = vec![Vec::new(); config.workers.max(1)];
         let mut n = 0;
         for sub in &topology.subtopologies {
