@@ -65,6 +65,9 @@ pub enum Command {
         topic: String,
         #[arg(long, default_value = DEFAULT_SERVER)]
         server: String,
+        /// Produce straight to Kafka (bootstrap servers) instead of through a weir server.
+        #[arg(long, env = "WEIR_BROKERS", hide_env_values = true)]
+        brokers: Option<String>,
     },
     /// Print a topic's records as JSONL (the `weir test` output format).
     Consume {
@@ -83,6 +86,13 @@ pub enum Command {
         /// Add each record's offset.
         #[arg(long)]
         offsets: bool,
+        /// Read straight from Kafka (bootstrap servers) instead of through a weir server.
+        #[arg(long, env = "WEIR_BROKERS", hide_env_values = true)]
+        brokers: Option<String>,
+        /// With --brokers: also records of open and aborted transactions
+        /// (read_uncommitted); by default only committed records.
+        #[arg(long)]
+        uncommitted: bool,
     },
     /// Read an application's state: one key, or the entries of a store.
     Query {
@@ -251,14 +261,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Produce { topic, server } => {
-            let n = crate::client::produce(&topic, server.trim_end_matches('/'), std::io::stdin().lock())?;
+        Command::Produce { topic, server, brokers } => {
+            let input = std::io::stdin().lock();
+            let n = match brokers.filter(|b| !b.is_empty()) {
+                Some(brokers) => crate::backend::kafka::produce_jsonl(&brokers, &topic, input)? as u64,
+                None => crate::client::produce(&topic, server.trim_end_matches('/'), input)?,
+            };
             eprintln!("produced {n} records to {topic}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Consume { topic, server, from, limit, partition, offsets } => {
+        Command::Consume { topic, server, from, limit, partition, offsets, brokers, uncommitted } => {
             let mut out = std::io::stdout().lock();
-            crate::client::consume(&topic, server.trim_end_matches('/'), from, limit, partition, offsets, &mut out)?;
+            match brokers.filter(|b| !b.is_empty()) {
+                Some(brokers) => {
+                    let read = crate::backend::kafka::ReadOptions { from, limit, partition, uncommitted, offsets };
+                    crate::backend::kafka::consume(&brokers, &topic, &read, &mut out)?;
+                }
+                None => {
+                    let server = server.trim_end_matches('/');
+                    crate::client::consume(&topic, server, from, limit, partition, offsets, &mut out)?;
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Query { app, store, key, prefix, limit, server } => {

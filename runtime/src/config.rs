@@ -7,6 +7,7 @@
 //! data_dir = "./weir-data"          # WEIR_DATA_DIR
 //! http = "127.0.0.1:8080"           # WEIR_HTTP
 //! brokers = ""                      # WEIR_BROKERS: empty = the embedded backend
+//! session_timeout = "10s"           # WEIR_SESSION_TIMEOUT: Kafka consumer group session
 //! commit_interval = "100ms"         # WEIR_COMMIT_INTERVAL
 //! max_batch = 1000                  # WEIR_MAX_BATCH: records read per task per poll
 //! workers = 2                       # WEIR_WORKERS: processing threads per application
@@ -35,6 +36,9 @@ pub struct Config {
     pub http: SocketAddr,
     /// Kafka bootstrap servers; empty runs the embedded backend.
     pub brokers: String,
+    /// Kafka consumer group session timeout: how soon a dead instance's
+    /// partitions move to the others.
+    pub session_timeout: Duration,
     /// How often each task commits its transaction.
     pub commit_interval: Duration,
     /// Most records a task reads per poll.
@@ -66,6 +70,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./weir-data"),
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             brokers: String::new(),
+            session_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_millis(100),
             max_batch: 1000,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()).min(8),
@@ -88,6 +93,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     http: Option<String>,
     brokers: Option<String>,
+    session_timeout: Option<String>,
     commit_interval: Option<String>,
     max_batch: Option<usize>,
     workers: Option<usize>,
@@ -121,6 +127,7 @@ impl Config {
             data_dir: var("WEIR_DATA_DIR").map(PathBuf::from),
             http: var("WEIR_HTTP"),
             brokers: env("WEIR_BROKERS"),
+            session_timeout: var("WEIR_SESSION_TIMEOUT"),
             commit_interval: var("WEIR_COMMIT_INTERVAL"),
             max_batch: var("WEIR_MAX_BATCH")
                 .map(|v| v.parse().map_err(|e| ConfigError(format!("WEIR_MAX_BATCH=`{v}`: {e}"))))
@@ -166,6 +173,9 @@ impl Config {
         }
         if let Some(v) = f.brokers {
             self.brokers = v;
+        }
+        if let Some(v) = f.session_timeout {
+            self.session_timeout = parse_duration(&v).map_err(|e| bad("session_timeout", e))?;
         }
         if let Some(v) = f.commit_interval {
             self.commit_interval = parse_duration(&v).map_err(|e| bad("commit_interval", e))?;

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::backend::embedded::runner::{EmbeddedApp, RunnerConfig, StartError};
 use crate::backend::embedded::{BackendError, EmbeddedBackend};
+use crate::backend::kafka::KafkaSettings;
+use crate::backend::kafka::runner::{KafkaApp, KafkaStartError};
 use crate::config::Config;
 use crate::registry::{ComponentRegistry, RegistryError};
 use crate::state::rocks::DataDirError;
@@ -51,7 +53,53 @@ pub enum OpenError {
 }
 
 struct Deployed {
-    app: EmbeddedApp,
+    app: RunningApp,
+}
+
+/// An application running on one of the backends.
+enum RunningApp {
+    Embedded(EmbeddedApp),
+    Kafka(KafkaApp),
+}
+
+/// Calls the same method on whichever backend runs the application.
+macro_rules! on_backend {
+    ($self:expr, $app:ident => $call:expr) => {
+        match $self {
+            RunningApp::Embedded($app) => $call,
+            RunningApp::Kafka($app) => $call,
+        }
+    };
+}
+
+impl RunningApp {
+    fn runtime(&self) -> Arc<AppRuntime> {
+        on_backend!(self, a => a.runtime())
+    }
+    fn update(&self, new: Arc<AppRuntime>) -> Result<u64, String> {
+        on_backend!(self, a => a.update(new))
+    }
+    fn swap(&self, id: u64) -> Option<SwapRecord> {
+        on_backend!(self, a => a.swap(id))
+    }
+    fn on_rollback(&self, hook: crate::backend::control::RollbackHook) {
+        on_backend!(self, a => a.on_rollback(hook))
+    }
+    fn set_last_pause(&self, pause: Duration) {
+        on_backend!(self, a => a.set_last_pause(pause))
+    }
+    fn metrics(&self) -> Arc<crate::metrics::AppMetrics> {
+        on_backend!(self, a => a.metrics())
+    }
+    fn history(&self) -> Vec<SwapRecord> {
+        on_backend!(self, a => a.history())
+    }
+    fn status(&self) -> AppStatus {
+        on_backend!(self, a => a.status())
+    }
+    fn stop(self) {
+        on_backend!(self, a => a.stop())
+    }
 }
 
 /// What a deploy did.
@@ -82,6 +130,21 @@ fn shape(spec: &Spec) -> Spec {
     s
 }
 
+/// The data dir's instance id, created on first use.
+fn instance_id(backend: &EmbeddedBackend) -> Result<String, crate::state::StateError> {
+    let db = backend.db();
+    if let Some(id) = db.get_meta("instance-id")? {
+        return Ok(String::from_utf8_lossy(&id).into_owned());
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let seed = format!("{nanos}-{}-{}", std::process::id(), db.path().display());
+    let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(seed.as_bytes()))[..12].to_owned();
+    let mut batch = rocksdb::WriteBatch::default();
+    db.put_meta(&mut batch, "instance-id", id.as_bytes());
+    db.write(batch)?;
+    Ok(id)
+}
+
 /// One weir process.
 pub struct Node {
     pub config: Config,
@@ -92,6 +155,9 @@ pub struct Node {
     broken: Mutex<BTreeMap<String, String>>,
     /// Applications with an update in progress (one at a time per application).
     updating: Mutex<std::collections::BTreeSet<String>>,
+    /// This node's stable id, kept in the data dir: on Kafka, transactional
+    /// ids derive from it, so a restarted node fences its former self.
+    instance_id: String,
 }
 
 impl Node {
@@ -106,7 +172,9 @@ impl Node {
         .map_err(|e| OpenError::Other(format!("wasm engine: {e}")))?;
         let registry =
             ComponentRegistry::open(&config.data_dir, Arc::new(engine)).map_err(|e| OpenError::Other(e.to_string()))?;
+        let instance_id = instance_id(&backend).map_err(|e| OpenError::Other(e.to_string()))?;
         let node = Arc::new(Node {
+            instance_id,
             config,
             backend,
             registry,
@@ -128,6 +196,23 @@ impl Node {
             }
         }
         Ok(node)
+    }
+
+    /// The Kafka backend's settings, when this node runs on Kafka.
+    fn kafka_settings(&self) -> Option<KafkaSettings> {
+        if self.config.brokers.is_empty() {
+            return None;
+        }
+        Some(KafkaSettings {
+            brokers: self.config.brokers.clone(),
+            session_timeout: self.config.session_timeout,
+            instance_id: self.instance_id.clone(),
+        })
+    }
+
+    /// Whether applications run on Kafka (else on the embedded backend).
+    pub fn on_kafka(&self) -> bool {
+        !self.config.brokers.is_empty()
     }
 
     fn runner_config(&self) -> RunnerConfig {
@@ -322,12 +407,21 @@ impl Node {
         apps: &mut BTreeMap<String, Deployed>,
     ) -> Result<(), DeployError> {
         let name = app.topology.name.clone();
-        let running = EmbeddedApp::start_with_history(self.backend.clone(), app, self.runner_config(), history)
-            .map_err(|e| match e {
-                StartError::Topics(error) => DeployError::Topics { app: name.clone(), error },
-                StartError::Backend(BackendError::Storage(e)) => DeployError::Internal(e.to_string()),
-                StartError::Backend(e) => DeployError::Start { app: name.clone(), error: e.to_string() },
-            })?;
+        let running = match self.kafka_settings() {
+            None => EmbeddedApp::start_with_history(self.backend.clone(), app, self.runner_config(), history)
+                .map(RunningApp::Embedded)
+                .map_err(|e| match e {
+                    StartError::Topics(error) => DeployError::Topics { app: name.clone(), error },
+                    StartError::Backend(BackendError::Storage(e)) => DeployError::Internal(e.to_string()),
+                    StartError::Backend(e) => DeployError::Start { app: name.clone(), error: e.to_string() },
+                })?,
+            Some(settings) => KafkaApp::start(self.backend.clone(), settings, app, self.runner_config(), history)
+                .map(RunningApp::Kafka)
+                .map_err(|e| match e {
+                    KafkaStartError::Topics(error) => DeployError::Topics { app: name.clone(), error },
+                    KafkaStartError::Broker(error) => DeployError::Start { app: name.clone(), error },
+                })?,
+        };
         let backend = self.backend.clone();
         let app_name = name.clone();
         running.on_rollback(Box::new(move |previous| {
@@ -367,7 +461,7 @@ impl Node {
         }
         self.broken.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|error| AppStatus {
             name: name.to_owned(),
-            backend: "embedded".into(),
+            backend: if self.on_kafka() { "kafka" } else { "embedded" }.into(),
             guarantee: String::new(),
             state: format!("failed: {error}"),
             lag: 0,
@@ -375,6 +469,7 @@ impl Node {
             components: BTreeMap::new(),
             component_versions: BTreeMap::new(),
             swaps: Vec::new(),
+            global_inputs: Vec::new(),
         })
     }
 

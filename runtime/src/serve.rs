@@ -8,12 +8,6 @@ use crate::config::Config;
 use crate::node::Node;
 
 pub fn serve(config: Config) -> anyhow::Result<()> {
-    if !config.brokers.is_empty() {
-        anyhow::bail!(
-            "brokers = `{}`: the Kafka backend is not available in this build yet; leave brokers empty to run the embedded backend",
-            config.brokers
-        );
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let node = Node::open(config.clone())?;
     tracing::info!(data_dir = %config.data_dir.display(), apps = node.applications().len(), "data dir opened");
@@ -40,7 +34,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         // The first line on stdout: scripts and tests read the bound address here.
         println!("listening http://{addr}");
-        tracing::info!(%addr, "weir serving (embedded backend)");
+        if config.brokers.is_empty() {
+            tracing::info!(%addr, "weir serving (embedded backend)");
+        } else {
+            tracing::info!(%addr, brokers = %config.brokers, "weir serving (Kafka backend)");
+        }
         let app = crate::api::router(node.clone());
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
         anyhow::Ok(())

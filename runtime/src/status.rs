@@ -98,6 +98,10 @@ pub struct AppStatus {
     pub component_versions: BTreeMap<String, String>,
     /// Updates, oldest first.
     pub swaps: Vec<SwapRecord>,
+    /// Global tables' input partitions: how far their stores are loaded
+    /// (`committed` = next offset to apply).
+    #[serde(default)]
+    pub global_inputs: Vec<InputStatus>,
 }
 
 impl AppStatus {

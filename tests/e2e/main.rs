@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod examples;
 mod hot_swap;
+mod kafka;
 mod sandbox;
 mod serve_cli;
 mod server;

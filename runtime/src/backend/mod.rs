@@ -7,7 +7,11 @@
 //! - [`memory`]: everything in memory; deterministic; used by `weir test`.
 //! - [`embedded`]: RocksDB in a local data directory; durable, exactly-once;
 //!   what `weir serve` runs on without brokers.
+//! - [`kafka`]: a Kafka cluster; instances of an application share its
+//!   partitions through a consumer group; stores are local RocksDB copies of
+//!   changelog topics.
 
 pub mod control;
 pub mod embedded;
+pub mod kafka;
 pub mod memory;

