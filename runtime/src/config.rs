@@ -8,6 +8,7 @@
 //! http = "127.0.0.1:8080"           # WEIR_HTTP
 //! brokers = ""                      # WEIR_BROKERS: empty = the embedded backend
 //! session_timeout = "10s"           # WEIR_SESSION_TIMEOUT: Kafka consumer group session
+//! instance_id = ""                  # WEIR_INSTANCE_ID: stable id on Kafka; empty = one kept in the data dir
 //! commit_interval = "100ms"         # WEIR_COMMIT_INTERVAL
 //! max_batch = 1000                  # WEIR_MAX_BATCH: records read per task per poll
 //! workers = 2                       # WEIR_WORKERS: processing threads per application
@@ -39,6 +40,9 @@ pub struct Config {
     /// Kafka consumer group session timeout: how soon a dead instance's
     /// partitions move to the others.
     pub session_timeout: Duration,
+    /// This instance's stable id on Kafka (transactional ids derive from
+    /// it); empty = generated once and kept in the data dir.
+    pub instance_id: String,
     /// How often each task commits its transaction.
     pub commit_interval: Duration,
     /// Most records a task reads per poll.
@@ -71,6 +75,7 @@ impl Default for Config {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             brokers: String::new(),
             session_timeout: Duration::from_secs(10),
+            instance_id: String::new(),
             commit_interval: Duration::from_millis(100),
             max_batch: 1000,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()).min(8),
@@ -94,6 +99,7 @@ struct FileConfig {
     http: Option<String>,
     brokers: Option<String>,
     session_timeout: Option<String>,
+    instance_id: Option<String>,
     commit_interval: Option<String>,
     max_batch: Option<usize>,
     workers: Option<usize>,
@@ -128,6 +134,7 @@ impl Config {
             http: var("WEIR_HTTP"),
             brokers: env("WEIR_BROKERS"),
             session_timeout: var("WEIR_SESSION_TIMEOUT"),
+            instance_id: var("WEIR_INSTANCE_ID"),
             commit_interval: var("WEIR_COMMIT_INTERVAL"),
             max_batch: var("WEIR_MAX_BATCH")
                 .map(|v| v.parse().map_err(|e| ConfigError(format!("WEIR_MAX_BATCH=`{v}`: {e}"))))
@@ -173,6 +180,12 @@ impl Config {
         }
         if let Some(v) = f.brokers {
             self.brokers = v;
+        }
+        if let Some(v) = f.instance_id {
+            if !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+                return Err(bad("instance_id", format!("`{v}`: use letters, digits, `-`, `_` and `.`")));
+            }
+            self.instance_id = v;
         }
         if let Some(v) = f.session_timeout {
             self.session_timeout = parse_duration(&v).map_err(|e| bad("session_timeout", e))?;

@@ -130,6 +130,32 @@ fn shape(spec: &Spec) -> Spec {
     s
 }
 
+/// A data dir's applications belong to one backend: their state and
+/// positions mean nothing on the other (Kafka state is a cache of changelog
+/// topics; embedded state is the only copy). Switching with applications
+/// deployed is refused.
+fn check_backend_kind(backend: &EmbeddedBackend, config: &Config) -> Result<(), String> {
+    let kind = if config.brokers.is_empty() { "embedded" } else { "kafka" };
+    let db = backend.db();
+    let recorded = db.get_meta("backend").map_err(|e| e.to_string())?.map(|b| String::from_utf8_lossy(&b).into_owned());
+    if let Some(recorded) = recorded.filter(|r| r != kind) {
+        let apps = backend.applications().map_err(|e| e.to_string())?;
+        if !apps.is_empty() {
+            let names: Vec<&str> = apps.iter().map(|(n, _)| n.as_str()).collect();
+            let how = if recorded == "kafka" { "with --brokers (WEIR_BROKERS)" } else { "without brokers" };
+            return Err(format!(
+                "data dir {}: its applications ({}) run on the {recorded} backend, and this weir was started for the {kind} \
+                 backend; start it {how}, or use another data dir",
+                db.path().display(),
+                names.join(", ")
+            ));
+        }
+    }
+    let mut batch = rocksdb::WriteBatch::default();
+    db.put_meta(&mut batch, "backend", kind.as_bytes());
+    db.write(batch).map_err(|e| e.to_string())
+}
+
 /// The data dir's instance id, created on first use.
 fn instance_id(backend: &EmbeddedBackend) -> Result<String, crate::state::StateError> {
     let db = backend.db();
@@ -172,7 +198,12 @@ impl Node {
         .map_err(|e| OpenError::Other(format!("wasm engine: {e}")))?;
         let registry =
             ComponentRegistry::open(&config.data_dir, Arc::new(engine)).map_err(|e| OpenError::Other(e.to_string()))?;
-        let instance_id = instance_id(&backend).map_err(|e| OpenError::Other(e.to_string()))?;
+        check_backend_kind(&backend, &config).map_err(OpenError::Other)?;
+        let instance_id = if config.instance_id.is_empty() {
+            instance_id(&backend).map_err(|e| OpenError::Other(e.to_string()))?
+        } else {
+            config.instance_id.clone()
+        };
         let node = Arc::new(Node {
             instance_id,
             config,

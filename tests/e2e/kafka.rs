@@ -172,7 +172,19 @@ fn committed_positions(servers: &[&Server], app: &str) -> Option<BTreeMap<(Strin
 /// Positions are read before the topics' ends, so records produced by
 /// processing anything uncommitted cannot slip past.
 pub fn wait_drained(tansu: &Tansu, servers: &[&Server], app: &str, topics: &[&str]) {
-    wait_for(Duration::from_secs(90), &format!("{app} to commit all of {topics:?}"), || {
+    let what = format!("{app} to commit all of {topics:?}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while drained(tansu, servers, app, topics).is_none() {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = servers.iter().map(|s| s.log_tail()).collect();
+            panic!("timed out waiting for {what}\n{}", logs.join("\n-----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn drained(tansu: &Tansu, servers: &[&Server], app: &str, topics: &[&str]) -> Option<()> {
+    {
         let positions = committed_positions(servers, app)?;
         let mut all: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
         all.extend(positions.keys().map(|(t, _)| t.clone()));
@@ -187,7 +199,7 @@ pub fn wait_drained(tansu: &Tansu, servers: &[&Server], app: &str, topics: &[&st
             }
         }
         Some(())
-    });
+    }
 }
 
 /// Output lines as the multiset `weir test` prints (sorted: order between
@@ -204,7 +216,7 @@ fn sorted_lines(values: &[Value]) -> Vec<String> {
 /// `expected.jsonl`. (Fed all at once, records of different partitions may
 /// be processed in any order — Kafka orders only within a partition — and
 /// the examples' stock and position outcomes depend on that order.)
-fn run_example(example: &str) {
+fn run_example(example: &str) -> (Tansu, Server, tempfile::TempDir) {
     let tansu = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let server = kafka_server(&dir.path().join("data"), &tansu);
@@ -241,6 +253,7 @@ fn run_example(example: &str) {
             server.log_tail()
         );
     }
+    (tansu, server, dir)
 }
 
 fn topic_exists(tansu: &Tansu, topic: &str) -> bool {
@@ -249,7 +262,20 @@ fn topic_exists(tansu: &Tansu, topic: &str) -> bool {
 
 #[test]
 fn enrichment_on_kafka_matches_expected_and_dead_letters_the_wrong_partition() {
-    run_example("enrichment");
+    let (tansu, server, _dir) = run_example("enrichment");
+    // Its input has one order a producer wrote to partition 0 although
+    // murmur2 puts its key elsewhere: counted, warned about, dead-lettered.
+    let status = server.get("/v1/apps/enrichment").unwrap();
+    let mismatches: u64 =
+        status["tasks"].as_array().unwrap().iter().map(|t| t["partition_mismatches"].as_u64().unwrap()).sum();
+    assert_eq!(mismatches, 1, "{status:#}");
+    let log = std::fs::read_to_string(server.data_dir.with_extension("log")).unwrap();
+    assert!(log.contains("record at orders/0@") && log.contains("did not use Kafka's default partitioner"), "{log}");
+    let dlq = tansu.consume("enrichment-dlq");
+    let kind = |r: &Value| r["headers"].as_array().unwrap().iter().find(|h| h[0] == "weir.error.kind").cloned();
+    let mismatched: Vec<&Value> =
+        dlq.iter().filter(|r| kind(r).is_some_and(|h| h[1] == "partition-mismatch")).collect();
+    assert_eq!(mismatched.len(), 1, "{dlq:#?}");
 }
 
 #[test]
@@ -311,12 +337,11 @@ fn counts_per_key(tansu: &Tansu) -> BTreeMap<String, Vec<i64>> {
     per_key
 }
 
+/// The tasks an instance runs (restored and started).
 fn owned_tasks(server: &Server, app: &str) -> Vec<String> {
-    server
-        .get(&format!("/v1/apps/{app}"))
-        .ok()
-        .and_then(|s| s["tasks"].as_array().map(|t| t.iter().map(|t| t["id"].as_str().unwrap().to_owned()).collect()))
-        .unwrap_or_default()
+    let Ok(status) = server.get(&format!("/v1/apps/{app}")) else { return Vec::new() };
+    let tasks = status["tasks"].as_array().cloned().unwrap_or_default();
+    tasks.iter().filter(|t| t["state"] == "running").map(|t| t["id"].as_str().unwrap().to_owned()).collect()
 }
 
 #[test]
@@ -423,4 +448,76 @@ fn the_broker_unreachable_at_start_is_a_clear_error_and_mid_run_loses_nothing() 
         distinct.dedup();
         assert_eq!(distinct, (1..=6).collect::<Vec<_>>(), "key {key}: {counts:?}");
     }
+}
+
+#[test]
+fn a_zombie_with_the_same_transactional_id_is_fenced_and_says_so() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = key_count_spec(dir.path());
+    let same_id = |data: &str| {
+        Server::start(
+            &dir.path().join(data),
+            Options {
+                commit_interval: Some("100ms".into()),
+                env: vec![
+                    ("WEIR_BROKERS".into(), tansu.bootstrap.clone()),
+                    ("WEIR_SESSION_TIMEOUT".into(), "6s".into()),
+                    ("WEIR_INSTANCE_ID".into(), "twin".into()),
+                    ("WEIR_WORKERS".into(), "1".into()),
+                ],
+                ..Options::default()
+            },
+        )
+    };
+    let zombie = same_id("zombie");
+    zombie.deploy(&spec);
+    tansu.produce("events", &events(4, 2, 0));
+    wait_drained(&tansu, &[&zombie], "key-count", &["events"]);
+    // Its successor starts with the same instance id: its producer takes
+    // the transactional id, and the zombie's next commit is refused.
+    let successor = same_id("successor");
+    successor.deploy(&spec);
+    tansu.produce("events", &events(4, 2, 2));
+    let state = wait_for(Duration::from_secs(60), "the zombie to be fenced", || {
+        let status = zombie.get("/v1/apps/key-count").ok()?;
+        let state = status["state"].as_str()?.to_owned();
+        state.contains("fenced").then_some(state)
+    });
+    assert!(state.contains("transactional id `weir-key-count-twin-0`"), "{state}");
+    wait_drained(&tansu, &[&successor], "key-count", &["events"]);
+    for (key, counts) in counts_per_key(&tansu) {
+        assert_eq!(counts.last(), Some(&4), "key {key}: {counts:?}");
+    }
+}
+
+#[test]
+fn the_topics_api_and_cli_work_against_kafka_and_a_kafka_data_dir_refuses_the_embedded_backend() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = kafka_server(&data, &tansu);
+    server.deploy(&key_count_spec(dir.path()));
+    // The same client commands as on the embedded backend, through the server.
+    let written = weir::client::produce("events", &server.url, "{\"key\":\"a\",\"value\":\"1\"}\n".as_bytes()).unwrap();
+    assert_eq!(written, 1);
+    let err = weir::client::produce("events", &server.url, "{\"key\":\"a\",\"partition\":9}\n".as_bytes())
+        .expect_err("no partition 9");
+    assert!(format!("{err:#}").contains("partition 9 does not exist (topic `events` has 4)"), "{err:#}");
+    let err = weir::client::produce("nope", &server.url, "{\"key\":\"a\"}\n".as_bytes()).expect_err("no topic");
+    assert!(format!("{err:#}").contains("404"), "{err:#}");
+    wait_drained(&tansu, &[&server], "key-count", &["events"]);
+    let mut out = Vec::new();
+    weir::client::consume("counts", &server.url, 0, None, None, true, &mut out).unwrap();
+    let line: Value = serde_json::from_slice(out.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!((line["key"].as_str(), line["value"]["count"].as_i64()), (Some("a"), Some(1)), "{line}");
+    assert!(line["offset"].is_i64(), "{line}");
+    let topics = server.get("/v1/topics").unwrap();
+    assert!(topics["topics"].as_array().unwrap().iter().any(|t| t["name"] == "key-count-counts-changelog"), "{topics}");
+    server.stop();
+
+    // The data dir's application runs on Kafka: starting it without brokers is refused.
+    let (code, log) = Server::start_failing(&data, Options::default());
+    assert_ne!(code, 0);
+    assert!(log.contains("run on the kafka backend") && log.contains("--brokers"), "{log}");
 }

@@ -1,5 +1,6 @@
-//! `/v1/topics`: list and create topics of the embedded backend; produce
-//! records to a topic and read them back.
+//! `/v1/topics`: list and create topics; produce records to a topic and
+//! read them back. On the embedded backend these are its own topics; on
+//! Kafka the same calls go to the cluster (reads: committed records only).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use serde_json::json;
 
 use super::{ApiError, ApiResult, blocking, body_error};
 use crate::backend::embedded::BackendError;
+use crate::backend::kafka;
 use crate::jsonl::{InputLine, OutputLine, parse_input_line_at};
 use crate::node::Node;
 use crate::partitioner::partition_for;
@@ -24,6 +26,11 @@ pub fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/v1/topics", get(list).post(create))
         .route("/v1/topics/{topic}/records", post(produce).get(read))
+}
+
+/// The Kafka cluster failed or could not be reached.
+fn broker_error(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "broker-failure", message)
 }
 
 fn unknown_topic(topic: &str) -> ApiError {
@@ -39,6 +46,12 @@ fn unknown_topic(topic: &str) -> ApiError {
 #[utoipa::path(get, path = "/v1/topics", tag = "topics", responses((status = 200, description = "topics")))]
 pub async fn list(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse> {
     blocking(move || {
+        if node.on_kafka() {
+            let counts = kafka::partition_counts(&node.config.brokers).map_err(broker_error)?;
+            let topics: Vec<_> =
+                counts.iter().map(|(name, partitions)| json!({ "name": name, "partitions": partitions })).collect();
+            return Ok(Json(json!({ "topics": topics })));
+        }
         let topics: Vec<_> = node
             .backend
             .topics()
@@ -79,6 +92,23 @@ pub async fn create(
             "a topic needs a name of a-z A-Z 0-9 . _ - and at least one partition",
         ));
     }
+    if node.on_kafka() {
+        return blocking(move || {
+            let brokers = &node.config.brokers;
+            let existing = kafka::partition_counts(brokers).map_err(broker_error)?;
+            if let Some(found) = existing.get(&t.name).filter(|found| **found != t.partitions) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "topic-exists",
+                    format!("topic `{}` exists with {found} partition(s), not {}", t.name, t.partitions),
+                ));
+            }
+            let request = kafka::TopicRequest { name: t.name.clone(), partitions: t.partitions, compact: false };
+            kafka::create_topics(brokers, &[request]).map_err(broker_error)?;
+            Ok((StatusCode::CREATED, Json(json!({ "name": t.name, "partitions": t.partitions }))))
+        })
+        .await;
+    }
     blocking(move || match node.backend.create_topic(&t.name, t.partitions) {
         Ok(topic) => Ok((StatusCode::CREATED, Json(json!({ "name": &*topic.name, "partitions": topic.partitions() })))),
         Err(e @ BackendError::PartitionMismatch { .. }) => {
@@ -104,6 +134,20 @@ pub async fn produce(
     let body = body.map_err(body_error)?;
     let text = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("bad-records", "the body is not UTF-8 JSONL"))?;
+    if node.on_kafka() {
+        return blocking(move || {
+            let records =
+                kafka::parse_jsonl(&topic, text.as_bytes()).map_err(|e| ApiError::bad_request("bad-records", e))?;
+            let written = kafka::produce(&node.config.brokers, &topic, records).map_err(|e| match e {
+                kafka::ProduceError::Refused(m) if m.contains("does not exist on") => unknown_topic(&topic),
+                kafka::ProduceError::Refused(m) => ApiError::bad_request("bad-records", m),
+                kafka::ProduceError::Broker(m) => broker_error(m),
+            })?;
+            let written: Vec<_> = written.iter().map(|(p, o)| json!({ "partition": p, "offset": o })).collect();
+            Ok(Json(json!({ "records": written })))
+        })
+        .await;
+    }
     blocking(move || {
         let t = node.backend.topic(&topic).ok_or_else(|| unknown_topic(&topic))?;
         let mut records = Vec::new();
@@ -183,6 +227,32 @@ pub async fn read(
     Path(topic): Path<String>,
     Query(q): Query<ReadQuery>,
 ) -> ApiResult<impl IntoResponse> {
+    if node.on_kafka() {
+        return blocking(move || {
+            let counts = kafka::partition_counts(&node.config.brokers).map_err(broker_error)?;
+            let partitions = *counts.get(&topic).ok_or_else(|| unknown_topic(&topic))?;
+            if let Some(p) = q.partition.filter(|p| *p >= partitions) {
+                return Err(ApiError::bad_request(
+                    "bad-request",
+                    format!("partition {p} does not exist (topic `{topic}` has {partitions})"),
+                ));
+            }
+            let read = kafka::ReadOptions {
+                from: q.from.unwrap_or(0).max(0),
+                limit: Some(q.limit.unwrap_or(1000).min(100_000)),
+                partition: q.partition,
+                uncommitted: false,
+                offsets: true,
+            };
+            let mut out = Vec::new();
+            kafka::consume(&node.config.brokers, &topic, &read, &mut out)
+                .map_err(|e| broker_error(format!("{e:#}")))?;
+            let records: Vec<serde_json::Value> =
+                String::from_utf8_lossy(&out).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            Ok(Json(json!({ "records": records })))
+        })
+        .await;
+    }
     blocking(move || {
         let t = node.backend.topic(&topic).ok_or_else(|| unknown_topic(&topic))?;
         let partitions: Vec<u32> = match q.partition {

@@ -76,7 +76,11 @@ pub struct QuietContext;
 
 impl rdkafka::client::ClientContext for QuietContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let end_of_partition = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end_of_partition {
             tracing::warn!(%error, reason, "kafka client error");
         }
     }
@@ -157,20 +161,18 @@ pub fn partition_counts(brokers: &str) -> Result<BTreeMap<String, u32>, String> 
         .collect())
 }
 
-/// Produces JSONL records (the CLI's `weir produce --brokers`): the lines
-/// `weir produce` takes, `"topic"` optional (default `topic`), partitioned
-/// with murmur2 unless a line names its partition. Idempotent producer;
-/// waits for every delivery. Returns how many it produced.
-pub fn produce_jsonl(brokers: &str, topic: &str, input: impl std::io::BufRead) -> anyhow::Result<usize> {
+/// Parses JSONL records (the lines `weir produce` takes, `"topic"`
+/// optional, default `topic`) for producing to `topic`.
+pub fn parse_jsonl(topic: &str, input: impl std::io::BufRead) -> Result<Vec<(Option<u32>, Record)>, String> {
     let now = crate::backend::embedded::now_us() / 1000;
     let mut records = Vec::new();
     for (i, line) in input.lines().enumerate() {
-        let line = line?;
+        let line = line.map_err(|e| format!("reading records: {e}"))?;
         if line.trim().is_empty() {
             continue;
         }
         let mut value: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("line {}: not a record line: {e}", i + 1))?;
+            serde_json::from_str(&line).map_err(|e| format!("line {}: not a record line: {e}", i + 1))?;
         if let Some(map) = value.as_object_mut() {
             map.entry("topic").or_insert_with(|| serde_json::Value::String(topic.to_owned()));
         }
@@ -179,47 +181,119 @@ pub fn produce_jsonl(brokers: &str, topic: &str, input: impl std::io::BufRead) -
                 records.push((partition, record))
             }
             Ok(crate::jsonl::InputLine::Record { topic: t, .. }) => {
-                anyhow::bail!("line {}: record for topic `{t}`, producing to `{topic}`", i + 1)
+                return Err(format!("line {}: topic `{t}`, but producing to `{topic}`", i + 1));
             }
             Ok(crate::jsonl::InputLine::WallClock(_)) => {
-                anyhow::bail!("line {}: wall_clock lines are for weir test", i + 1)
+                return Err(format!("line {}: wall_clock lines are for weir test only", i + 1));
             }
-            Err(e) => anyhow::bail!("line {}: {e}", i + 1),
+            Err(e) => return Err(format!("line {}: {e}", i + 1)),
         }
     }
-    produce(brokers, topic, records)
+    Ok(records)
 }
 
-/// Produces records, partitioned with murmur2 when no partition is given.
-/// Idempotent producer; waits for every delivery.
-pub fn produce(brokers: &str, topic: &str, records: Vec<(Option<u32>, Record)>) -> anyhow::Result<usize> {
-    let counts = partition_counts(brokers).map_err(anyhow::Error::msg)?;
-    let partitions =
-        *counts.get(topic).ok_or_else(|| anyhow::anyhow!("topic `{topic}` does not exist on {brokers}"))?;
-    let producer: BaseProducer = client_config(brokers).set("enable.idempotence", "true").create()?;
-    let n = records.len();
-    for (partition, r) in records {
+/// Produces JSONL records (the CLI's `weir produce --brokers`), see
+/// [`parse_jsonl`] and [`produce`]. Returns how many it produced.
+pub fn produce_jsonl(brokers: &str, topic: &str, input: impl std::io::BufRead) -> anyhow::Result<usize> {
+    let records = parse_jsonl(topic, input).map_err(anyhow::Error::msg)?;
+    Ok(produce(brokers, topic, records)?.len())
+}
+
+/// Why records could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The request is wrong (unknown topic, partition out of range).
+    #[error("{0}")]
+    Refused(String),
+    /// The cluster failed or could not be reached.
+    #[error("{0}")]
+    Broker(String),
+}
+
+/// Collects where each record was written.
+#[derive(Default)]
+struct Placement {
+    written: std::sync::Mutex<Vec<Result<(u32, i64), String>>>,
+}
+
+impl rdkafka::client::ClientContext for Placement {}
+
+impl rdkafka::producer::ProducerContext for Placement {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, index: usize) {
+        let outcome = match result {
+            Ok(m) => Ok((m.partition() as u32, m.offset())),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        if let Some(slot) = self.written.lock().unwrap_or_else(|e| e.into_inner()).get_mut(index) {
+            *slot = outcome;
+        }
+    }
+}
+
+/// Produces records, partitioned with murmur2 when no partition is given
+/// (a record without key and partition goes to partition 0). Idempotent
+/// producer; waits for every delivery. Returns (partition, offset) per record.
+pub fn produce(
+    brokers: &str,
+    topic: &str,
+    records: Vec<(Option<u32>, Record)>,
+) -> Result<Vec<(u32, i64)>, ProduceError> {
+    let counts = partition_counts(brokers).map_err(ProduceError::Broker)?;
+    let partitions = *counts
+        .get(topic)
+        .ok_or_else(|| ProduceError::Refused(format!("topic `{topic}` does not exist on {brokers}")))?;
+    for (partition, _) in &records {
+        if let Some(p) = partition.filter(|p| *p >= partitions) {
+            return Err(ProduceError::Refused(format!(
+                "partition {p} does not exist (topic `{topic}` has {partitions})"
+            )));
+        }
+    }
+    let context = Placement { written: std::sync::Mutex::new(vec![Err("not delivered".into()); records.len()]) };
+    let producer: BaseProducer<Placement> = client_config(brokers)
+        .set("enable.idempotence", "true")
+        .create_with_context(context)
+        .map_err(|e| ProduceError::Broker(format!("cannot create a producer for {brokers}: {e}")))?;
+    for (index, (partition, r)) in records.iter().enumerate() {
         let partition = partition.unwrap_or_else(|| crate::partitioner::partition_for(r.key.as_deref(), partitions, 0));
-        anyhow::ensure!(
-            partition < partitions,
-            "partition {partition} does not exist (topic `{topic}` has {partitions})"
-        );
         let mut headers = OwnedHeaders::new();
         for (k, v) in &r.headers {
             headers = headers.insert(Header { key: k, value: Some(v) });
         }
-        let mut record: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(topic).partition(partition as i32).timestamp(r.timestamp).headers(headers);
+        let mut record = BaseRecord::<'_, [u8], [u8], usize>::with_opaque_to(topic, index)
+            .partition(partition as i32)
+            .timestamp(r.timestamp)
+            .headers(headers);
         if let Some(k) = r.key.as_deref() {
             record = record.key(k);
         }
         if let Some(v) = r.value.as_deref() {
             record = record.payload(v);
         }
-        send(&producer, record).map_err(|e| anyhow::anyhow!("producing to {topic}: {e}"))?;
+        send(&producer, record).map_err(|e| ProduceError::Broker(format!("producing to {topic}: {e}")))?;
     }
-    producer.flush(ADMIN_TIMEOUT).map_err(|e| anyhow::anyhow!("producing to {topic}: not all delivered: {e}"))?;
-    Ok(n)
+    producer.flush(ADMIN_TIMEOUT).map_err(|e| ProduceError::Broker(format!("producing to {topic}: {e}")))?;
+    // Delivery reports are served by poll.
+    let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+    let pending = |p: &BaseProducer<Placement>| {
+        p.context()
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|w| matches!(w, Err(e) if e == "not delivered"))
+    };
+    while pending(&producer) && std::time::Instant::now() < deadline {
+        producer.poll(Duration::from_millis(10));
+    }
+    let written = std::mem::take(&mut *producer.context().written.lock().unwrap_or_else(|e| e.into_inner()));
+    written
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| w.map_err(|e| ProduceError::Broker(format!("record {} to {topic}: {e}", i + 1))))
+        .collect()
 }
 
 /// Sends, waiting for room when the local queue is full.

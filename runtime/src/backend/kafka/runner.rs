@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
@@ -103,7 +103,7 @@ struct Shared {
 pub struct KafkaApp {
     control: Arc<Control>,
     shared: Arc<Shared>,
-    worker: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
     guarantee: ProcessingGuarantee,
 }
 
@@ -136,21 +136,30 @@ impl KafkaApp {
         });
         let globals: BTreeMap<StoreId, SharedStore> =
             topology.globals.iter().map(|g| (g.store, backend.open_store(store_ids[&g.store], 0, &g.name))).collect();
-        let worker = WorkerSetup {
-            backend,
-            settings,
-            config,
-            control: control.clone(),
-            shared: shared.clone(),
-            store_ids,
-            globals,
-        };
-        let handle = std::thread::Builder::new()
-            .name(format!("weir-{}-kafka", topology.name))
-            .spawn(move || worker.run())
-            .map_err(|e| KafkaStartError::Broker(format!("cannot start worker thread: {e}")))?;
-        tracing::info!(app = %topology.name, "application started on Kafka");
-        Ok(KafkaApp { control, shared, worker: Some(handle), guarantee: topology.guarantee })
+        // One group member per worker thread; worker 0 also loads and
+        // updates the global tables, and the others wait for its bootstrap.
+        let globals_ready = Arc::new(AtomicBool::new(topology.globals.is_empty()));
+        let mut workers = Vec::new();
+        for index in 0..config.workers.max(1) {
+            let worker = WorkerSetup {
+                index,
+                backend: backend.clone(),
+                settings: settings.clone(),
+                config: config.clone(),
+                control: control.clone(),
+                shared: shared.clone(),
+                store_ids: store_ids.clone(),
+                globals: globals.clone(),
+                globals_ready: globals_ready.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("weir-{}-kafka-{index}", topology.name))
+                .spawn(move || worker.run())
+                .map_err(|e| KafkaStartError::Broker(format!("cannot start worker thread: {e}")))?;
+            workers.push(handle);
+        }
+        tracing::info!(app = %topology.name, workers = workers.len(), "application started on Kafka");
+        Ok(KafkaApp { control, shared, workers, guarantee: topology.guarantee })
     }
 
     pub fn runtime(&self) -> Arc<AppRuntime> {
@@ -222,7 +231,7 @@ impl KafkaApp {
 
     fn halt(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        if let Some(w) = self.worker.take() {
+        for w in self.workers.drain(..) {
             let _ = w.join();
         }
     }
@@ -236,6 +245,8 @@ impl Drop for KafkaApp {
 
 /// Everything a worker needs before it connects.
 struct WorkerSetup {
+    /// Which worker thread of the instance: part of its transactional id.
+    index: usize,
     backend: Arc<EmbeddedBackend>,
     settings: KafkaSettings,
     config: crate::backend::embedded::runner::RunnerConfig,
@@ -243,6 +254,7 @@ struct WorkerSetup {
     shared: Arc<Shared>,
     store_ids: HashMap<StoreId, u32>,
     globals: BTreeMap<StoreId, SharedStore>,
+    globals_ready: Arc<AtomicBool>,
 }
 
 /// Counts deliveries and remembers the last offset written to each
@@ -290,6 +302,8 @@ fn changelog_slot(store: StoreId, partition: u32) -> usize {
 /// and create assigned ones, inside the callback.
 struct GroupContext {
     worker: Arc<Mutex<Option<Worker>>>,
+    /// Between a revocation and the next assignment.
+    rebalancing: Arc<AtomicBool>,
     /// Bumped on every rebalance: records polled before it are dropped.
     epoch: Arc<AtomicU64>,
 }
@@ -300,6 +314,7 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if let Rebalance::Revoke(partitions) = rebalance {
+            self.rebalancing.store(true, Ordering::Release);
             let mut guard = self.worker.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(worker) = guard.as_mut() {
                 worker.commit_all(consumer);
@@ -312,6 +327,7 @@ impl ConsumerContext for GroupContext {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         match rebalance {
             Rebalance::Assign(partitions) => {
+                self.rebalancing.store(false, Ordering::Release);
                 let mut guard = self.worker.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(worker) = guard.as_mut() {
                     worker.open_tasks(consumer, partitions);
@@ -358,11 +374,12 @@ struct Worker {
     last_commit: Instant,
     /// Set when the producer was fenced or failed fatally: nothing more runs.
     fatal: Option<String>,
+    transactional_id: String,
 }
 
 impl WorkerSetup {
     fn run(self) {
-        let WorkerSetup { backend, settings, config, control, shared, store_ids, globals } = self;
+        let WorkerSetup { index, backend, settings, config, control, shared, store_ids, globals, globals_ready } = self;
         let topology = control.current().1.topology.clone();
         let app = topology.name.clone();
         let exactly_once = topology.guarantee == ProcessingGuarantee::ExactlyOnce;
@@ -373,8 +390,9 @@ impl WorkerSetup {
         let mut producer_config = client_config(&settings.brokers);
         producer_config.set("enable.idempotence", "true").set("linger.ms", "5");
         if exactly_once {
-            let id = format!("weir-{app}-{}", settings.instance_id);
-            producer_config.set("transactional.id", &id).set("transaction.timeout.ms", "60000");
+            producer_config
+                .set("transactional.id", transactional_id(&app, &settings.instance_id, index))
+                .set("transaction.timeout.ms", "60000");
         }
         let producer: BaseProducer<DeliveryContext> = match producer_config.create_with_context(Default::default()) {
             Ok(p) => p,
@@ -396,9 +414,24 @@ impl WorkerSetup {
                 }
             }
         }
-        let mut global = match GlobalTables::bootstrap(&backend, &settings, &topology, &store_ids, &shared.stop) {
-            Ok(g) => g,
-            Err(e) => return fail(format!("global tables: {e}")),
+        let mut global = if index == 0 {
+            match GlobalTables::bootstrap(&backend, &settings, &topology, &store_ids, &shared.stop) {
+                Ok(g) => {
+                    globals_ready.store(true, Ordering::Release);
+                    g
+                }
+                Err(e) => return fail(format!("global tables: {e}")),
+            }
+        } else {
+            while !globals_ready.load(Ordering::Acquire) {
+                if shared.stop.load(Ordering::Acquire)
+                    || shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+                {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None
         };
         let routes: HashMap<String, usize> =
             topology.subtopologies.iter().flat_map(|s| s.inputs.iter().map(|(t, _)| (t.clone(), s.id))).collect();
@@ -415,8 +448,10 @@ impl WorkerSetup {
             routes: routes.clone(),
             last_commit: Instant::now(),
             fatal: None,
+            transactional_id: transactional_id(&app, &settings.instance_id, index),
         })));
         let epoch = Arc::new(AtomicU64::new(0));
+        let rebalancing = Arc::new(AtomicBool::new(false));
         let session = settings.session_timeout.as_millis().max(6000);
         let consumer: GroupConsumer = match client_config(&settings.brokers)
             .set("group.id", &app)
@@ -427,8 +462,11 @@ impl WorkerSetup {
             .set("partition.assignment.strategy", "range")
             .set("session.timeout.ms", session.to_string())
             .set("heartbeat.interval.ms", (session / 3).to_string())
-            .create_with_context(GroupContext { worker: worker.clone(), epoch: epoch.clone() })
-        {
+            .create_with_context(GroupContext {
+                worker: worker.clone(),
+                rebalancing: rebalancing.clone(),
+                epoch: epoch.clone(),
+            }) {
             Ok(c) => c,
             Err(e) => return fail(format!("cannot create a consumer for {}: {e}", settings.brokers)),
         };
@@ -506,10 +544,22 @@ impl WorkerSetup {
         };
         if let Some(message) = fatal {
             fail(message);
+            // Let a rebalance in progress finish before leaving: a member
+            // leaving in the middle of one can wedge a group (tansu's does).
+            let deadline = Instant::now() + settings.session_timeout.max(Duration::from_secs(6)) * 2;
+            while rebalancing.load(Ordering::Acquire) && Instant::now() < deadline {
+                let _ = consumer.poll(Duration::from_millis(100));
+            }
         }
         drop(consumer);
         worker.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
+}
+
+/// Stable per instance and worker thread: a restarted instance's producers
+/// fence those of its previous incarnation.
+fn transactional_id(app: &str, instance_id: &str, worker: usize) -> String {
+    format!("weir-{app}-{instance_id}-{worker}")
 }
 
 /// Why a commit failed.
@@ -605,15 +655,7 @@ impl Worker {
         let started = Instant::now();
         match self.try_commit(consumer) {
             Ok(()) => {}
-            Err(CommitError::Kafka(e)) if is_fatal(&e) => {
-                let message = format!(
-                    "this instance was fenced (another instance with transactional id weir-{}-{} took over): {e}; its tasks stopped",
-                    self.app(),
-                    self.settings.instance_id
-                );
-                self.stop_all(&message);
-                self.fatal = Some(message);
-            }
+            Err(CommitError::Kafka(e)) if is_fatal(&e) => self.stop_fatally(&e),
             Err(e) => {
                 tracing::warn!(app = %self.app(), error = %e, "commit failed: open work dropped, rewinding to the committed offsets");
                 if self.exactly_once
@@ -621,10 +663,7 @@ impl Worker {
                 {
                     tracing::warn!(error = %abort, "abort failed");
                     if is_fatal(&abort) {
-                        let message = format!("the producer failed fatally: {abort}");
-                        self.stop_all(&message);
-                        self.fatal = Some(message);
-                        return;
+                        return self.stop_fatally(&abort);
                     }
                 }
                 self.rewind(consumer);
@@ -766,6 +805,27 @@ impl Worker {
         }
     }
 
+    /// The producer cannot go on (fenced by a newer instance with the same
+    /// transactional id, or another fatal error): every task stops.
+    fn stop_fatally(&mut self, e: &KafkaError) {
+        let fenced = matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+        );
+        let message = if fenced {
+            format!(
+                "this instance was fenced: another producer with transactional id `{}` took over ({e}); its tasks stopped, \
+                 nothing of their open transaction was committed",
+                self.transactional_id
+            )
+        } else {
+            format!("the transactional producer `{}` failed fatally: {e}; its tasks stopped", self.transactional_id)
+        };
+        tracing::error!(app = %self.app(), "{message}");
+        self.stop_all(&message);
+        self.fatal = Some(message);
+    }
+
     fn stop_all(&mut self, message: &str) {
         for owned in self.tasks.values_mut() {
             if let Some(task) = owned.task.as_mut() {
@@ -800,6 +860,9 @@ impl Worker {
 
     /// Restores and creates the tasks of newly assigned partitions.
     fn open_tasks(&mut self, consumer: &GroupConsumer, assigned: &TopicPartitionList) {
+        if self.fatal.is_some() {
+            return; // Stopped for good: it only waits to leave the group.
+        }
         let committed =
             consumer.committed_offsets(assigned.clone(), KAFKA_TIMEOUT).unwrap_or_else(|_| assigned.clone());
         let mut inputs: BTreeMap<TaskId, InputPositions> = BTreeMap::new();
