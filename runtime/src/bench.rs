@@ -2,6 +2,8 @@
 //! baseline in the same run and prints a ratio, because the machines are
 //! shared and noisy: absolute numbers mean little, ratios travel.
 
+pub mod kafka;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

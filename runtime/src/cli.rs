@@ -166,6 +166,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2_000)]
         latency_rate: usize,
     },
+    /// Throughput and latency on a Kafka cluster, exactly-once: raw rdkafka
+    /// consume→produce, then passthrough, key-count and reservation run by
+    /// weir; last line `ratio <passthrough/raw>`.
+    Kafka {
+        /// Bootstrap servers of the cluster to measure on.
+        #[arg(long, env = "WEIR_BROKERS", hide_env_values = true)]
+        brokers: String,
+        /// Directory of the built guest components.
+        #[arg(long, default_value = "target/wasm32-wasip2/guest")]
+        guests: PathBuf,
+        /// Records of the throughput phase.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Records per second offered in the latency phase.
+        #[arg(long, default_value_t = 1_000)]
+        latency_rate: usize,
+    },
     /// The reservation processor natively (SDK harness) and as a component,
     /// over the same records; prints ns/record and `ratio <component/native>`.
     ComponentVsNative {
@@ -300,6 +317,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCommand::Embedded { guests, records, latency_rate } => {
                 let settings = crate::bench::EmbeddedBench { guests, records, latency_rate, ..Default::default() };
                 crate::bench::embedded(settings)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            BenchCommand::Kafka { brokers, guests, records, latency_rate } => {
+                crate::bench::kafka::run(crate::bench::kafka::KafkaBench {
+                    brokers,
+                    guests,
+                    records,
+                    latency_rate,
+                    commit_interval: std::time::Duration::from_millis(100),
+                    workers: 2,
+                    partitions: 4,
+                })?;
                 Ok(ExitCode::SUCCESS)
             }
             BenchCommand::ComponentVsNative { component, records, batch } => {

@@ -9,6 +9,7 @@
 //! brokers = ""                      # WEIR_BROKERS: empty = the embedded backend
 //! session_timeout = "10s"           # WEIR_SESSION_TIMEOUT: Kafka consumer group session
 //! instance_id = ""                  # WEIR_INSTANCE_ID: stable id on Kafka; empty = one kept in the data dir
+//! advertised_url = ""               # WEIR_ADVERTISED_URL: this API's URL for other instances; empty = http://<bound address>
 //! commit_interval = "100ms"         # WEIR_COMMIT_INTERVAL
 //! max_batch = 1000                  # WEIR_MAX_BATCH: records read per task per poll
 //! workers = 2                       # WEIR_WORKERS: processing threads per application
@@ -43,6 +44,9 @@ pub struct Config {
     /// This instance's stable id on Kafka (transactional ids derive from
     /// it); empty = generated once and kept in the data dir.
     pub instance_id: String,
+    /// The URL other instances reach this one's API at (interactive
+    /// queries on Kafka); empty = `http://<bound address>`.
+    pub advertised_url: String,
     /// How often each task commits its transaction.
     pub commit_interval: Duration,
     /// Most records a task reads per poll.
@@ -76,6 +80,7 @@ impl Default for Config {
             brokers: String::new(),
             session_timeout: Duration::from_secs(10),
             instance_id: String::new(),
+            advertised_url: String::new(),
             commit_interval: Duration::from_millis(100),
             max_batch: 1000,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()).min(8),
@@ -100,6 +105,7 @@ struct FileConfig {
     brokers: Option<String>,
     session_timeout: Option<String>,
     instance_id: Option<String>,
+    advertised_url: Option<String>,
     commit_interval: Option<String>,
     max_batch: Option<usize>,
     workers: Option<usize>,
@@ -135,6 +141,7 @@ impl Config {
             brokers: env("WEIR_BROKERS"),
             session_timeout: var("WEIR_SESSION_TIMEOUT"),
             instance_id: var("WEIR_INSTANCE_ID"),
+            advertised_url: var("WEIR_ADVERTISED_URL"),
             commit_interval: var("WEIR_COMMIT_INTERVAL"),
             max_batch: var("WEIR_MAX_BATCH")
                 .map(|v| v.parse().map_err(|e| ConfigError(format!("WEIR_MAX_BATCH=`{v}`: {e}"))))
@@ -186,6 +193,12 @@ impl Config {
                 return Err(bad("instance_id", format!("`{v}`: use letters, digits, `-`, `_` and `.`")));
             }
             self.instance_id = v;
+        }
+        if let Some(v) = f.advertised_url {
+            if !(v.is_empty() || v.starts_with("http://") || v.starts_with("https://")) {
+                return Err(bad("advertised_url", format!("`{v}` is not an http(s):// URL")));
+            }
+            self.advertised_url = v;
         }
         if let Some(v) = f.session_timeout {
             self.session_timeout = parse_duration(&v).map_err(|e| bad("session_timeout", e))?;

@@ -184,6 +184,18 @@ pub struct Node {
     /// This node's stable id, kept in the data dir: on Kafka, transactional
     /// ids derive from it, so a restarted node fences its former self.
     instance_id: String,
+    /// This node's API URL, once it listens.
+    advertised_url: Arc<Mutex<Option<String>>>,
+}
+
+/// Where a task runs, for interactive queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskLocation {
+    Here,
+    /// At the instance with this API URL.
+    At(String),
+    /// No instance claims it now (a rebalance is moving it).
+    Unknown,
 }
 
 impl Node {
@@ -205,6 +217,7 @@ impl Node {
             config.instance_id.clone()
         };
         let node = Arc::new(Node {
+            advertised_url: Arc::new(Mutex::new(None)),
             instance_id,
             config,
             backend,
@@ -238,7 +251,34 @@ impl Node {
             brokers: self.config.brokers.clone(),
             session_timeout: self.config.session_timeout,
             instance_id: self.instance_id.clone(),
+            advertised_url: self.advertised_url.clone(),
         })
+    }
+
+    /// Sets the URL other instances reach this one's API at (from the
+    /// bound address unless `advertised_url` is configured).
+    pub fn set_listening(&self, bound: std::net::SocketAddr) {
+        let url = if self.config.advertised_url.is_empty() {
+            format!("http://{bound}")
+        } else {
+            self.config.advertised_url.trim_end_matches('/').to_owned()
+        };
+        *self.advertised_url.lock().unwrap_or_else(|e| e.into_inner()) = Some(url);
+    }
+
+    /// This instance's API URL, once it listens.
+    pub fn advertised_url(&self) -> Option<String> {
+        self.advertised_url.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Where the task `task` of `app` runs: here, at another instance, or
+    /// nowhere known (rebalancing). On the embedded backend, always here.
+    pub fn locate_task(&self, app: &str, task: crate::task::TaskId) -> TaskLocation {
+        let apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        match apps.get(app).map(|d| &d.app) {
+            Some(RunningApp::Kafka(k)) => k.locate(task),
+            _ => TaskLocation::Here,
+        }
     }
 
     /// Whether applications run on Kafka (else on the embedded backend).

@@ -32,6 +32,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
+        node.set_listening(addr);
         // The first line on stdout: scripts and tests read the bound address here.
         println!("listening http://{addr}");
         if config.brokers.is_empty() {

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::server::{Options, Server, write_spec};
 
 /// key-count with `{component}` and an optional extra config line.
-fn key_count(component: &str, config: &str) -> String {
+pub fn key_count(component: &str, config: &str) -> String {
     format!(
         r#"
 name: key-count
@@ -34,7 +34,7 @@ sinks:
 }
 
 /// Produces from a thread until stopped; returns the stop flag and handle.
-fn keep_producing(url: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+pub fn keep_producing(url: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let handle = std::thread::spawn(move || {
@@ -66,7 +66,7 @@ fn text(v: &Value) -> String {
 
 /// Per key: (count, version) in output order; checks counts are exactly 1..n
 /// against the input topic.
-fn checked_outputs(server: &Server) -> BTreeMap<String, Vec<(i64, i64)>> {
+pub fn checked_outputs(server: &Server) -> BTreeMap<String, Vec<(i64, i64)>> {
     let mut n: BTreeMap<String, i64> = BTreeMap::new();
     for r in server.consume_all("events") {
         *n.entry(text(&r["key"])).or_insert(0) += 1;

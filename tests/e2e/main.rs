@@ -8,6 +8,7 @@ mod crash;
 mod examples;
 mod hot_swap;
 mod kafka;
+mod kafka_real;
 mod sandbox;
 mod serve_cli;
 mod server;

@@ -4,7 +4,7 @@
 //! boundary and reports back; a failure rolls every task back.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ pub struct Control {
     /// The version before the current update, to roll back to.
     previous: Mutex<Option<Arc<AppRuntime>>>,
     pub(crate) swaps: Mutex<Vec<SwapRecord>>,
-    pub(crate) tasks: usize,
+    pub(crate) tasks: AtomicUsize,
     /// Called with the version an update rolled back to (to persist it).
     pub(crate) on_rollback: Mutex<Option<RollbackHook>>,
     pub(crate) metrics: Arc<AppMetrics>,
@@ -45,7 +45,7 @@ impl Control {
             generation: AtomicU64::new(history.last().map_or(0, |r| r.id)),
             previous: Mutex::new(None),
             swaps: Mutex::new(history),
-            tasks,
+            tasks: AtomicUsize::new(tasks),
             on_rollback: Mutex::new(None),
             metrics: Arc::new(AppMetrics::default()),
         }
@@ -54,6 +54,12 @@ impl Control {
     pub fn current(&self) -> (u64, Arc<AppRuntime>) {
         let runtime = self.runtime.read().unwrap_or_else(|e| e.into_inner());
         (self.generation.load(Ordering::Acquire), runtime.clone())
+    }
+
+    /// How many tasks this instance runs (an update is switched when all
+    /// of them are): fixed on the embedded backend, moving on Kafka.
+    pub fn set_tasks(&self, tasks: usize) {
+        self.tasks.store(tasks, Ordering::Release);
     }
 
     pub fn generation(&self) -> u64 {
@@ -78,7 +84,7 @@ impl Control {
             to: components_of(&new),
             state: "switching".into(),
             error: None,
-            tasks: self.tasks,
+            tasks: self.tasks.load(Ordering::Acquire),
             switched: 0,
             passed: 0,
             max_pause_ms: 0.0,
@@ -97,11 +103,10 @@ impl Control {
     }
 
     pub fn switched(&self, generation: u64, pause: Duration) {
-        let tasks = self.tasks;
         self.with_record(generation, |r| {
             r.switched += 1;
             r.max_pause_ms = r.max_pause_ms.max(pause.as_secs_f64() * 1000.0);
-            if r.switched >= tasks && r.state == "switching" {
+            if r.switched >= r.tasks && r.state == "switching" {
                 r.state = "switched".into();
                 r.switched_ms = Some(now_us() / 1000);
             }
@@ -109,10 +114,9 @@ impl Control {
     }
 
     pub fn passed(&self, generation: u64) {
-        let tasks = self.tasks;
         self.with_record(generation, |r| {
             r.passed += 1;
-            if r.passed >= tasks && r.state == "switched" {
+            if r.passed >= r.tasks && r.state == "switched" {
                 r.state = "applied".into();
             }
         });

@@ -21,10 +21,12 @@
 //!   partition counts, repartition topics, compacted changelogs, the
 //!   dead-letter topic) and checks co-partitioning against real counts.
 
+pub mod directory;
 pub mod runner;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -55,6 +57,9 @@ pub struct KafkaSettings {
     /// This instance's stable id: transactional ids derive from it, so a
     /// restarted instance fences its previous incarnation.
     pub instance_id: String,
+    /// Base URL of this instance's HTTP API, once it listens: announced in
+    /// the instance directory for interactive queries.
+    pub advertised_url: Arc<Mutex<Option<String>>>,
 }
 
 /// Base client configuration.
@@ -373,8 +378,12 @@ pub fn consume(brokers: &str, topic: &str, read: &ReadOptions, out: &mut impl Wr
                 if offsets {
                     line["offset"] = serde_json::json!(m.offset());
                 }
-                lines.entry(p).or_default().push(line);
+                let buffered = lines.entry(p).or_default();
+                buffered.push(line);
                 last_progress = std::time::Instant::now();
+                if wanted.len() == 1 && limit.is_some_and(|l| buffered.len() >= l) {
+                    break; // One partition, read in order: enough.
+                }
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 open.remove(&(p as u32));

@@ -36,15 +36,17 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{Offset, TopicPartitionList};
 use rocksdb::WriteBatch;
 
+use super::directory::{Announcement, Directory};
 use super::{KafkaSettings, PlainConsumer, QuietContext, TopicRequest, client_config, to_record};
 use crate::backend::control::{Control, RollbackHook, components_of};
 use crate::backend::embedded::EmbeddedBackend;
 use crate::metrics::AppMetrics;
+use crate::node::TaskLocation;
 use crate::record::{ConsumedRecord, ProducedRecord};
 use crate::state::SharedStore;
 use crate::state::rocks::StoreKey;
 use crate::status::{AppStatus, InputStatus, SwapRecord, TaskState, TaskStatus};
-use crate::task::{AppRuntime, Task, TaskId};
+use crate::task::{AppRuntime, Task, TaskError, TaskId};
 use crate::topology::{ProcessingGuarantee, StoreId, Topology};
 
 /// How long a transaction call, a flush or a restore may go without progress.
@@ -86,6 +88,10 @@ pub fn create_topics(brokers: &str, topology: &Topology) -> Result<(), KafkaStar
     if !problems.is_empty() {
         return Err(KafkaStartError::Topics(problems.join("; ")));
     }
+    let directory = super::directory::topic(&topology.name);
+    if !existing.contains_key(&directory) {
+        missing.push(TopicRequest { name: directory, partitions: 1, compact: true });
+    }
     super::create_topics(brokers, &missing).map_err(KafkaStartError::Broker)
 }
 
@@ -97,6 +103,17 @@ struct Shared {
     fatal: Mutex<Option<String>>,
     /// How far the global tables are loaded.
     globals: Mutex<Vec<InputStatus>>,
+    /// Bumped whenever tasks are created or closed: the directory announcer
+    /// re-announces.
+    tasks_version: AtomicU64,
+}
+
+impl Shared {
+    /// Ids of the tasks this instance runs now.
+    fn running_tasks(&self) -> Vec<String> {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.values().filter(|t| t.state == TaskState::Running).map(|t| t.id.clone()).collect()
+    }
 }
 
 /// A running application on Kafka.
@@ -105,6 +122,9 @@ pub struct KafkaApp {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     guarantee: ProcessingGuarantee,
+    directory: Arc<Directory>,
+    announcer: Option<JoinHandle<()>>,
+    settings: KafkaSettings,
 }
 
 impl KafkaApp {
@@ -128,11 +148,13 @@ impl KafkaApp {
         }
         let total_tasks = topology.subtopologies.iter().map(|s| s.partitions as usize).sum();
         let control = Arc::new(Control::new(app.clone(), history, total_tasks));
+        let directory = Arc::new(Directory::open(&settings.brokers, &topology.name).map_err(KafkaStartError::Broker)?);
         let shared = Arc::new(Shared {
             status: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
             globals: Mutex::new(Vec::new()),
+            tasks_version: AtomicU64::new(0),
         });
         let globals: BTreeMap<StoreId, SharedStore> =
             topology.globals.iter().map(|g| (g.store, backend.open_store(store_ids[&g.store], 0, &g.name))).collect();
@@ -158,8 +180,23 @@ impl KafkaApp {
                 .map_err(|e| KafkaStartError::Broker(format!("cannot start worker thread: {e}")))?;
             workers.push(handle);
         }
+        let announcer = {
+            let (directory, shared, settings) = (directory.clone(), shared.clone(), settings.clone());
+            std::thread::Builder::new()
+                .name(format!("weir-{}-directory", topology.name))
+                .spawn(move || announce_loop(&directory, &shared, &settings))
+                .map_err(|e| KafkaStartError::Broker(format!("cannot start the directory thread: {e}")))?
+        };
         tracing::info!(app = %topology.name, workers = workers.len(), "application started on Kafka");
-        Ok(KafkaApp { control, shared, workers, guarantee: topology.guarantee })
+        Ok(KafkaApp {
+            control,
+            shared,
+            workers,
+            guarantee: topology.guarantee,
+            directory,
+            announcer: Some(announcer),
+            settings,
+        })
     }
 
     pub fn runtime(&self) -> Arc<AppRuntime> {
@@ -229,10 +266,29 @@ impl KafkaApp {
         tracing::info!(app = %self.runtime().topology.name, "application stopped");
     }
 
+    /// Where a task runs: here, at another instance (by the directory), or
+    /// nowhere known now.
+    pub fn locate(&self, task: TaskId) -> TaskLocation {
+        let id = task.to_string();
+        if self.shared.running_tasks().contains(&id) {
+            return TaskLocation::Here;
+        }
+        if let Err(e) = self.directory.refresh() {
+            tracing::warn!(error = %e, "cannot read the instance directory");
+        }
+        match self.directory.owner(&id, &self.settings.instance_id) {
+            Some((_, url)) => TaskLocation::At(url),
+            None => TaskLocation::Unknown,
+        }
+    }
+
     fn halt(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        if let Some(a) = self.announcer.take() {
+            let _ = a.join();
         }
     }
 }
@@ -520,9 +576,10 @@ impl WorkerSetup {
             if w.fatal.is_some() {
                 break;
             }
-            w.process(std::mem::take(&mut batch));
+            w.process(&consumer, std::mem::take(&mut batch));
             if w.last_commit.elapsed() >= config.commit_interval {
                 w.commit_all(&consumer);
+                w.switch_versions();
             }
             if last_lag.elapsed() >= LAG_REFRESH {
                 w.refresh_lag(&offsets);
@@ -585,7 +642,7 @@ impl Worker {
     }
 
     /// Hands each record to its task, keeping each partition's order.
-    fn process(&mut self, records: Vec<ConsumedRecord>) {
+    fn process(&mut self, consumer: &GroupConsumer, records: Vec<ConsumedRecord>) {
         if records.is_empty() {
             return;
         }
@@ -594,7 +651,7 @@ impl Worker {
             let Some(&subtopology) = self.routes.get(&*r.topic) else { continue };
             per_task.entry(TaskId { subtopology, partition: r.partition }).or_default().push(r);
         }
-        let generation = self.control.generation();
+        self.switch_versions();
         for (id, records) in per_task {
             let Some(owned) = self.tasks.get_mut(&id) else {
                 continue; // Not ours (any more): its new owner reads it.
@@ -603,23 +660,26 @@ impl Worker {
                 continue;
             }
             let Some(task) = owned.task.as_mut() else { continue };
-            if owned.generation != generation && !task.has_uncommitted() {
-                let (generation, target) = self.control.current();
-                let started = Instant::now();
-                match task.swap(target) {
-                    Ok(_) => {
-                        owned.generation = generation;
-                        self.control.switched(generation, started.elapsed());
-                    }
-                    Err(e) => {
-                        self.control.failed(generation, format!("task {id}: {e}"));
-                        owned.generation = self.control.generation();
-                    }
-                }
-            }
             let started = Instant::now();
             let result = task.process(records);
             self.control.metrics.process.observe(started.elapsed());
+            if let Err(TaskError::SwapFailed { .. }) = &result {
+                // The new version trapped on probation: this task drops its
+                // open work (none of it was sent), goes back to the previous
+                // version and re-reads from its committed offsets; every
+                // other task goes back too (the control plane rolls back).
+                let error = result.expect_err("matched");
+                task.abort();
+                task.rollback_swap();
+                self.control.failed(owned.generation, format!("task {id}: {error}"));
+                owned.generation = self.control.generation();
+                for ((topic, p), (committed, _)) in &owned.inputs {
+                    if let Err(e) = consumer.seek(topic, *p as i32, Offset::Offset(*committed), KAFKA_TIMEOUT) {
+                        tracing::warn!(topic, partition = p, error = %e, "seek back failed");
+                    }
+                }
+                continue;
+            }
             if let Err(e) = result {
                 // Error policy `fail` (or a task-level error): the task
                 // stops; its open work is never committed.
@@ -640,6 +700,31 @@ impl Worker {
                 owned.task = None;
                 owned.state = TaskState::Failed;
                 owned.error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Moves tasks with nothing uncommitted (at a commit boundary) to the
+    /// version the control plane wants: instantiate + init; stores kept.
+    fn switch_versions(&mut self) {
+        let (generation, target) = self.control.current();
+        for (id, owned) in &mut self.tasks {
+            let Some(task) = owned.task.as_mut() else { continue };
+            if owned.generation == generation || task.has_uncommitted() {
+                continue;
+            }
+            let started = Instant::now();
+            match task.swap(target.clone()) {
+                Ok(_) => {
+                    owned.generation = generation;
+                    self.control.switched(generation, started.elapsed());
+                    tracing::info!(task = %id, update = generation, pause_us = started.elapsed().as_micros() as u64, "switched version");
+                }
+                Err(e) => {
+                    // Nothing changed in this task; every task goes back.
+                    self.control.failed(generation, format!("task {id}: {e}"));
+                    owned.generation = self.control.generation();
+                }
             }
         }
     }
@@ -855,6 +940,8 @@ impl Worker {
                 tracing::info!(app = %self.app(), task = %id, "task revoked");
             }
             self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.shared.tasks_version.fetch_add(1, Ordering::AcqRel);
+            self.control.set_tasks(self.shared.running_tasks().len());
         }
     }
 
@@ -930,11 +1017,21 @@ impl Worker {
                 }
             };
             let started = Instant::now();
+            // An estimate of what is to come, for progress: the end now,
+            // minus where we start (transaction markers count too).
+            let end = partition_end(&self.settings, changelog, id.partition).unwrap_or(from);
+            let to_restore = restored + (end - from).max(0) as u64;
+            let mut so_far = restored;
             let n = read_to_end(&self.settings, changelog, id.partition, from, &self.shared.stop, |records, next| {
                 let mut batch = WriteBatch::default();
                 db.write_state(&mut batch, key, records.iter().map(|(k, v)| (k, v)));
                 db.put_meta(&mut batch, &checkpoint_name, &next.to_be_bytes());
-                db.write(batch).map_err(|e| e.to_string())
+                db.write(batch).map_err(|e| e.to_string())?;
+                so_far += records.len() as u64;
+                owned.restored = Some((so_far, to_restore.max(so_far)));
+                self.publish(id, owned);
+                tracing::info!(app, task = %id, store = %store.name, restored = so_far, of_about = to_restore, "restoring");
+                Ok(())
             })?;
             restored += n;
             tracing::info!(app, task = %id, store = %store.name, from, records = n, ms = started.elapsed().as_millis() as u64, "restored store from its changelog");
@@ -1010,8 +1107,41 @@ impl Worker {
             commits: owned.commits,
             restore: owned.restored,
         };
-        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).insert(id, status);
+        let previous = self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).insert(id, status);
+        if previous.is_none_or(|p| p.state != owned.state) {
+            self.shared.tasks_version.fetch_add(1, Ordering::AcqRel);
+            self.control.set_tasks(self.shared.running_tasks().len());
+        }
     }
+}
+
+/// Announces the tasks this instance runs in the directory: when they
+/// change, every few seconds, and (empty) when the application stops.
+fn announce_loop(directory: &Directory, shared: &Shared, settings: &KafkaSettings) {
+    const EVERY: Duration = Duration::from_secs(5);
+    let mut announced: Option<(u64, Instant)> = None;
+    let announce = |tasks: Vec<String>| -> bool {
+        let Some(url) = settings.advertised_url.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return false; // Not listening yet.
+        };
+        let at_ms = crate::backend::embedded::now_us() / 1000;
+        match directory.announce(&settings.instance_id, &Announcement { url, tasks, at_ms }) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot announce this instance's tasks; retrying");
+                false
+            }
+        }
+    };
+    while !shared.stop.load(Ordering::Acquire) {
+        let version = shared.tasks_version.load(Ordering::Acquire);
+        let due = announced.is_none_or(|(v, at)| v != version || at.elapsed() >= EVERY);
+        if due && announce(shared.running_tasks()) {
+            announced = Some((version, Instant::now()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    announce(Vec::new());
 }
 
 fn checkpoint_key(app: &str, store: &str, partition: u32) -> String {
@@ -1044,6 +1174,12 @@ fn send_raw(
     super::send(producer, record).inspect_err(|_| {
         producer.context().pending.fetch_sub(1, Ordering::AcqRel);
     })
+}
+
+/// The end offset of a partition, as the broker reports it now.
+fn partition_end(settings: &KafkaSettings, topic: &str, partition: u32) -> Option<i64> {
+    let client: PlainConsumer = client_config(&settings.brokers).create_with_context(QuietContext).ok()?;
+    client.fetch_watermarks(topic, partition as i32, Duration::from_secs(5)).ok().map(|(_, high)| high)
 }
 
 /// Reads one partition from `from` to its end (read_committed), handing
