@@ -275,6 +275,17 @@ pub fn embedded(settings: EmbeddedBench) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A compiled application with its components loaded from the spec's paths.
+fn app_runtime(topology: &Topology, engine: &Arc<WasmEngine>) -> anyhow::Result<Arc<crate::task::AppRuntime>> {
+    let mut components = BTreeMap::new();
+    for (id, node) in topology.nodes.iter().enumerate() {
+        if let crate::topology::NodeKind::Processor(def) = &node.kind {
+            components.insert(id, engine.load_file(std::path::Path::new(&def.component))?);
+        }
+    }
+    Ok(Arc::new(crate::task::AppRuntime { topology: Arc::new(topology.clone()), engine: engine.clone(), components }))
+}
+
 fn bench_record(kind: &str, i: usize, now_ms: i64) -> crate::record::Record {
     let (key, value) = match kind {
         "orders" => {
@@ -365,14 +376,7 @@ fn run_embedded_scenario(
             }
         }
         Some(t) => {
-            let mut components = BTreeMap::new();
-            for (id, node) in t.nodes.iter().enumerate() {
-                if let crate::topology::NodeKind::Processor(def) = &node.kind {
-                    components.insert(id, engine.load_file(std::path::Path::new(&def.component))?);
-                }
-            }
-            let runtime =
-                Arc::new(crate::task::AppRuntime { topology: Arc::new(t.clone()), engine: engine.clone(), components });
+            let runtime = app_runtime(t, engine)?;
             let config =
                 RunnerConfig { commit_interval: settings.commit_interval, max_batch: 1000, workers: settings.workers };
             app = Some(EmbeddedApp::start(backend.clone(), runtime, config)?);

@@ -73,26 +73,29 @@ macro_rules! on_backend {
 }
 
 impl RunningApp {
+    fn control(&self) -> &Arc<crate::backend::control::Control> {
+        on_backend!(self, a => a.control())
+    }
     fn runtime(&self) -> Arc<AppRuntime> {
-        on_backend!(self, a => a.runtime())
+        self.control().current().1
     }
     fn update(&self, new: Arc<AppRuntime>) -> Result<u64, String> {
         on_backend!(self, a => a.update(new))
     }
     fn swap(&self, id: u64) -> Option<SwapRecord> {
-        on_backend!(self, a => a.swap(id))
+        self.control().record(id)
     }
     fn on_rollback(&self, hook: crate::backend::control::RollbackHook) {
-        on_backend!(self, a => a.on_rollback(hook))
+        self.control().on_rollback(hook)
     }
     fn set_last_pause(&self, pause: Duration) {
-        on_backend!(self, a => a.set_last_pause(pause))
+        self.control().set_last_pause(pause)
     }
     fn metrics(&self) -> Arc<crate::metrics::AppMetrics> {
-        on_backend!(self, a => a.metrics())
+        self.control().metrics.clone()
     }
     fn history(&self) -> Vec<SwapRecord> {
-        on_backend!(self, a => a.history())
+        self.control().history()
     }
     fn status(&self) -> AppStatus {
         on_backend!(self, a => a.status())

@@ -313,20 +313,8 @@ fn key_count_on_kafka_matches_expected() {
     run_example("key-count");
 }
 
-pub const KEY_COUNT: &str = r#"
-name: key-count
-topics: { events: 4, counts: 4 }
-sources:
-  events: { topic: events, to: [count] }
-processors:
-  count:
-    component: "{guests}/key_count.wasm"
-    stores: [counts]
-    outputs: { counts: counts }
-stores: { counts: {} }
-sinks:
-  counts: { topic: counts }
-"#;
+/// key-count, exactly-once, 4 partitions (the crash tests' spec).
+pub const KEY_COUNT: &str = crate::crash::specs::KEY_COUNT_EOS;
 
 fn key_count_spec(dir: &Path) -> PathBuf {
     write_spec(dir, "kc.yaml", KEY_COUNT)

@@ -6,7 +6,8 @@
 //! on another instance, found in the instance directory
 //! ([`crate::backend::kafka::directory`]), and the request is forwarded
 //! there (with `local=true`, so it is never forwarded twice). Answers name
-//! the instance that served them (`served_by`). Reads see committed state.
+//! the instance that served them (`served_by`, on Kafka). Reads see
+//! committed state.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -150,12 +151,11 @@ pub async fn get_key(
             .get(key.as_bytes())
             .map_err(|e| ApiError::internal(e.to_string()))?;
         match value {
-            Some(v) => Ok(Json(json!({
-                "key": key,
-                "partition": partition,
-                "value": render_bytes(Some(&v)),
-                "served_by": node.advertised_url(),
-            }))),
+            Some(v) => {
+                let mut answer = json!({ "key": key, "partition": partition, "value": render_bytes(Some(&v)) });
+                served_by(&node, &mut answer);
+                Ok(Json(answer))
+            }
             None => Err(ApiError::not_found(
                 "unknown-key",
                 format!("store `{store}` of `{app}` has no key `{key}` (partition {partition})"),
@@ -163,6 +163,13 @@ pub async fn get_key(
         }
     })
     .await
+}
+
+/// On Kafka, answers name the instance that served them.
+fn served_by(node: &Node, answer: &mut serde_json::Value) {
+    if node.on_kafka() {
+        answer["served_by"] = json!(node.advertised_url());
+    }
 }
 
 /// Percent-encodes a path segment.
@@ -237,12 +244,10 @@ pub async fn scan(
                 .range(Bound::Included(prefix.as_bytes()), upper, room)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             for (k, v) in found {
-                entries.push(json!({
-                    "key": render_bytes(Some(&k)),
-                    "partition": p,
-                    "value": render_bytes(Some(&v)),
-                    "served_by": node.advertised_url(),
-                }));
+                let mut entry =
+                    json!({ "key": render_bytes(Some(&k)), "partition": p, "value": render_bytes(Some(&v)) });
+                served_by(&node, &mut entry);
+                entries.push(entry);
             }
         }
         Ok(Json(json!({ "entries": entries })))

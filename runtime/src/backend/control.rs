@@ -142,6 +142,29 @@ impl Control {
         }
     }
 
+    /// The record of an update.
+    pub fn record(&self, id: u64) -> Option<SwapRecord> {
+        self.swaps.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|r| r.id == id).cloned()
+    }
+
+    /// Every update so far, oldest first.
+    pub fn history(&self) -> Vec<SwapRecord> {
+        self.swaps.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Registers what to do when an update rolls back (e.g. persist the
+    /// version the application runs again).
+    pub fn on_rollback(&self, hook: RollbackHook) {
+        *self.on_rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// Records how long the latest update paused processing.
+    pub fn set_last_pause(&self, pause: Duration) {
+        if let Some(r) = self.swaps.lock().unwrap_or_else(|e| e.into_inner()).last_mut() {
+            r.max_pause_ms = pause.as_secs_f64() * 1000.0;
+        }
+    }
+
     /// The update a generation belongs to (a rollback generation belongs to none).
     pub fn owns(&self, generation: u64) -> bool {
         self.swaps.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|r| r.id == generation)

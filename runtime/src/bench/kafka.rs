@@ -214,14 +214,7 @@ fn run_scenario(settings: &KafkaBench, engine: &Arc<WasmEngine>, scenario: &Scen
             }
         }
         Some(t) => {
-            let mut components = BTreeMap::new();
-            for (id, node) in t.nodes.iter().enumerate() {
-                if let crate::topology::NodeKind::Processor(def) = &node.kind {
-                    components.insert(id, engine.load_file(std::path::Path::new(&def.component))?);
-                }
-            }
-            let runtime =
-                Arc::new(crate::task::AppRuntime { topology: Arc::new(t.clone()), engine: engine.clone(), components });
+            let runtime = super::app_runtime(t, engine)?;
             let local = EmbeddedBackend::open(dir.path(), false)?;
             let kafka = KafkaSettings {
                 brokers: brokers.clone(),

@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 use rocksdb::WriteBatch;
 
 use super::{BackendError, EmbeddedBackend, Topic};
-use crate::backend::control::{Control, RollbackHook, components_of};
-use crate::metrics::AppMetrics;
+use crate::backend::control::{Control, components_of};
 use crate::record::ConsumedRecord;
 use crate::state::SharedStore;
 use crate::status::{AppStatus, InputStatus, SwapRecord, TaskState, TaskStatus};
@@ -177,32 +176,9 @@ impl EmbeddedApp {
         Ok(id)
     }
 
-    /// The record of an update.
-    pub fn swap(&self, id: u64) -> Option<SwapRecord> {
-        self.control.swaps.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|r| r.id == id).cloned()
-    }
-
-    /// Registers what to do when an update rolls back (e.g. persist the
-    /// version the application runs again).
-    pub fn on_rollback(&self, hook: RollbackHook) {
-        *self.control.on_rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
-    }
-
-    /// Records how long the latest update paused processing.
-    pub fn set_last_pause(&self, pause: Duration) {
-        if let Some(r) = self.control.swaps.lock().unwrap_or_else(|e| e.into_inner()).last_mut() {
-            r.max_pause_ms = pause.as_secs_f64() * 1000.0;
-        }
-    }
-
-    /// Latency histograms.
-    pub fn metrics(&self) -> Arc<AppMetrics> {
-        self.control.metrics.clone()
-    }
-
-    /// Every update so far.
-    pub fn history(&self) -> Vec<SwapRecord> {
-        self.control.swaps.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The application's control plane: versions, updates, metrics.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// The application's status, with lag computed now.
@@ -233,7 +209,7 @@ impl EmbeddedApp {
             tasks,
             components: components_of(&app),
             component_versions: BTreeMap::new(),
-            swaps: self.history(),
+            swaps: self.control.history(),
             global_inputs: Vec::new(),
         };
         status.summarize();

@@ -38,9 +38,8 @@ use rocksdb::WriteBatch;
 
 use super::directory::{Announcement, Directory};
 use super::{KafkaSettings, PlainConsumer, QuietContext, TopicRequest, client_config, to_record};
-use crate::backend::control::{Control, RollbackHook, components_of};
+use crate::backend::control::{Control, components_of};
 use crate::backend::embedded::EmbeddedBackend;
-use crate::metrics::AppMetrics;
 use crate::node::TaskLocation;
 use crate::record::{ConsumedRecord, ProducedRecord};
 use crate::state::SharedStore;
@@ -207,26 +206,9 @@ impl KafkaApp {
         self.control.begin(new)
     }
 
-    pub fn swap(&self, id: u64) -> Option<SwapRecord> {
-        self.control.swaps.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|r| r.id == id).cloned()
-    }
-
-    pub fn on_rollback(&self, hook: RollbackHook) {
-        *self.control.on_rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
-    }
-
-    pub fn set_last_pause(&self, pause: Duration) {
-        if let Some(r) = self.control.swaps.lock().unwrap_or_else(|e| e.into_inner()).last_mut() {
-            r.max_pause_ms = pause.as_secs_f64() * 1000.0;
-        }
-    }
-
-    pub fn metrics(&self) -> Arc<AppMetrics> {
-        self.control.metrics.clone()
-    }
-
-    pub fn history(&self) -> Vec<SwapRecord> {
-        self.control.swaps.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The application's control plane: versions, updates, metrics.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// The tasks this instance owns now, and the instance's fatal error.
@@ -247,7 +229,7 @@ impl KafkaApp {
             tasks,
             components: components_of(&app),
             component_versions: BTreeMap::new(),
-            swaps: self.history(),
+            swaps: self.control.history(),
             global_inputs: self.shared.globals.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         };
         status.summarize();
