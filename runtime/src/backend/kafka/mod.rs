@@ -70,6 +70,12 @@ pub fn client_config(brokers: &str) -> ClientConfig {
         .set("socket.keepalive.enable", "true")
         .set("reconnect.backoff.max.ms", "2000")
         .set("log_level", "3");
+    // librdkafka's own debug contexts (e.g. `cgrp,protocol`), for diagnosis.
+    if let Ok(debug) = std::env::var("WEIR_KAFKA_DEBUG")
+        && !debug.is_empty()
+    {
+        c.set("debug", &debug).set("log_level", "7");
+    }
     c
 }
 
