@@ -481,6 +481,12 @@ fn a_zombie_with_the_same_transactional_id_is_fenced_and_says_so() {
     // the transactional id, and the zombie's next commit is refused.
     let successor = same_id("successor");
     successor.deploy(&spec);
+    // Its producer has taken the transactional id once its worker joins the
+    // group (init_transactions comes first); only then is the zombie's next
+    // commit certain to be refused.
+    wait_for(Duration::from_secs(60), "the successor to start its transactions", || {
+        successor.log_text().contains("joining the consumer group").then_some(())
+    });
     tansu.produce("events", &events(4, 2, 2));
     let state = wait_for(Duration::from_secs(60), "the zombie to be fenced", || {
         let status = zombie.get("/v1/apps/key-count").ok()?;

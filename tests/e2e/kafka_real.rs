@@ -107,6 +107,12 @@ fn a_zombie_is_fenced_on_a_real_kafka() {
     wait_drained(&kafka, &[&zombie], &app, &[&events_topic]);
     let successor = twin("successor");
     successor.deploy(&spec);
+    // Its producer has taken the transactional id once its worker joins the
+    // group (init_transactions comes first); only then is the zombie's next
+    // commit certain to be refused.
+    wait_for(Duration::from_secs(60), "the successor to start its transactions", || {
+        successor.log_text().contains("joining the consumer group").then_some(())
+    });
     kafka.produce(&events_topic, &events(4, 2, 2));
     wait_for(Duration::from_secs(120), "the zombie to be fenced", || {
         let state = zombie.get(&format!("/v1/apps/{app}")).ok()?["state"].as_str()?.to_owned();
