@@ -142,6 +142,29 @@ impl Control {
         }
     }
 
+    /// The application's status from its tasks (state and lag derived).
+    pub fn app_status(&self, backend: &str, tasks: Vec<crate::status::TaskStatus>) -> crate::status::AppStatus {
+        let app = self.current().1;
+        let guarantee = match app.topology.guarantee {
+            crate::topology::ProcessingGuarantee::ExactlyOnce => "exactly-once",
+            crate::topology::ProcessingGuarantee::AtLeastOnce => "at-least-once",
+        };
+        let mut status = crate::status::AppStatus {
+            name: app.topology.name.clone(),
+            backend: backend.into(),
+            guarantee: guarantee.into(),
+            state: String::new(),
+            lag: 0,
+            tasks,
+            components: components_of(&app),
+            component_versions: BTreeMap::new(),
+            swaps: self.history(),
+            global_inputs: Vec::new(),
+        };
+        status.summarize();
+        status
+    }
+
     /// The record of an update.
     pub fn record(&self, id: u64) -> Option<SwapRecord> {
         self.swaps.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|r| r.id == id).cloned()

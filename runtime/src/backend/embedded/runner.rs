@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use rocksdb::WriteBatch;
 
 use super::{BackendError, EmbeddedBackend, Topic};
-use crate::backend::control::{Control, components_of};
+use crate::backend::control::Control;
 use crate::record::ConsumedRecord;
 use crate::state::SharedStore;
 use crate::status::{AppStatus, InputStatus, SwapRecord, TaskState, TaskStatus};
@@ -183,8 +183,6 @@ impl EmbeddedApp {
 
     /// The application's status, with lag computed now.
     pub fn status(&self) -> AppStatus {
-        let app = self.runtime();
-        let topology = &app.topology;
         let mut tasks: Vec<TaskStatus> =
             self.status.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for t in &mut tasks {
@@ -196,24 +194,7 @@ impl EmbeddedApp {
                 }
             }
         }
-        let mut status = AppStatus {
-            name: topology.name.clone(),
-            backend: "embedded".into(),
-            guarantee: match topology.guarantee {
-                ProcessingGuarantee::ExactlyOnce => "exactly-once",
-                ProcessingGuarantee::AtLeastOnce => "at-least-once",
-            }
-            .into(),
-            state: String::new(),
-            lag: 0,
-            tasks,
-            components: components_of(&app),
-            component_versions: BTreeMap::new(),
-            swaps: self.control.history(),
-            global_inputs: Vec::new(),
-        };
-        status.summarize();
-        status
+        self.control.app_status("embedded", tasks)
     }
 
     /// Stops the workers after a final commit of every task.

@@ -38,7 +38,7 @@ use rocksdb::WriteBatch;
 
 use super::directory::{Announcement, Directory};
 use super::{KafkaSettings, PlainConsumer, QuietContext, TopicRequest, client_config, to_record};
-use crate::backend::control::{Control, components_of};
+use crate::backend::control::Control;
 use crate::backend::embedded::EmbeddedBackend;
 use crate::node::TaskLocation;
 use crate::record::{ConsumedRecord, ProducedRecord};
@@ -120,7 +120,6 @@ pub struct KafkaApp {
     control: Arc<Control>,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    guarantee: ProcessingGuarantee,
     directory: Arc<Directory>,
     announcer: Option<JoinHandle<()>>,
     settings: KafkaSettings,
@@ -187,15 +186,7 @@ impl KafkaApp {
                 .map_err(|e| KafkaStartError::Broker(format!("cannot start the directory thread: {e}")))?
         };
         tracing::info!(app = %topology.name, workers = workers.len(), "application started on Kafka");
-        Ok(KafkaApp {
-            control,
-            shared,
-            workers,
-            guarantee: topology.guarantee,
-            directory,
-            announcer: Some(announcer),
-            settings,
-        })
+        Ok(KafkaApp { control, shared, workers, directory, announcer: Some(announcer), settings })
     }
 
     pub fn runtime(&self) -> Arc<AppRuntime> {
@@ -213,26 +204,10 @@ impl KafkaApp {
 
     /// The tasks this instance owns now, and the instance's fatal error.
     pub fn status(&self) -> AppStatus {
-        let app = self.runtime();
         let tasks: Vec<TaskStatus> =
             self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        let mut status = AppStatus {
-            name: app.topology.name.clone(),
-            backend: "kafka".into(),
-            guarantee: match self.guarantee {
-                ProcessingGuarantee::ExactlyOnce => "exactly-once",
-                ProcessingGuarantee::AtLeastOnce => "at-least-once",
-            }
-            .into(),
-            state: String::new(),
-            lag: 0,
-            tasks,
-            components: components_of(&app),
-            component_versions: BTreeMap::new(),
-            swaps: self.control.history(),
-            global_inputs: self.shared.globals.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-        };
-        status.summarize();
+        let mut status = self.control.app_status("kafka", tasks);
+        status.global_inputs = self.shared.globals.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(fatal) = self.shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             status.state = format!("failed: {fatal}");
         } else if status.tasks.is_empty() {
