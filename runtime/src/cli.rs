@@ -166,9 +166,12 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2_000)]
         latency_rate: usize,
     },
-    /// Throughput and latency on a Kafka cluster, exactly-once: raw rdkafka
-    /// consume→produce, then passthrough, key-count and reservation run by
-    /// weir; last line `ratio <passthrough/raw>`.
+    /// Throughput (steady state), start-up, latency and memory on a Kafka
+    /// cluster, exactly-once: raw rdkafka consume→produce, weir's
+    /// passthrough, key-count and reservation, and the same two in Kafka
+    /// Streams; last lines `ratio weir/kafka-streams key-count|reservation`
+    /// and `ratio passthrough/raw`. `./dev bench-kafka` starts a broker and
+    /// builds the peer first.
     Kafka {
         /// Bootstrap servers of the cluster to measure on.
         #[arg(long, env = "WEIR_BROKERS", hide_env_values = true)]
@@ -176,12 +179,19 @@ pub enum BenchCommand {
         /// Directory of the built guest components.
         #[arg(long, default_value = "target/wasm32-wasip2/guest")]
         guests: PathBuf,
-        /// Records of the throughput phase.
-        #[arg(long, default_value_t = 100_000)]
+        /// The built Kafka Streams peer (tests/peers/kafka-streams); without
+        /// it the Kafka Streams scenarios are left out.
+        #[arg(long)]
+        kafka_streams: Option<PathBuf>,
+        /// Records of the throughput phase, pre-produced.
+        #[arg(long, default_value_t = 500_000)]
         records: usize,
         /// Records per second offered in the latency phase.
         #[arg(long, default_value_t = 1_000)]
         latency_rate: usize,
+        /// Seconds the latency phase offers them.
+        #[arg(long, default_value_t = 5)]
+        latency_seconds: u64,
     },
     /// The reservation processor natively (SDK harness) and as a component,
     /// over the same records; prints ns/record and `ratio <component/native>`.
@@ -319,12 +329,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::bench::embedded(settings)?;
                 Ok(ExitCode::SUCCESS)
             }
-            BenchCommand::Kafka { brokers, guests, records, latency_rate } => {
+            BenchCommand::Kafka { brokers, guests, kafka_streams, records, latency_rate, latency_seconds } => {
                 crate::bench::kafka::run(crate::bench::kafka::KafkaBench {
                     brokers,
                     guests,
                     records,
                     latency_rate,
+                    latency_seconds,
+                    kafka_streams,
                     commit_interval: std::time::Duration::from_millis(100),
                     workers: 2,
                     partitions: 4,

@@ -8,6 +8,7 @@
 //! http = "127.0.0.1:8080"           # WEIR_HTTP
 //! brokers = ""                      # WEIR_BROKERS: empty = the embedded backend
 //! session_timeout = "10s"           # WEIR_SESSION_TIMEOUT: Kafka consumer group session
+//! transaction_timeout = "10s"       # WEIR_TRANSACTION_TIMEOUT: Kafka aborts a transaction left open this long
 //! instance_id = ""                  # WEIR_INSTANCE_ID: stable id on Kafka; empty = one kept in the data dir
 //! advertised_url = ""               # WEIR_ADVERTISED_URL: this API's URL for other instances; empty = http://<bound address>
 //! commit_interval = "100ms"         # WEIR_COMMIT_INTERVAL
@@ -41,6 +42,10 @@ pub struct Config {
     /// Kafka consumer group session timeout: how soon a dead instance's
     /// partitions move to the others.
     pub session_timeout: Duration,
+    /// Kafka's `transaction.timeout.ms` for weir's producers: the broker
+    /// aborts a transaction of a stalled instance after this long (Kafka
+    /// Streams' exactly-once default, 10 s).
+    pub transaction_timeout: Duration,
     /// This instance's stable id on Kafka (transactional ids derive from
     /// it); empty = generated once and kept in the data dir.
     pub instance_id: String,
@@ -79,6 +84,7 @@ impl Default for Config {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             brokers: String::new(),
             session_timeout: Duration::from_secs(10),
+            transaction_timeout: Duration::from_secs(10),
             instance_id: String::new(),
             advertised_url: String::new(),
             commit_interval: Duration::from_millis(100),
@@ -104,6 +110,7 @@ struct FileConfig {
     http: Option<String>,
     brokers: Option<String>,
     session_timeout: Option<String>,
+    transaction_timeout: Option<String>,
     instance_id: Option<String>,
     advertised_url: Option<String>,
     commit_interval: Option<String>,
@@ -140,6 +147,7 @@ impl Config {
             http: var("WEIR_HTTP"),
             brokers: env("WEIR_BROKERS"),
             session_timeout: var("WEIR_SESSION_TIMEOUT"),
+            transaction_timeout: var("WEIR_TRANSACTION_TIMEOUT"),
             instance_id: var("WEIR_INSTANCE_ID"),
             advertised_url: var("WEIR_ADVERTISED_URL"),
             commit_interval: var("WEIR_COMMIT_INTERVAL"),
@@ -202,6 +210,13 @@ impl Config {
         }
         if let Some(v) = f.session_timeout {
             self.session_timeout = parse_duration(&v).map_err(|e| bad("session_timeout", e))?;
+        }
+        if let Some(v) = f.transaction_timeout {
+            let timeout = parse_duration(&v).map_err(|e| bad("transaction_timeout", e))?;
+            if timeout < Duration::from_secs(1) {
+                return Err(bad("transaction_timeout", format!("`{v}` is under 1s")));
+            }
+            self.transaction_timeout = timeout;
         }
         if let Some(v) = f.commit_interval {
             self.commit_interval = parse_duration(&v).map_err(|e| bad("commit_interval", e))?;

@@ -50,8 +50,14 @@ impl Histogram {
 pub struct AppMetrics {
     /// One `Task::process` call (a batch of input, through every processor).
     pub process: Histogram,
-    /// One commit (a write batch).
+    /// One commit (a write batch; on Kafka the whole transaction).
     pub commit: Histogram,
+    /// On Kafka: from the commit's first send until the broker acknowledged
+    /// every output and changelog record of it.
+    pub commit_deliveries: Histogram,
+    /// On Kafka: the offsets sent to the transaction and the transaction
+    /// committed (exactly-once), or the offsets committed (at-least-once).
+    pub commit_offsets: Histogram,
 }
 
 fn escape(v: &str) -> String {
@@ -162,6 +168,22 @@ pub fn render(apps: &[(AppStatus, std::sync::Arc<AppMetrics>)]) -> String {
     let _ = writeln!(out, "# HELP weir_commit_seconds one commit\n# TYPE weir_commit_seconds histogram");
     for (s, m) in apps {
         m.commit.render(&mut out, "weir_commit_seconds", &format!("app=\"{}\"", escape(&s.name)));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP weir_commit_deliveries_seconds Kafka: a commit's records sent until all acknowledged\n\
+         # TYPE weir_commit_deliveries_seconds histogram"
+    );
+    for (s, m) in apps {
+        m.commit_deliveries.render(&mut out, "weir_commit_deliveries_seconds", &format!("app=\"{}\"", escape(&s.name)));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP weir_commit_offsets_seconds Kafka: offsets sent and the transaction committed\n\
+         # TYPE weir_commit_offsets_seconds histogram"
+    );
+    for (s, m) in apps {
+        m.commit_offsets.render(&mut out, "weir_commit_offsets_seconds", &format!("app=\"{}\"", escape(&s.name)));
     }
     out
 }

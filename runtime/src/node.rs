@@ -253,6 +253,7 @@ impl Node {
         Some(KafkaSettings {
             brokers: self.config.brokers.clone(),
             session_timeout: self.config.session_timeout,
+            transaction_timeout: self.config.transaction_timeout,
             instance_id: self.instance_id.clone(),
             advertised_url: self.advertised_url.clone(),
         })

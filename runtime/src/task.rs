@@ -886,6 +886,14 @@ impl Task {
         }
     }
 
+    /// Takes the records produced so far in the open transaction, for a
+    /// backend that sends them while the transaction is open (Kafka: they
+    /// stay invisible to read_committed consumers until it commits). Store
+    /// changes and positions stay for [`prepare_commit`](Self::prepare_commit).
+    pub fn take_produced(&mut self) -> Vec<ProducedRecord> {
+        std::mem::take(&mut self.produced)
+    }
+
     /// Gives back input positions taken by [`prepare_commit`](Self::prepare_commit)
     /// but not committed (at-least-once commits effects before positions).
     /// Positions recorded since then are newer and win.

@@ -33,8 +33,15 @@ sinks:
     )
 }
 
-/// Produces from a thread until stopped; returns the stop flag and handle.
+/// Produces to `events` from a thread until stopped; returns the stop flag and handle.
 pub fn keep_producing(url: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+    keep_producing_to(url, "events")
+}
+
+/// Produces to `topic` through the server at `url` from a thread until
+/// stopped: 50 keys, 200 records a request.
+pub fn keep_producing_to(url: String, topic: &str) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+    let topic = topic.to_owned();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let handle = std::thread::spawn(move || {
@@ -47,7 +54,7 @@ pub fn keep_producing(url: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<
                     format!("{{\"key\":\"k{}\",\"value\":\"x\"}}\n", (n >> 33) % 50)
                 })
                 .collect();
-            if weir::client::produce("events", &url, std::io::Cursor::new(chunk.into_bytes())).is_ok() {
+            if weir::client::produce(&topic, &url, std::io::Cursor::new(chunk.into_bytes())).is_ok() {
                 sent += 200;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -67,12 +74,17 @@ fn text(v: &Value) -> String {
 /// Per key: (count, version) in output order; checks counts are exactly 1..n
 /// against the input topic.
 pub fn checked_outputs(server: &Server) -> BTreeMap<String, Vec<(i64, i64)>> {
+    checked_outputs_of(server, "events", "counts")
+}
+
+/// [`checked_outputs`] for other topic names.
+pub fn checked_outputs_of(server: &Server, events: &str, counts: &str) -> BTreeMap<String, Vec<(i64, i64)>> {
     let mut n: BTreeMap<String, i64> = BTreeMap::new();
-    for r in server.consume_all("events") {
+    for r in server.consume_all(events) {
         *n.entry(text(&r["key"])).or_insert(0) += 1;
     }
     let mut out: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
-    for r in server.consume_all("counts") {
+    for r in server.consume_all(counts) {
         let v = &r["value"];
         out.entry(text(&r["key"])).or_default().push((v["count"].as_i64().unwrap(), v["version"].as_i64().unwrap()));
     }

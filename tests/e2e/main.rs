@@ -3,12 +3,13 @@
 
 mod api;
 mod bad_state;
+mod broker;
 mod common;
 mod crash;
 mod examples;
 mod hot_swap;
 mod kafka;
-mod kafka_real;
+mod peers;
 mod sandbox;
 mod serve_cli;
 mod server;

@@ -122,6 +122,11 @@ impl Server {
         }
     }
 
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
     /// SIGKILL: no shutdown, no final commit.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

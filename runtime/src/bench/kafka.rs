@@ -1,19 +1,28 @@
-//! `weir bench kafka --brokers ...`: throughput and end-to-end latency on a
-//! Kafka cluster, exactly-once, all from one run on the same broker:
+//! `weir bench kafka --brokers ...`: weir on Kafka against a plain rdkafka
+//! loop and against Kafka Streams, all from one run on the same broker,
+//! exactly-once, the same partitions, threads and commit interval:
 //!
-//! - `raw`: plain rdkafka consume → produce with the same transactional
-//!   cadence weir uses (a group member and a transactional producer per
-//!   worker thread, offsets sent to the transaction, a commit every
-//!   `commit_interval`), no wasm, no tasks, no stores: the baseline;
-//! - `passthrough`, `key-count`, `reservation` run by weir's Kafka backend.
+//! - `raw`: rdkafka consume → produce with the cadence weir uses (a group
+//!   member and a transactional producer per thread, offsets sent to the
+//!   transaction, a commit every `commit_interval`), no wasm, no tasks, no
+//!   stores: the floor of what any processor on this broker can cost;
+//! - `passthrough`, `key-count`, `reservation`: a `weir serve --brokers`
+//!   child process running the guest examples;
+//! - `kafka-streams key-count`, `kafka-streams reservation`: the same logic
+//!   in Kafka Streams (`tests/peers/kafka-streams`, `exactly_once_v2`,
+//!   caching off), a `java` child process.
 //!
-//! Throughput: records pre-produced, time until every output is visible to a
-//! read_committed consumer. Latency: a steady trickle, each output's
-//! arrival at a read_committed consumer minus its input's timestamp (the
-//! produce time). Every run uses fresh topic and group names.
+//! Each scenario gets fresh topics with `records` records pre-produced.
+//! Start-up (process start until the first output is visible to a
+//! read_committed consumer: group join, restore, first commit) is reported
+//! on its own; throughput is steady state, from the first output to the
+//! last. Latency: outputs' arrival minus their input's timestamp at a
+//! fixed offered rate. Memory: the peak RSS of the process that ran it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -23,27 +32,30 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Figures, PRODUCTS, bench_record};
-use crate::backend::embedded::runner::RunnerConfig;
-use crate::backend::embedded::{EmbeddedBackend, now_us};
-use crate::backend::kafka::runner::KafkaApp;
-use crate::backend::kafka::{KafkaSettings, PlainConsumer, QuietContext, TopicRequest, client_config, send};
+use super::{PRODUCTS, bench_record};
+use crate::backend::embedded::now_us;
+use crate::backend::kafka::{PlainConsumer, QuietContext, client_config, send, serve_producer_until};
 use crate::partitioner::partition_for;
 use crate::topology::Topology;
-use crate::wasm::{EngineConfig, WasmEngine};
 
 /// Settings of `weir bench kafka`.
 #[derive(Debug, Clone)]
 pub struct KafkaBench {
     pub brokers: String,
     pub guests: PathBuf,
-    /// Records of the throughput phase.
+    /// Records of the throughput phase (pre-produced).
     pub records: usize,
     /// Records per second offered in the latency phase.
     pub latency_rate: usize,
+    /// How long the latency phase offers them.
+    pub latency_seconds: u64,
     pub commit_interval: Duration,
+    /// Processing threads of weir, Kafka Streams and the raw loop alike.
     pub workers: usize,
     pub partitions: u32,
+    /// The Kafka Streams peer (`tests/peers/kafka-streams`, built); `None`
+    /// leaves its scenarios out.
+    pub kafka_streams: Option<PathBuf>,
 }
 
 const PASSTHROUGH: &str = r#"
@@ -83,12 +95,34 @@ stores: { stock: {} }
 sinks: { validated: { topic: validated-{S} }, rejected: { topic: rejected-{S} } }
 "#;
 
+/// Who processes a scenario's input.
+#[derive(Clone, Copy)]
+enum Runner {
+    Raw,
+    Weir,
+    /// The peer's mode: `bench-key-count` or `bench-reservation`.
+    KafkaStreams(&'static str),
+}
+
 /// What a scenario runs, its input kind and output topics (unsuffixed).
 struct Scenario {
     name: &'static str,
-    spec: Option<&'static str>,
+    runner: Runner,
+    /// The weir spec; its topics are every runner's topics.
+    spec: &'static str,
+    /// `text` (keyed events) or `orders` (reservation orders, after stock).
     input: &'static str,
     outputs: &'static [&'static str],
+}
+
+/// One scenario's figures.
+struct Figures {
+    startup_s: f64,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Peak resident memory of the processing process, MiB (`None`: in process).
+    rss_mib: Option<f64>,
 }
 
 pub fn run(settings: KafkaBench) -> anyhow::Result<()> {
@@ -96,59 +130,90 @@ pub fn run(settings: KafkaBench) -> anyhow::Result<()> {
         let path = settings.guests.join(format!("{guest}.wasm"));
         anyhow::ensure!(path.exists(), "{} not found: run `cargo guests` first, or pass --guests DIR", path.display());
     }
+    if let Some(peer) = &settings.kafka_streams {
+        anyhow::ensure!(
+            peer_jar(peer).exists(),
+            "{} not found: build the peer with `mvn -q -f {}/pom.xml package`",
+            peer_jar(peer).display(),
+            peer.display()
+        );
+    }
     crate::backend::kafka::partition_counts(&settings.brokers).map_err(anyhow::Error::msg)?;
-    let engine = Arc::new(WasmEngine::new(EngineConfig::default())?);
-    let scenarios = [
-        Scenario { name: "raw", spec: None, input: "text", outputs: &["out"] },
-        Scenario { name: "passthrough", spec: Some(PASSTHROUGH), input: "text", outputs: &["out"] },
-        Scenario { name: "key-count", spec: Some(KEY_COUNT), input: "text", outputs: &["out"] },
-        Scenario { name: "reservation", spec: Some(RESERVATION), input: "orders", outputs: &["validated", "rejected"] },
+    let scenario = |name, runner, spec, input, outputs| Scenario { name, runner, spec, input, outputs };
+    const OUT: &[&str] = &["out"];
+    const VALIDATED_REJECTED: &[&str] = &["validated", "rejected"];
+    let mut scenarios = vec![
+        scenario("raw", Runner::Raw, PASSTHROUGH, "text", OUT),
+        scenario("passthrough", Runner::Weir, PASSTHROUGH, "text", OUT),
+        scenario("key-count", Runner::Weir, KEY_COUNT, "text", OUT),
+        scenario("reservation", Runner::Weir, RESERVATION, "orders", VALIDATED_REJECTED),
     ];
+    if settings.kafka_streams.is_some() {
+        scenarios.push(scenario("ks-key-count", Runner::KafkaStreams("bench-key-count"), KEY_COUNT, "text", OUT));
+        scenarios.push(scenario(
+            "ks-reservation",
+            Runner::KafkaStreams("bench-reservation"),
+            RESERVATION,
+            "orders",
+            VALIDATED_REJECTED,
+        ));
+    }
     println!(
-        "kafka backend at {}, exactly-once, {} partitions, {} workers, commit interval {:?}; throughput over {} records, latency at {}/s",
+        "kafka at {}, exactly-once, {} partitions, {} threads, commit interval {:?}; throughput over {} \
+         pre-produced records (steady state: first output to last), latency at {}/s for {} s",
         settings.brokers,
         settings.partitions,
         settings.workers,
         settings.commit_interval,
         settings.records,
-        settings.latency_rate
+        settings.latency_rate,
+        settings.latency_seconds
+    );
+    println!(
+        "{:15} {:>10} {:>12} {:>9} {:>9} {:>9}",
+        "scenario", "start-up s", "records/s", "p50 ms", "p99 ms", "RSS MiB"
     );
     let mut results = BTreeMap::new();
     for scenario in &scenarios {
-        let f = run_scenario(&settings, &engine, scenario)?;
+        let f = run_scenario(&settings, scenario)?;
         println!(
-            "{:12} {:>10.0} records/s   p50 {:>7.1} ms   p99 {:>7.1} ms",
-            scenario.name, f.per_second, f.p50_ms, f.p99_ms
+            "{:15} {:>10.2} {:>12.0} {:>9.1} {:>9.1} {:>9}",
+            scenario.name,
+            f.startup_s,
+            f.per_second,
+            f.p50_ms,
+            f.p99_ms,
+            f.rss_mib.map_or("-".to_owned(), |m| format!("{m:.0}"))
         );
         results.insert(scenario.name, f);
     }
-    println!("ratio {:.2}", results["passthrough"].per_second / results["raw"].per_second);
+    let ratio = |a: &str, b: &str| match (results.get(a), results.get(b)) {
+        (Some(a), Some(b)) => format!("{:.2}", a.per_second / b.per_second),
+        _ => "not measured (no --kafka-streams peer)".to_owned(),
+    };
+    println!("ratio weir/kafka-streams key-count {}", ratio("key-count", "ks-key-count"));
+    println!("ratio weir/kafka-streams reservation {}", ratio("reservation", "ks-reservation"));
+    println!("ratio passthrough/raw {}", ratio("passthrough", "raw"));
     Ok(())
 }
 
-fn run_scenario(settings: &KafkaBench, engine: &Arc<WasmEngine>, scenario: &Scenario) -> anyhow::Result<Figures> {
+fn run_scenario(settings: &KafkaBench, scenario: &Scenario) -> anyhow::Result<Figures> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
     let suffix = format!("{}-{}-{}", scenario.name, std::process::id(), nanos % 1_000_000_000);
     let topic = |t: &str| format!("{t}-{suffix}");
     let brokers = &settings.brokers;
     let dir = tempfile::tempdir()?;
-    let topology = match scenario.spec {
-        Some(spec) => {
-            let yaml = spec
-                .replace("{S}", &suffix)
-                .replace("{P}", &settings.partitions.to_string())
-                .replace("{G}", &settings.guests.display().to_string());
-            let topology = Topology::compile(crate::topology::parse_spec(&yaml)?)?;
-            crate::backend::kafka::runner::create_topics(brokers, &topology)?;
-            Some(topology)
-        }
-        None => {
-            let topics =
-                ["in", "out"].map(|t| TopicRequest { name: topic(t), partitions: settings.partitions, compact: false });
-            crate::backend::kafka::create_topics(brokers, &topics).map_err(anyhow::Error::msg)?;
-            None
-        }
-    };
+
+    // Topics: as weir would create them for the spec (every runner reads
+    // and writes the same names); Kafka Streams adds its internal ones.
+    let yaml = scenario
+        .spec
+        .replace("{S}", &suffix)
+        .replace("{P}", &settings.partitions.to_string())
+        .replace("{G}", &std::fs::canonicalize(&settings.guests)?.display().to_string());
+    let topology = Topology::compile(crate::topology::parse_spec(&yaml)?)?;
+    crate::backend::kafka::runner::create_topics(brokers, &topology)?;
+
     let producer: BaseProducer =
         client_config(brokers).set("enable.idempotence", "true").set("linger.ms", "5").create()?;
     let produce = |t: &str, records: Vec<crate::record::Record>| -> anyhow::Result<()> {
@@ -167,7 +232,7 @@ fn run_scenario(settings: &KafkaBench, engine: &Arc<WasmEngine>, scenario: &Scen
         Ok(())
     };
     if scenario.input == "orders" {
-        // Plenty of stock, loaded before the clock starts.
+        // Plenty of stock, loaded before the input.
         let adjustments = (0..PRODUCTS)
             .map(|p| {
                 let adj = reservation::Adjustment { product_id: format!("p{p}"), delta: 1_000_000 };
@@ -183,8 +248,10 @@ fn run_scenario(settings: &KafkaBench, engine: &Arc<WasmEngine>, scenario: &Scen
     }
     let input = topic("in");
     let now_ms = now_us() / 1000;
-    produce(&input, (0..settings.records).map(|i| bench_record(scenario.input, i, now_ms)).collect())?;
-    producer.flush(Duration::from_secs(120))?;
+    for chunk in (0..settings.records).collect::<Vec<_>>().chunks(50_000) {
+        produce(&input, chunk.iter().map(|i| bench_record(scenario.input, *i, now_ms)).collect())?;
+    }
+    producer.flush(Duration::from_secs(300))?;
 
     // Outputs, as a downstream exactly-once consumer sees them.
     let outputs: Vec<String> = scenario.outputs.iter().map(|o| topic(o)).collect();
@@ -202,39 +269,22 @@ fn run_scenario(settings: &KafkaBench, engine: &Arc<WasmEngine>, scenario: &Scen
     }
     reader.assign(&tpl)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let mut raw = Vec::new();
-    let mut app = None;
-    match &topology {
-        None => {
-            for w in 0..settings.workers {
-                let (settings, stop, suffix) = (settings.clone(), stop.clone(), suffix.clone());
-                raw.push(std::thread::spawn(move || raw_loop(&settings, &suffix, w, &stop)));
-            }
-        }
-        Some(t) => {
-            let runtime = super::app_runtime(t, engine)?;
-            let local = EmbeddedBackend::open(dir.path(), false)?;
-            let kafka = KafkaSettings {
-                brokers: brokers.clone(),
-                session_timeout: Duration::from_secs(6),
-                instance_id: format!("bench-{suffix}"),
-                advertised_url: Default::default(),
-            };
-            let config =
-                RunnerConfig { commit_interval: settings.commit_interval, max_batch: 1000, workers: settings.workers };
-            app = Some(KafkaApp::start(local, kafka, runtime, config, Vec::new())?);
-        }
-    }
-    let mut seen = 0usize;
+    let mut processor = match scenario.runner {
+        Runner::Raw => Processor::raw(settings, &suffix),
+        Runner::Weir => Processor::weir(settings, &yaml, dir.path())?,
+        Runner::KafkaStreams(mode) => Processor::kafka_streams(settings, mode, &suffix, dir.path())?,
+    };
     let deadline = started + Duration::from_secs(900);
-    read_outputs(&reader, &mut seen, settings.records, None, deadline)?;
-    let per_second = settings.records as f64 / started.elapsed().as_secs_f64();
+    let mut seen = 0usize;
+    let first = read_outputs(&reader, &mut seen, 1, None, deadline, &mut processor)?;
+    let startup_s = first.duration_since(started).as_secs_f64();
+    let last = read_outputs(&reader, &mut seen, settings.records, None, deadline, &mut processor)?;
+    let per_second = (settings.records - 1) as f64 / last.duration_since(first).as_secs_f64().max(1e-9);
 
     // Latency: a steady trickle well below capacity.
     let per_tick = (settings.latency_rate / 100).max(1);
-    let ticks = 300;
+    let ticks = settings.latency_seconds as usize * 100;
     let mut latencies = Vec::new();
     let mut next = settings.records;
     for _ in 0..ticks {
@@ -250,41 +300,182 @@ fn run_scenario(settings: &KafkaBench, engine: &Arc<WasmEngine>, scenario: &Scen
         }
     }
     producer.flush(Duration::from_secs(60))?;
-    read_outputs(&reader, &mut seen, settings.records + ticks * per_tick, Some(&mut latencies), deadline)?;
-    stop.store(true, Ordering::Release);
-    for t in raw {
-        t.join().map_err(|_| anyhow::anyhow!("raw loop panicked"))??;
-    }
-    if let Some(app) = app {
-        app.stop();
-    }
+    read_outputs(
+        &reader,
+        &mut seen,
+        settings.records + ticks * per_tick,
+        Some(&mut latencies),
+        deadline,
+        &mut processor,
+    )?;
+    let rss_mib = processor.peak_rss_mib();
+    processor.stop()?;
     latencies.sort_by(f64::total_cmp);
     let pick = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(f64::NAN);
-    Ok(Figures { per_second, p50_ms: pick(0.5), p99_ms: pick(0.99) })
+    Ok(Figures { startup_s, per_second, p50_ms: pick(0.5), p99_ms: pick(0.99), rss_mib })
 }
 
-/// Reads outputs until `until` were seen, recording each one's latency.
+/// Reads outputs until `until` were seen (recording each one's latency
+/// when asked); answers when the last of them arrived.
 fn read_outputs(
     reader: &PlainConsumer,
     seen: &mut usize,
     until: usize,
     mut latencies: Option<&mut Vec<f64>>,
     deadline: Instant,
-) -> anyhow::Result<()> {
+    processor: &mut Processor,
+) -> anyhow::Result<Instant> {
+    let mut at = Instant::now();
     while *seen < until {
         anyhow::ensure!(Instant::now() < deadline, "only {seen} of {until} outputs arrived");
         match reader.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                at = Instant::now();
                 *seen += 1;
                 if let Some(l) = latencies.as_mut() {
                     l.push(now_us() as f64 / 1000.0 - m.timestamp().to_millis().unwrap_or(0) as f64);
                 }
             }
             Some(Err(e)) => anyhow::bail!("reading outputs: {e}"),
-            None => {}
+            None => processor.check()?,
         }
     }
-    Ok(())
+    Ok(at)
+}
+
+/// The process (or threads) doing a scenario's work.
+enum Processor {
+    Raw { stop: Arc<AtomicBool>, threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>> },
+    Child { what: &'static str, child: Child, log: PathBuf },
+}
+
+impl Processor {
+    fn raw(settings: &KafkaBench, suffix: &str) -> Processor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..settings.workers)
+            .map(|w| {
+                let (settings, stop, suffix) = (settings.clone(), stop.clone(), suffix.to_owned());
+                std::thread::spawn(move || raw_loop(&settings, &suffix, w, &stop))
+            })
+            .collect();
+        Processor::Raw { stop, threads }
+    }
+
+    /// `weir serve --brokers` (this binary) with the spec deployed.
+    fn weir(settings: &KafkaBench, yaml: &str, dir: &Path) -> anyhow::Result<Processor> {
+        let spec = dir.join("app.yaml");
+        std::fs::write(&spec, yaml)?;
+        let log = dir.join("weir.log");
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--http", "127.0.0.1:0", "--brokers", &settings.brokers])
+            .arg("--commit-interval")
+            .arg(format!("{}ms", settings.commit_interval.as_millis()))
+            .env("WEIR_WORKERS", settings.workers.to_string())
+            .env("WEIR_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        let Some(url) = line.trim().strip_prefix("listening ").map(str::to_owned) else {
+            let _ = child.kill();
+            anyhow::bail!("weir serve did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        };
+        let processor = Processor::Child { what: "weir serve", child, log };
+        crate::client::deploy(&spec, &url)?;
+        Ok(processor)
+    }
+
+    /// The Kafka Streams peer; its topics are the scenario's.
+    fn kafka_streams(settings: &KafkaBench, mode: &str, suffix: &str, dir: &Path) -> anyhow::Result<Processor> {
+        let peer = settings.kafka_streams.as_ref().expect("only with a peer");
+        let topic = |t: &str| format!("{t}-{suffix}");
+        let mut cmd = Command::new("java");
+        cmd.args(["-Xms256m", "-Xmx1g", "-cp"])
+            .arg(format!("{}:{}/*", peer_jar(peer).display(), peer.join("target/libs").display()))
+            .arg("dev.weir.peer.Main")
+            .arg(mode)
+            .args(["--bootstrap", &settings.brokers, "--application-id", &format!("ks-{suffix}")])
+            .args(["--commit-interval-ms", &settings.commit_interval.as_millis().to_string()])
+            .args(["--threads", &settings.workers.to_string()])
+            .arg("--state-dir")
+            .arg(dir.join("ks-state"));
+        if mode == "bench-reservation" {
+            cmd.args(["--orders", &topic("in"), "--adjustments", &topic("adjustments")]).args([
+                "--validated",
+                &topic("validated"),
+                "--rejected",
+                &topic("rejected"),
+            ]);
+        } else {
+            cmd.args(["--input", &topic("in"), "--output", &topic("out")]);
+        }
+        let log = dir.join("kafka-streams.log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("kafka-streams.out"))?)
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start java for the Kafka Streams peer: {e}"))?;
+        Ok(Processor::Child { what: "Kafka Streams", child, log })
+    }
+
+    /// Fails when the process died early.
+    fn check(&mut self) -> anyhow::Result<()> {
+        match self {
+            Processor::Raw { threads, .. } => {
+                anyhow::ensure!(!threads.iter().any(|t| t.is_finished()), "the raw loop stopped early");
+            }
+            Processor::Child { what, child, log } => {
+                if let Some(status) = child.try_wait()? {
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    anyhow::bail!("{what} exited ({status}):\n{}", tail.join("\n"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let Processor::Child { child, .. } = self else { return None };
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+        let kib: f64 =
+            status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib / 1024.0)
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Processor::Raw { stop, threads } => {
+                stop.store(true, Ordering::Release);
+                for t in threads {
+                    t.join().map_err(|_| anyhow::anyhow!("raw loop panicked"))??;
+                }
+            }
+            Processor::Child { mut child, .. } => {
+                // SAFETY: a signal to our own child.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while child.try_wait()?.is_none() {
+                    if Instant::now() > deadline {
+                        child.kill()?;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn peer_jar(peer: &Path) -> PathBuf {
+    peer.join("target").join("kafka-streams-peer.jar")
 }
 
 /// The baseline: a group member and a transactional producer copying
@@ -305,7 +496,7 @@ fn raw_loop(settings: &KafkaBench, suffix: &str, worker: usize, stop: &AtomicBoo
     consumer.subscribe(&[&input])?;
     let producer: BaseProducer = client_config(brokers)
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
+        .set("linger.ms", "2")
         .set("transactional.id", format!("bench-raw-{suffix}-{worker}"))
         .create()?;
     producer.init_transactions(Duration::from_secs(30))?;
@@ -326,11 +517,13 @@ fn raw_loop(settings: &KafkaBench, suffix: &str, worker: usize, stop: &AtomicBoo
             send(&producer, record)?;
             offsets.insert(m.partition(), m.offset() + 1);
         }
+        producer.poll(Duration::ZERO);
         if last_commit.elapsed() >= settings.commit_interval && !offsets.is_empty() {
             let mut tpl = TopicPartitionList::new();
             for (p, o) in std::mem::take(&mut offsets) {
                 tpl.add_partition_offset(&input, p, Offset::Offset(o))?;
             }
+            serve_producer_until(&producer, Duration::from_secs(30), || producer.in_flight_count() == 0);
             let metadata = consumer.group_metadata().ok_or_else(|| anyhow::anyhow!("no group metadata"))?;
             producer.send_offsets_to_transaction(&tpl, &metadata, Duration::from_secs(30))?;
             producer.commit_transaction(Duration::from_secs(30))?;

@@ -22,7 +22,9 @@
 //!   dead-letter topic) and checks co-partitioning against real counts.
 
 pub mod directory;
+mod restore;
 pub mod runner;
+mod worker;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -54,6 +56,8 @@ pub struct KafkaSettings {
     /// Consumer group session timeout; also bounds how fast a dead member's
     /// partitions move.
     pub session_timeout: Duration,
+    /// `transaction.timeout.ms` of the transactional producers.
+    pub transaction_timeout: Duration,
     /// This instance's stable id: transactional ids derive from it, so a
     /// restarted instance fences its previous incarnation.
     pub instance_id: String,
@@ -316,11 +320,41 @@ pub fn send<C: rdkafka::producer::ProducerContext>(
         match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                producer.poll(Duration::from_millis(50));
+                let room = producer.in_flight_count();
+                serve_producer_until(producer, Duration::from_millis(50), || producer.in_flight_count() < room);
                 record = r;
             }
             Err((e, _)) => return Err(e),
         }
+    }
+}
+
+/// Serves a producer's delivery reports until `done` holds or `timeout`
+/// passes; answers whether `done` held.
+///
+/// Not `BaseProducer::poll(timeout)` nor `flush`: rust-rdkafka's `poll`
+/// keeps polling until its whole timeout has passed even when every event
+/// has been served (and `flush` polls in steps of up to 100 ms), which made
+/// each commit wait out a fixed 100 ms. Here each step polls without
+/// blocking and naps briefly only when nothing was ready, so a wait ends
+/// within a fraction of a millisecond of its last delivery report.
+pub fn serve_producer_until<C: rdkafka::producer::ProducerContext>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut nap = Duration::from_micros(20);
+    loop {
+        producer.poll(Duration::ZERO);
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(1));
     }
 }
 

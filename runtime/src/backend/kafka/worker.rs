@@ -1,0 +1,916 @@
+//! One worker thread of an application on Kafka: a consumer-group member
+//! with its transactional producer and the tasks the group gave it. It
+//! polls, processes, sends outputs into the open transaction and commits
+//! (see the module docs of [`super::runner`] for the guarantees); the
+//! rebalance callbacks commit and close revoked tasks and restore and open
+//! assigned ones.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+use rocksdb::WriteBatch;
+
+use super::{KafkaSettings, PlainConsumer, QuietContext, client_config, to_record};
+use crate::backend::control::Control;
+use crate::backend::embedded::EmbeddedBackend;
+use crate::record::{ConsumedRecord, ProducedRecord};
+use crate::state::SharedStore;
+use crate::state::rocks::StoreKey;
+use crate::status::{InputStatus, TaskState, TaskStatus};
+use crate::task::{Task, TaskError, TaskId};
+use crate::topology::{ProcessingGuarantee, StoreId};
+
+use super::restore::GlobalTables;
+use super::runner::{KAFKA_TIMEOUT, LAG_REFRESH, Shared};
+
+/// Everything a worker needs before it connects.
+pub(super) struct WorkerSetup {
+    /// Which worker thread of the instance: part of its transactional id.
+    pub(super) index: usize,
+    pub(super) backend: Arc<EmbeddedBackend>,
+    pub(super) settings: KafkaSettings,
+    pub(super) config: crate::backend::embedded::runner::RunnerConfig,
+    pub(super) control: Arc<Control>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) store_ids: HashMap<StoreId, u32>,
+    pub(super) globals: BTreeMap<StoreId, SharedStore>,
+    pub(super) globals_ready: Arc<AtomicBool>,
+}
+
+/// Counts deliveries and remembers the last offset written to each
+/// changelog partition (the checkpoint its local state reaches).
+#[derive(Default)]
+pub(super) struct DeliveryContext {
+    pending: AtomicUsize,
+    /// Changelog slot (see [`changelog_slot`]) → last offset delivered.
+    last_offsets: Mutex<HashMap<usize, i64>>,
+    /// The first delivery error since the last check.
+    error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
+        match result {
+            Ok(m) => {
+                if slot != NO_SLOT {
+                    let mut last = self.last_offsets.lock().unwrap_or_else(|e| e.into_inner());
+                    let entry = last.entry(slot).or_insert(-1);
+                    *entry = (*entry).max(m.offset());
+                }
+            }
+            Err((e, m)) => {
+                let mut error = self.error.lock().unwrap_or_else(|e| e.into_inner());
+                error.get_or_insert_with(|| format!("delivery to {}/{} failed: {e}", m.topic(), m.partition()));
+            }
+        }
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+const NO_SLOT: usize = usize::MAX;
+
+/// A changelog partition as a delivery opaque: store index and partition.
+fn changelog_slot(store: StoreId, partition: u32) -> usize {
+    (store << 20) | partition as usize
+}
+
+/// The group consumer's context: rebalances commit and close revoked tasks
+/// and create assigned ones, inside the callback.
+struct GroupContext {
+    worker: Arc<Mutex<Option<Worker>>>,
+    /// Between a revocation and the next assignment.
+    rebalancing: Arc<AtomicBool>,
+    /// Bumped on every rebalance: records polled before it are dropped.
+    epoch: Arc<AtomicU64>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Rebalance::Revoke(partitions) = rebalance {
+            self.rebalancing.store(true, Ordering::Release);
+            let mut guard = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(worker) = guard.as_mut() {
+                worker.commit_all(consumer);
+                worker.close_tasks(partitions);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                self.rebalancing.store(false, Ordering::Release);
+                let mut guard = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(worker) = guard.as_mut() {
+                    worker.open_tasks(consumer, partitions);
+                }
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+type GroupConsumer = BaseConsumer<GroupContext>;
+
+/// The last value of each key a store partition was given (`None` = deleted).
+type KeyWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Per input partition of a task: committed offset (next to read) and end offset.
+type InputPositions = BTreeMap<(String, u32), (i64, i64)>;
+
+/// A task this instance owns.
+pub(super) struct OwnedTask {
+    pub(super) task: Option<Task>,
+    pub(super) state: TaskState,
+    pub(super) error: Option<String>,
+    pub(super) commits: u64,
+    pub(super) generation: u64,
+    pub(super) inputs: InputPositions,
+    pub(super) restored: Option<(u64, u64)>,
+}
+
+/// The worker's state, shared with the rebalance callbacks (same thread).
+pub(super) struct Worker {
+    pub(super) backend: Arc<EmbeddedBackend>,
+    pub(super) settings: KafkaSettings,
+    pub(super) control: Arc<Control>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) store_ids: HashMap<StoreId, u32>,
+    pub(super) globals: BTreeMap<StoreId, SharedStore>,
+    pub(super) producer: BaseProducer<DeliveryContext>,
+    pub(super) exactly_once: bool,
+    pub(super) tasks: BTreeMap<TaskId, OwnedTask>,
+    /// Input topic → sub-topology.
+    pub(super) routes: HashMap<String, usize>,
+    pub(super) last_commit: Instant,
+    /// Set when the producer was fenced or failed fatally: nothing more runs.
+    pub(super) fatal: Option<String>,
+    pub(super) transactional_id: String,
+    /// A transaction is open on the producer (exactly-once).
+    pub(super) in_transaction: bool,
+    /// Records were sent since the last commit (into the open transaction,
+    /// under exactly-once): dropping one task's open work then means
+    /// abandoning everyone's.
+    pub(super) sent_in_transaction: bool,
+}
+
+impl WorkerSetup {
+    pub(super) fn run(self) {
+        let WorkerSetup { index, backend, settings, config, control, shared, store_ids, globals, globals_ready } = self;
+        let topology = control.current().1.topology.clone();
+        let app = topology.name.clone();
+        let exactly_once = topology.guarantee == ProcessingGuarantee::ExactlyOnce;
+        let fail = |message: String| {
+            tracing::error!(app, "{message}");
+            *shared.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+        };
+        let mut producer_config = client_config(&settings.brokers);
+        producer_config.set("enable.idempotence", "true").set("linger.ms", "2");
+        if exactly_once {
+            producer_config
+                .set("transactional.id", transactional_id(&app, &settings.instance_id, index))
+                .set("transaction.timeout.ms", settings.transaction_timeout.as_millis().to_string());
+        }
+        let producer: BaseProducer<DeliveryContext> = match producer_config.create_with_context(Default::default()) {
+            Ok(p) => p,
+            Err(e) => return fail(format!("cannot create a producer for {}: {e}", settings.brokers)),
+        };
+        if exactly_once {
+            // Retried until the broker answers: a broker down at start is waited for.
+            loop {
+                match producer.init_transactions(KAFKA_TIMEOUT) {
+                    Ok(()) => break,
+                    Err(e) if shared.stop.load(Ordering::Acquire) => {
+                        return fail(format!("stopped before the broker answered: {e}"));
+                    }
+                    Err(e) if is_fatal(&e) => return fail(format!("cannot start transactions: {e}")),
+                    Err(e) => {
+                        tracing::warn!(app, brokers = %settings.brokers, error = %e, "waiting for the broker to start transactions");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+        let mut global = if index == 0 {
+            match GlobalTables::bootstrap(&backend, &settings, &topology, &store_ids, &shared.stop) {
+                Ok(g) => {
+                    globals_ready.store(true, Ordering::Release);
+                    g
+                }
+                Err(e) => return fail(format!("global tables: {e}")),
+            }
+        } else {
+            while !globals_ready.load(Ordering::Acquire) {
+                if shared.stop.load(Ordering::Acquire)
+                    || shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+                {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None
+        };
+        let routes: HashMap<String, usize> =
+            topology.subtopologies.iter().flat_map(|s| s.inputs.iter().map(|(t, _)| (t.clone(), s.id))).collect();
+        let worker = Arc::new(Mutex::new(Some(Worker {
+            backend: backend.clone(),
+            settings: settings.clone(),
+            control: control.clone(),
+            shared: shared.clone(),
+            store_ids,
+            globals,
+            producer,
+            exactly_once,
+            tasks: BTreeMap::new(),
+            routes: routes.clone(),
+            last_commit: Instant::now(),
+            fatal: None,
+            transactional_id: transactional_id(&app, &settings.instance_id, index),
+            in_transaction: false,
+            sent_in_transaction: false,
+        })));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let rebalancing = Arc::new(AtomicBool::new(false));
+        let session = settings.session_timeout.as_millis();
+        let consumer: GroupConsumer = match client_config(&settings.brokers)
+            .set("group.id", &app)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", session.to_string())
+            .set("heartbeat.interval.ms", (session / 3).to_string())
+            .create_with_context(GroupContext {
+                worker: worker.clone(),
+                rebalancing: rebalancing.clone(),
+                epoch: epoch.clone(),
+            }) {
+            Ok(c) => c,
+            Err(e) => return fail(format!("cannot create a consumer for {}: {e}", settings.brokers)),
+        };
+        let inputs: Vec<&str> = routes.keys().map(String::as_str).collect();
+        if let Err(e) = consumer.subscribe(&inputs) {
+            return fail(format!("cannot subscribe to {inputs:?}: {e}"));
+        }
+        tracing::info!(app, group = %app, topics = ?inputs, "joining the consumer group");
+        let offsets: PlainConsumer = match client_config(&settings.brokers).create_with_context(QuietContext) {
+            Ok(c) => c,
+            Err(e) => return fail(format!("cannot create a client for {}: {e}", settings.brokers)),
+        };
+        let mut last_lag = Instant::now();
+        let mut batch: Vec<ConsumedRecord> = Vec::with_capacity(config.max_batch);
+        while !shared.stop.load(Ordering::Acquire) {
+            if let Some(g) = &mut global {
+                if let Err(e) = g.step() {
+                    tracing::warn!(app, error = %e, "global table update failed; retrying");
+                }
+                *shared.globals.lock().unwrap_or_else(|e| e.into_inner()) = g.status();
+            }
+            // Collect a batch; records polled before a rebalance are dropped
+            // (their tasks were closed; the new owner reads them again).
+            batch.clear();
+            let mut timeout = config.commit_interval.min(Duration::from_millis(50));
+            while batch.len() < config.max_batch {
+                let before = epoch.load(Ordering::Acquire);
+                let polled = consumer.poll(timeout);
+                if epoch.load(Ordering::Acquire) != before {
+                    batch.clear();
+                }
+                match polled {
+                    Some(Ok(m)) => {
+                        batch.push(ConsumedRecord {
+                            topic: m.topic().into(),
+                            partition: m.partition() as u32,
+                            offset: m.offset(),
+                            record: to_record(&m),
+                        });
+                        timeout = Duration::ZERO;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(app, error = %e, "consumer error");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let mut guard = worker.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(w) = guard.as_mut() else { break };
+            if w.fatal.is_some() {
+                break;
+            }
+            w.process(&consumer, std::mem::take(&mut batch));
+            if w.last_commit.elapsed() >= config.commit_interval {
+                w.commit_all(&consumer);
+                w.switch_versions();
+            }
+            if last_lag.elapsed() >= LAG_REFRESH {
+                w.refresh_lag(&offsets);
+                last_lag = Instant::now();
+            }
+            w.publish_all();
+        }
+        // Final commit, then leave the group (closing the consumer revokes:
+        // the callback finds nothing left to commit and closes the tasks).
+        let fatal = {
+            let mut guard = worker.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(w) = guard.as_mut()
+                && w.fatal.is_none()
+            {
+                w.commit_all(&consumer);
+                w.publish_all();
+            }
+            guard.as_ref().and_then(|w| w.fatal.clone())
+        };
+        if let Some(message) = fatal {
+            fail(message);
+            // Let a rebalance in progress finish before leaving: a member
+            // leaving in the middle of one can wedge a group (tansu's does).
+            let deadline = Instant::now() + settings.session_timeout.max(Duration::from_secs(6)) * 2;
+            while rebalancing.load(Ordering::Acquire) && Instant::now() < deadline {
+                let _ = consumer.poll(Duration::from_millis(100));
+            }
+        }
+        drop(consumer);
+        worker.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// Stable per instance and worker thread: a restarted instance's producers
+/// fence those of its previous incarnation.
+fn transactional_id(app: &str, instance_id: &str, worker: usize) -> String {
+    format!("weir-{app}-{instance_id}-{worker}")
+}
+
+/// Why a commit failed.
+#[derive(Debug, thiserror::Error)]
+enum CommitError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Fatal transaction errors (fenced, ...) end the producer for good.
+fn is_fatal(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(t) => t.is_fatal(),
+        _ => false,
+    }
+}
+
+impl Worker {
+    fn app(&self) -> String {
+        self.control.current().1.topology.name.clone()
+    }
+
+    /// Hands each record to its task, keeping each partition's order.
+    fn process(&mut self, consumer: &GroupConsumer, records: Vec<ConsumedRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        let mut per_task: BTreeMap<TaskId, Vec<ConsumedRecord>> = BTreeMap::new();
+        for r in records {
+            let Some(&subtopology) = self.routes.get(&*r.topic) else { continue };
+            per_task.entry(TaskId { subtopology, partition: r.partition }).or_default().push(r);
+        }
+        self.switch_versions();
+        for (id, records) in per_task {
+            let Some(owned) = self.tasks.get_mut(&id) else {
+                continue; // Not ours (any more): its new owner reads it.
+            };
+            if owned.state != TaskState::Running {
+                continue;
+            }
+            let Some(task) = owned.task.as_mut() else { continue };
+            let started = Instant::now();
+            let result = task.process(records);
+            self.control.metrics.process.observe(started.elapsed());
+            let produced = match result {
+                Ok(()) => task.take_produced(),
+                Err(error @ TaskError::SwapFailed { .. }) => {
+                    // The new version trapped on probation: this task drops
+                    // its open work, goes back to the previous version and
+                    // re-reads from its committed offsets; every other task
+                    // goes back too (the control plane rolls back).
+                    task.abort();
+                    task.rollback_swap();
+                    self.control.failed(owned.generation, format!("task {id}: {error}"));
+                    owned.generation = self.control.generation();
+                    if self.sent_in_transaction {
+                        // Records of it may be in the open transaction.
+                        self.abandon_open_work(consumer);
+                    } else {
+                        for ((topic, p), (committed, _)) in &owned.inputs {
+                            if let Err(e) = consumer.seek(topic, *p as i32, Offset::Offset(*committed), KAFKA_TIMEOUT) {
+                                tracing::warn!(topic, partition = p, error = %e, "seek back failed");
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    // Error policy `fail` (or a task-level error): the task
+                    // stops; its open work is never committed.
+                    tracing::error!(app = %self.control.current().1.topology.name, task = %id, "task stopped: {e}");
+                    task.abort();
+                    owned.task = None;
+                    owned.state = TaskState::Failed;
+                    owned.error = Some(e.to_string());
+                    if self.sent_in_transaction {
+                        self.abandon_open_work(consumer);
+                    }
+                    continue;
+                }
+            };
+            self.send_eagerly(consumer, produced);
+        }
+        let now_ms = crate::backend::embedded::now_us() / 1000;
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            let Some(owned) = self.tasks.get_mut(&id) else { continue };
+            let Some(task) = owned.task.as_mut() else { continue };
+            match task.advance_wall_clock(now_ms) {
+                Ok(()) => {
+                    let produced = task.take_produced();
+                    self.send_eagerly(consumer, produced);
+                }
+                Err(e) => {
+                    tracing::error!(task = %id, "task stopped: {e}");
+                    task.abort();
+                    owned.task = None;
+                    owned.state = TaskState::Failed;
+                    owned.error = Some(e.to_string());
+                    if self.sent_in_transaction {
+                        self.abandon_open_work(consumer);
+                    }
+                }
+            }
+        }
+        // Serve delivery reports as they come, so they do not pile up
+        // until the commit.
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Sends a task's outputs at once, into the open transaction (begun
+    /// here if none is): the broker receives them while processing goes
+    /// on, and the commit only waits for the last acknowledgements.
+    /// Under exactly-once they stay invisible to read_committed consumers
+    /// until the commit; an abort discards them.
+    fn send_eagerly(&mut self, consumer: &GroupConsumer, produced: Vec<ProducedRecord>) {
+        if produced.is_empty() || self.fatal.is_some() {
+            return;
+        }
+        if self.exactly_once && !self.in_transaction {
+            match self.producer.begin_transaction() {
+                Ok(()) => self.in_transaction = true,
+                Err(e) if is_fatal(&e) => return self.stop_fatally(&e),
+                Err(e) => {
+                    tracing::warn!(app = %self.app(), error = %e, "cannot begin a transaction: open work dropped");
+                    return self.abandon_open_work(consumer);
+                }
+            }
+        }
+        self.sent_in_transaction = true;
+        for p in &produced {
+            if let Err(e) = send(&self.producer, p, NO_SLOT) {
+                tracing::warn!(app = %self.app(), error = %e, "send failed: open work dropped, rewinding");
+                return self.abandon_open_work(consumer);
+            }
+        }
+    }
+
+    /// Gives up the open transaction: aborted (exactly-once), every task's
+    /// open work dropped, the consumer back at the committed offsets.
+    fn abandon_open_work(&mut self, consumer: &GroupConsumer) {
+        if self.exactly_once && self.in_transaction {
+            if let Err(abort) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
+                tracing::warn!(error = %abort, "abort failed");
+                if is_fatal(&abort) {
+                    return self.stop_fatally(&abort);
+                }
+            }
+        }
+        self.in_transaction = false;
+        self.sent_in_transaction = false;
+        self.rewind(consumer);
+    }
+
+    /// Moves tasks with nothing uncommitted (at a commit boundary) to the
+    /// version the control plane wants: instantiate + init; stores kept.
+    fn switch_versions(&mut self) {
+        let (generation, target) = self.control.current();
+        for (id, owned) in &mut self.tasks {
+            let Some(task) = owned.task.as_mut() else { continue };
+            if owned.generation == generation || task.has_uncommitted() {
+                continue;
+            }
+            let started = Instant::now();
+            match task.swap(target.clone()) {
+                Ok(_) => {
+                    owned.generation = generation;
+                    self.control.switched(generation, started.elapsed());
+                    tracing::info!(task = %id, update = generation, pause_us = started.elapsed().as_micros() as u64, "switched version");
+                }
+                Err(e) => {
+                    // Nothing changed in this task; every task goes back.
+                    self.control.failed(generation, format!("task {id}: {e}"));
+                    owned.generation = self.control.generation();
+                }
+            }
+        }
+    }
+
+    /// Commits every task's open work: one transaction (exactly-once), or
+    /// flush-then-commit-offsets (at-least-once). On failure the open work
+    /// is dropped and the consumer rewinds to the committed offsets.
+    fn commit_all(&mut self, consumer: &GroupConsumer) {
+        self.commit_open_work(consumer);
+        // The interval runs from the end of a commit: a slow commit is
+        // followed by a full interval of processing, never by another
+        // commit after a single batch.
+        self.last_commit = Instant::now();
+    }
+
+    fn commit_open_work(&mut self, consumer: &GroupConsumer) {
+        // Records sent without anything else open (wall-clock punctuation)
+        // are committed too: a transaction left open would time out.
+        let open =
+            self.sent_in_transaction || self.tasks.values().any(|t| t.task.as_ref().is_some_and(Task::has_uncommitted));
+        if self.fatal.is_some() || !open {
+            return;
+        }
+        let started = Instant::now();
+        match self.try_commit(consumer) {
+            Ok(()) => {}
+            Err(CommitError::Kafka(e)) if is_fatal(&e) => self.stop_fatally(&e),
+            Err(e) => {
+                tracing::warn!(app = %self.app(), error = %e, "commit failed: open work dropped, rewinding to the committed offsets");
+                self.abandon_open_work(consumer);
+            }
+        }
+        self.control.metrics.commit.observe(started.elapsed());
+    }
+
+    fn try_commit(&mut self, consumer: &GroupConsumer) -> Result<(), CommitError> {
+        let app = self.app();
+        if self.exactly_once && !self.in_transaction {
+            self.producer.begin_transaction()?;
+            self.in_transaction = true;
+        }
+        let mut offsets = TopicPartitionList::new();
+        // Owned copies of the store writes, applied locally after the commit.
+        let mut local: Vec<(TaskId, StoreId, u32, KeyWrites)> = Vec::new();
+        let mut on_probation = Vec::new();
+        let mut committed_tasks = Vec::new();
+        for (id, owned) in &mut self.tasks {
+            let Some(task) = owned.task.as_mut() else { continue };
+            if !task.has_uncommitted() {
+                continue;
+            }
+            if task.in_probation() {
+                on_probation.push(*id);
+            }
+            committed_tasks.push(*id);
+            let commit = task.prepare_commit();
+            for p in &commit.produced {
+                send(&self.producer, p, NO_SLOT)?;
+            }
+            for change in &commit.changes {
+                let slot = changelog_slot(change.store, change.partition);
+                let mut writes = Vec::with_capacity(change.writes.len());
+                for (k, v) in &change.writes {
+                    let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(change.changelog, slot)
+                        .partition(change.partition as i32)
+                        .key(k.as_slice());
+                    if let Some(v) = v.as_deref() {
+                        record = record.payload(v);
+                    }
+                    send_raw(&self.producer, record)?;
+                    writes.push(((*k).clone(), (*v).clone()));
+                }
+                local.push((*id, change.store, change.partition, writes));
+            }
+            for ((topic, p), offset) in &commit.positions {
+                offsets.add_partition_offset(topic, *p as i32, Offset::Offset(*offset))?;
+                owned.inputs.entry((topic.to_string(), *p)).or_insert((0, 0)).0 = *offset;
+            }
+        }
+        let sent_at = Instant::now();
+        self.serve_deliveries()?;
+        self.control.metrics.commit_deliveries.observe(sent_at.elapsed());
+        let offsets_at = Instant::now();
+        if self.exactly_once {
+            let metadata = consumer
+                .group_metadata()
+                .ok_or_else(|| CommitError::Failed("the consumer has no group metadata (not in the group)".into()))?;
+            if offsets.count() > 0 {
+                self.producer.send_offsets_to_transaction(&offsets, &metadata, KAFKA_TIMEOUT)?;
+            }
+            self.producer.commit_transaction(KAFKA_TIMEOUT)?;
+            self.in_transaction = false;
+        } else if offsets.count() > 0 {
+            consumer.commit(&offsets, CommitMode::Sync)?;
+        }
+        self.sent_in_transaction = false;
+        self.control.metrics.commit_offsets.observe(offsets_at.elapsed());
+        // Committed: the stores' local copies catch up, with checkpoints.
+        let last = std::mem::take(&mut *self.producer.context().last_offsets.lock().unwrap_or_else(|e| e.into_inner()));
+        let topology = self.control.current().1.topology.clone();
+        let mut batch = WriteBatch::default();
+        let db = self.backend.db().clone();
+        for (_, store, partition, writes) in &local {
+            let key = StoreKey { store: self.store_ids[store], partition: *partition };
+            db.write_state(&mut batch, key, writes.iter().map(|(k, v)| (k, v)));
+            if let Some(offset) = last.get(&changelog_slot(*store, *partition)) {
+                let name = &topology.stores[*store].name;
+                db.put_meta(&mut batch, &checkpoint_key(&app, name, *partition), &(offset + 1).to_be_bytes());
+            }
+        }
+        if let Err(e) = db.write(batch) {
+            // The changelog has it: a restore from the older checkpoint redoes it.
+            tracing::error!(app, error = %e, "cannot apply committed store writes locally; they will be restored from the changelog");
+            for (id, ..) in &local {
+                if let Some(owned) = self.tasks.get_mut(id) {
+                    owned.task = None;
+                    owned.state = TaskState::Stalled;
+                    owned.error = Some(format!("local state: {e}"));
+                }
+            }
+        }
+        for id in &committed_tasks {
+            let Some(owned) = self.tasks.get_mut(id) else { continue };
+            if let Some(task) = owned.task.as_mut() {
+                task.commit_succeeded();
+                owned.commits += 1;
+                if on_probation.contains(id) && !task.in_probation() && self.control.owns(owned.generation) {
+                    self.control.passed(owned.generation);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every delivery report; fails on the first failed delivery.
+    fn serve_deliveries(&self) -> Result<(), CommitError> {
+        let context = self.producer.context();
+        super::serve_producer_until(&self.producer, KAFKA_TIMEOUT, || context.pending.load(Ordering::Acquire) == 0);
+        if let Some(e) = context.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(CommitError::Failed(e));
+        }
+        if context.pending.load(Ordering::Acquire) > 0 {
+            return Err(CommitError::Failed(format!("deliveries unconfirmed after {KAFKA_TIMEOUT:?}")));
+        }
+        Ok(())
+    }
+
+    /// Drops every task's open work and seeks back to the committed offsets.
+    fn rewind(&mut self, consumer: &GroupConsumer) {
+        self.producer.context().last_offsets.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for owned in self.tasks.values_mut() {
+            if let Some(task) = owned.task.as_mut() {
+                task.abort();
+            }
+        }
+        let committed = match consumer.committed(KAFKA_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read committed offsets to rewind; restarting tasks");
+                return;
+            }
+        };
+        for e in committed.elements() {
+            let to = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            if let Err(err) = consumer.seek(e.topic(), e.partition(), to, KAFKA_TIMEOUT) {
+                tracing::warn!(topic = e.topic(), partition = e.partition(), error = %err, "seek failed");
+            }
+        }
+    }
+
+    /// The producer cannot go on (fenced by a newer instance with the same
+    /// transactional id, or another fatal error): every task stops.
+    fn stop_fatally(&mut self, e: &KafkaError) {
+        let fenced = matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+        );
+        let message = if fenced {
+            format!(
+                "this instance was fenced: another producer with transactional id `{}` took over ({e}); its tasks stopped, \
+                 nothing of their open transaction was committed",
+                self.transactional_id
+            )
+        } else {
+            format!("the transactional producer `{}` failed fatally: {e}; its tasks stopped", self.transactional_id)
+        };
+        tracing::error!(app = %self.app(), "{message}");
+        self.stop_all(&message);
+        self.fatal = Some(message);
+    }
+
+    fn stop_all(&mut self, message: &str) {
+        for owned in self.tasks.values_mut() {
+            if let Some(task) = owned.task.as_mut() {
+                task.abort();
+            }
+            owned.task = None;
+            owned.state = TaskState::Failed;
+            owned.error = Some(message.to_owned());
+        }
+        self.publish_all();
+    }
+
+    /// Closes the tasks of revoked partitions (already committed).
+    fn close_tasks(&mut self, revoked: &TopicPartitionList) {
+        let ids: Vec<TaskId> = revoked
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                self.routes.get(e.topic()).map(|&subtopology| TaskId { subtopology, partition: e.partition() as u32 })
+            })
+            .collect();
+        for id in ids {
+            if let Some(mut owned) = self.tasks.remove(&id) {
+                if let Some(task) = owned.task.as_mut() {
+                    task.abort(); // Nothing is open after the commit; this only discards.
+                }
+                tracing::info!(app = %self.app(), task = %id, "task revoked");
+            }
+            self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.shared.tasks_version.fetch_add(1, Ordering::AcqRel);
+            self.control.set_tasks(self.shared.running_tasks().len());
+        }
+    }
+
+    /// Restores and creates the tasks of newly assigned partitions.
+    fn open_tasks(&mut self, consumer: &GroupConsumer, assigned: &TopicPartitionList) {
+        if self.fatal.is_some() {
+            return; // Stopped for good: it only waits to leave the group.
+        }
+        let committed =
+            consumer.committed_offsets(assigned.clone(), KAFKA_TIMEOUT).unwrap_or_else(|_| assigned.clone());
+        let mut inputs: BTreeMap<TaskId, InputPositions> = BTreeMap::new();
+        for e in committed.elements() {
+            let Some(&subtopology) = self.routes.get(e.topic()) else { continue };
+            let offset = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            inputs
+                .entry(TaskId { subtopology, partition: e.partition() as u32 })
+                .or_default()
+                .insert((e.topic().to_owned(), e.partition() as u32), (offset, offset));
+        }
+        for (id, inputs) in inputs {
+            if self.tasks.contains_key(&id) {
+                continue;
+            }
+            let mut owned = OwnedTask {
+                task: None,
+                state: TaskState::Starting,
+                error: None,
+                commits: 0,
+                generation: 0,
+                inputs,
+                restored: None,
+            };
+            self.publish(id, &owned);
+            match self.restore(id, &mut owned).and_then(|()| self.create_task(id, &mut owned)) {
+                Ok(()) => tracing::info!(app = %self.app(), task = %id, "task assigned"),
+                Err(e) => {
+                    tracing::error!(app = %self.app(), task = %id, "task cannot start: {e}");
+                    owned.state = TaskState::Failed;
+                    owned.error = Some(e);
+                }
+            }
+            self.publish(id, &owned);
+            self.tasks.insert(id, owned);
+        }
+    }
+
+    fn create_task(&self, id: TaskId, owned: &mut OwnedTask) -> Result<(), String> {
+        let (generation, app) = self.control.current();
+        let topology = app.topology.clone();
+        let backend = &self.backend;
+        let store_ids = &self.store_ids;
+        let mut task = Task::new(
+            app.clone(),
+            id,
+            |sid| Ok(backend.open_store(store_ids[&sid], id.partition, &topology.stores[sid].name)),
+            &self.globals,
+        )
+        .map_err(|e| e.to_string())?;
+        task.set_wall_clock(crate::backend::embedded::now_us() / 1000);
+        task.start().map_err(|e| e.to_string())?;
+        owned.task = Some(task);
+        owned.generation = generation;
+        owned.state = TaskState::Running;
+        Ok(())
+    }
+
+    /// Refreshes end offsets of the owned input partitions. A client of its
+    /// own asks: the group consumer's requests queue behind its long fetches.
+    fn refresh_lag(&mut self, offsets: &PlainConsumer) {
+        for owned in self.tasks.values_mut() {
+            for ((topic, p), (_, end)) in owned.inputs.iter_mut() {
+                if let Ok((_, high)) = offsets.fetch_watermarks(topic, *p as i32, Duration::from_millis(500)) {
+                    *end = high;
+                }
+            }
+        }
+    }
+
+    fn publish_all(&self) {
+        for (id, owned) in &self.tasks {
+            self.publish(*id, owned);
+        }
+    }
+
+    pub(super) fn publish(&self, id: TaskId, owned: &OwnedTask) {
+        let metrics = owned.task.as_ref().map(|t| t.metrics().clone()).unwrap_or_default();
+        let status = TaskStatus {
+            id: id.to_string(),
+            subtopology: id.subtopology,
+            partition: id.partition,
+            state: owned.state,
+            error: owned.error.clone(),
+            inputs: owned
+                .inputs
+                .iter()
+                .map(|((topic, p), (committed, end))| InputStatus {
+                    topic: topic.clone(),
+                    partition: *p,
+                    committed: *committed,
+                    end: (*end).max(*committed),
+                    lag: (end - committed).max(0),
+                })
+                .collect(),
+            records_in: metrics.records_in,
+            processed: metrics.processed.clone(),
+            emitted: metrics.emitted.clone(),
+            dead_letters: metrics.dead_letters,
+            skipped: metrics.skipped,
+            failures: metrics.failures.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            partition_mismatches: metrics.partition_mismatches,
+            commits: owned.commits,
+            restore: owned.restored,
+        };
+        let previous = self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).insert(id, status);
+        if previous.is_none_or(|p| p.state != owned.state) {
+            self.shared.tasks_version.fetch_add(1, Ordering::AcqRel);
+            self.control.set_tasks(self.shared.running_tasks().len());
+        }
+    }
+}
+
+pub(super) fn checkpoint_key(app: &str, store: &str, partition: u32) -> String {
+    format!("ckpt/{app}/{store}/{partition}")
+}
+
+fn send(producer: &BaseProducer<DeliveryContext>, p: &ProducedRecord, slot: usize) -> Result<(), KafkaError> {
+    let mut headers = OwnedHeaders::new();
+    for (k, v) in &p.record.headers {
+        headers = headers.insert(Header { key: k, value: Some(v) });
+    }
+    let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(&p.topic, slot)
+        .partition(p.partition as i32)
+        .timestamp(p.record.timestamp)
+        .headers(headers);
+    if let Some(k) = p.record.key.as_deref() {
+        record = record.key(k);
+    }
+    if let Some(v) = p.record.value.as_deref() {
+        record = record.payload(v);
+    }
+    send_raw(producer, record)
+}
+
+fn send_raw(
+    producer: &BaseProducer<DeliveryContext>,
+    record: BaseRecord<'_, [u8], [u8], usize>,
+) -> Result<(), KafkaError> {
+    producer.context().pending.fetch_add(1, Ordering::AcqRel);
+    super::send(producer, record).inspect_err(|_| {
+        producer.context().pending.fetch_sub(1, Ordering::AcqRel);
+    })
+}
