@@ -569,7 +569,15 @@ fn an_instance_stalled_past_its_transaction_timeout_is_aborted_by_the_broker_and
     }
     app.wait_drained(kafka, &alive);
     assert_eq!(app.assert_exactly_once(kafka), sent);
+    // Records of aborted transactions stay in the log, hidden from
+    // read_committed readers.
+    let in_log = kafka.consume_uncommitted(&app.counts).len();
+    eprintln!("stalled instance: {in_log} count records in the log, {sent} committed");
     let log = stalled.log_text();
+    // What the broker's abort looked like from the stalled instance.
+    for line in log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("revoked")) {
+        eprintln!("stalled instance: {line}");
+    }
     assert!(
         outcome == "rejoined" || log.contains("fenced"),
         "a fenced instance says so in its log:\n{}",
