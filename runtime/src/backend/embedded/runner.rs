@@ -495,6 +495,12 @@ impl Worker {
         match result {
             Ok(task) => {
                 slot.task = Some(task);
+                if slot.generation != generation {
+                    // Started on the version of an update still switching
+                    // (it began before this task first started, or while it
+                    // stalled): the task runs it, so it counts as switched.
+                    self.control.switched(generation, Duration::ZERO);
+                }
                 slot.generation = generation;
                 slot.state = TaskState::Running;
                 slot.error = None;
