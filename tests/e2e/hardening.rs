@@ -381,14 +381,16 @@ fn the_openapi_document_declares_security_errors_schemas_and_body_types() {
 }
 
 /// schemathesis against a running server's OpenAPI document, every check,
-/// bounded (tests/schemathesis/run.sh: 20 examples per operation, a time
-/// budget), without and with a token: no server error, no answer outside
+/// bounded (tests/schemathesis/run.sh: 20 examples per operation, 30 s
+/// per run), without and with a token: no server error, no answer outside
 /// the document. The script installs schemathesis with pip when missing.
 #[test]
 fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     let script = weir_tests::workspace_dir().join("tests/schemathesis/run.sh");
     let output = std::process::Command::new(&script)
         .arg(env!("CARGO_BIN_EXE_weir"))
+        .env("ST_MAX_EXAMPLES", "20")
+        .env("ST_MAX_TIME", "30")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     let text = format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));

@@ -7,13 +7,13 @@
 #   tests/schemathesis/run.sh [path/to/weir]
 #
 # Environment: ST_MAX_EXAMPLES (default 20), ST_MAX_TIME (seconds per run,
-# default 120), ST_TIMEOUT (hard limit per run, default 300).
+# default 60), ST_TIMEOUT (hard limit per run, default 300).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 weir=${1:-${WEIR_BIN:-$root/target/debug/weir}}
 max_examples=${ST_MAX_EXAMPLES:-20}
-max_time=${ST_MAX_TIME:-120}
+max_time=${ST_MAX_TIME:-60}
 hard_timeout=${ST_TIMEOUT:-300}
 
 if ! command -v schemathesis >/dev/null 2>&1; then

@@ -28,6 +28,7 @@ pub fn routes() -> Router<Arc<Node>> {
 }
 
 #[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     /// Name to record the component under (optional).

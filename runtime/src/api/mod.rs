@@ -163,6 +163,7 @@ pub fn document(token: bool, token_reads: bool) -> serde_json::Value {
             "post",
             json!({
                 "application/x-ndjson": { "schema": { "type": "string" } },
+            "text/plain": { "schema": { "type": "string" } },
             }),
         ),
         (
@@ -195,11 +196,29 @@ pub fn document(token: bool, token_reads: bool) -> serde_json::Value {
                 op["requestBody"]["content"] = content.clone();
                 op["requestBody"]["required"] = json!(true);
             }
-            if let Some(params) = op["parameters"].as_array_mut() {
+            if let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut()) {
                 for param in params {
                     let named = param["in"] == "path" && param["name"] != "key";
                     if named {
                         param["schema"] = name_schema.clone();
+                    }
+                    // Integers as the handlers parse them (u32, usize, i64):
+                    // bounds the document states and the server accepts.
+                    let schema = &mut param["schema"];
+                    let integer = schema["type"] == "integer"
+                        || schema["type"].as_array().is_some_and(|t| t.iter().any(|t| t == "integer"));
+                    if integer && schema.get("maximum").is_none() {
+                        let unsigned = schema["minimum"] == 0;
+                        let int32 = schema["format"] == "int32";
+                        schema["maximum"] = match (int32, unsigned) {
+                            (true, true) => json!(u32::MAX),
+                            (true, false) => json!(i32::MAX),
+                            (false, true) => json!(u64::MAX),
+                            (false, false) => json!(i64::MAX),
+                        };
+                        if !unsigned {
+                            schema["minimum"] = if int32 { json!(i32::MIN) } else { json!(i64::MIN) };
+                        }
                     }
                 }
             }

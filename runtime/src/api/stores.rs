@@ -122,6 +122,7 @@ fn forward(node: &Node, url: &str, path: &str, query: &[(&str, String)]) -> ApiR
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeyQuery {
     /// Answer from this instance's state only; never forward.
@@ -185,6 +186,7 @@ fn urlencode(segment: &str) -> String {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ScanQuery {
     prefix: Option<String>,

@@ -252,6 +252,7 @@ fn inject_topic(line: &str, topic: &str) -> String {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
     /// Offset to start from, in every partition read (default 0).
