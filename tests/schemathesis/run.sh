@@ -35,11 +35,12 @@ run() {
     done
     url=$(sed -n 's/^listening //p' "$tmp/out" | head -1)
     [ -n "$url" ] || { cat "$tmp/log" >&2; echo "weir serve did not listen" >&2; kill "$pid"; return 1; }
-    echo "schemathesis against $url (token: ${token:+yes}${token:-no})" >&2
+    echo "schemathesis against $url (with a token: $([ -n "$token" ] && echo yes || echo no))" >&2
     local auth=()
     if [ -n "$token" ]; then auth=(--header "Authorization: Bearer $token"); fi
     set +e
-    timeout "$hard_timeout" schemathesis --config-file "$root/tests/schemathesis/schemathesis.toml" run "$url/v1/openapi.json" \
+    # From the temp dir: schemathesis keeps a cache (.schemathesis/) where it runs.
+    (cd "$tmp" && timeout "$hard_timeout" schemathesis --config-file "$root/tests/schemathesis/schemathesis.toml" run "$url/v1/openapi.json" \
         --checks all \
         --max-examples "$max_examples" \
         --max-time "$max_time" \
@@ -48,7 +49,7 @@ run() {
         --workers 1 \
         --suppress-health-check all \
         --warnings off \
-        "${auth[@]}"
+        "${auth[@]}")
     rc=$?
     set -e
     kill "$pid" 2>/dev/null || true
