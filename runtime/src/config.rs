@@ -20,6 +20,7 @@
 //! retention_check = "30s"           # WEIR_RETENTION_CHECK: how often retention runs
 //! max_instances = 256               # WEIR_MAX_INSTANCES: live wasm instances
 //! max_upload = "50MiB"              # WEIR_MAX_UPLOAD: component upload limit
+//! body_timeout = "30s"              # WEIR_BODY_TIMEOUT: longest wait for the next bytes of a request body
 //! api_token = ""                    # WEIR_API_TOKEN: bearer token for mutating routes; empty = loopback only
 //! api_token_reads = false           # WEIR_API_TOKEN_READS: require the token for reads too
 //! ```
@@ -70,6 +71,8 @@ pub struct Config {
     pub max_instances: u32,
     /// Largest component upload accepted.
     pub max_upload: u64,
+    /// Longest wait for the next bytes of a request body (then 408).
+    pub body_timeout: Duration,
     /// Bearer token required on mutating routes. Without one, weir serves
     /// on loopback only.
     pub api_token: Option<String>,
@@ -96,6 +99,7 @@ impl Default for Config {
             retention_check: Duration::from_secs(30),
             max_instances: 256,
             max_upload: 50 << 20,
+            body_timeout: Duration::from_secs(30),
             api_token: None,
             api_token_reads: false,
         }
@@ -122,6 +126,7 @@ struct FileConfig {
     retention_check: Option<String>,
     max_instances: Option<u32>,
     max_upload: Option<String>,
+    body_timeout: Option<String>,
     api_token: Option<String>,
     api_token_reads: Option<bool>,
 }
@@ -171,6 +176,7 @@ impl Config {
                 .map(|v| v.parse().map_err(|e| ConfigError(format!("WEIR_MAX_INSTANCES=`{v}`: {e}"))))
                 .transpose()?,
             max_upload: var("WEIR_MAX_UPLOAD"),
+            body_timeout: var("WEIR_BODY_TIMEOUT"),
             api_token: var("WEIR_API_TOKEN"),
             api_token_reads: var("WEIR_API_TOKEN_READS")
                 .map(|v| match v.as_str() {
@@ -257,6 +263,12 @@ impl Config {
         }
         if let Some(v) = f.max_upload {
             self.max_upload = parse_size(&v).map_err(|e| bad("max_upload", e))?;
+        }
+        if let Some(v) = f.body_timeout {
+            self.body_timeout = parse_duration(&v).map_err(|e| bad("body_timeout", e))?;
+            if self.body_timeout.is_zero() {
+                return Err(bad("body_timeout", "must be more than 0".into()));
+            }
         }
         Ok(())
     }

@@ -212,3 +212,49 @@ mod tests {
         );
     }
 }
+
+/// Property tests of the record parser (bounded; failures are kept by
+/// proptest in `proptest-regressions/` and replayed first).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_line_is_parsed_or_refused_without_panicking(line in any::<String>()) {
+            let _ = parse_input_line(&line);
+        }
+
+        #[test]
+        fn json_like_lines_are_parsed_or_refused_without_panicking(
+            line in "\\{(\"(topic|key|value|timestamp|headers|partition|wall_clock|b64)\": ?([0-9-]{1,20}|\"[a-z=/+]{0,8}\"|null|\\[|\\]|\\{|\\}|,| ){0,6}){0,6}\\}?"
+        ) {
+            let _ = parse_input_line(&line);
+        }
+
+        #[test]
+        fn bytes_survive_base64_and_text_survives_as_text(
+            key in prop::collection::vec(any::<u8>(), 0..64),
+            value in any::<String>(),
+            timestamp in any::<i64>(),
+            partition in prop::option::of(any::<u32>()),
+        ) {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&key);
+            let mut line = serde_json::json!({ "topic": "t", "key": { "b64": b64 }, "value": value, "timestamp": timestamp });
+            if let Some(p) = partition {
+                line["partition"] = p.into();
+            }
+            let InputLine::Record { topic, partition: parsed, record } = parse_input_line(&line.to_string()).unwrap() else {
+                panic!("a record line");
+            };
+            prop_assert_eq!(topic, "t");
+            prop_assert_eq!(parsed, partition);
+            prop_assert_eq!(record.key, Some(key));
+            prop_assert_eq!(record.value, Some(value.into_bytes()));
+            prop_assert_eq!(record.timestamp, timestamp);
+        }
+    }
+}

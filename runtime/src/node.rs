@@ -29,8 +29,10 @@ pub enum DeployError {
     Spec(#[from] SpecError),
     #[error("processor `{processor}`: {error}")]
     Component { processor: String, error: RegistryError },
-    #[error("application `{0}` is being updated; try again when that update is done")]
+    #[error("application `{0}` is being deployed, updated or deleted; try again when that is done")]
     Busy(String),
+    #[error("application `{0}` was deleted during the update")]
+    Gone(String),
     #[error("update of `{app}` rolled back: {error}")]
     UpdateFailed { app: String, error: String },
     #[error("cannot update `{app}`: {error}")]
@@ -39,6 +41,8 @@ pub enum DeployError {
     Topics { app: String, error: String },
     #[error("cannot start `{app}`: {error}")]
     Start { app: String, error: String },
+    #[error("cannot deploy `{app}`: {error}")]
+    OverLimit { app: String, error: String },
     #[error("storage failure: {0}")]
     Internal(String),
 }
@@ -82,9 +86,6 @@ impl RunningApp {
     fn update(&self, new: Arc<AppRuntime>) -> Result<u64, String> {
         on_backend!(self, a => a.update(new))
     }
-    fn swap(&self, id: u64) -> Option<SwapRecord> {
-        self.control().record(id)
-    }
     fn on_rollback(&self, hook: crate::backend::control::RollbackHook) {
         self.control().on_rollback(hook)
     }
@@ -115,9 +116,23 @@ pub struct Deployment {
     pub update: Option<SwapRecord>,
 }
 
-/// How long a deploy waits for tasks to switch and for a trap on probation.
-const SWITCH_WAIT: Duration = Duration::from_secs(30);
+/// How long a deploy waits for a trap on probation once every task switched
+/// (how long it waits for the switch: [`crate::backend::control::SWITCH_TIMEOUT`]).
 const PROBATION_WAIT: Duration = Duration::from_secs(2);
+
+/// The one operation (create, update or delete) running on an application:
+/// taken before anything is checked, released when dropped, also when the
+/// operation panics, so an application is never left busy.
+struct Claim<'a> {
+    node: &'a Node,
+    name: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.node.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
+    }
+}
 
 /// The spec with everything a hot swap may change blanked out: two specs
 /// with the same shape have the same graph, stores and topics.
@@ -182,8 +197,11 @@ pub struct Node {
     apps: Mutex<BTreeMap<String, Deployed>>,
     /// Saved applications that could not be resumed, with why.
     broken: Mutex<BTreeMap<String, String>>,
-    /// Applications with an update in progress (one at a time per application).
-    updating: Mutex<std::collections::BTreeSet<String>>,
+    /// Applications with a create, update or delete in progress: one at a
+    /// time per application, so that checking whether it exists and
+    /// starting it are one step (two starts of one application would both
+    /// process its input).
+    busy: Mutex<std::collections::BTreeSet<String>>,
     /// This node's stable id, kept in the data dir: on Kafka, transactional
     /// ids derive from it, so a restarted node fences its former self.
     instance_id: String,
@@ -227,7 +245,7 @@ impl Node {
             registry,
             apps: Mutex::new(BTreeMap::new()),
             broken: Mutex::new(BTreeMap::new()),
-            updating: Mutex::new(Default::default()),
+            busy: Mutex::new(Default::default()),
         });
         let saved = node.backend.applications().map_err(|e| OpenError::Other(e.to_string()))?;
         for (name, definition) in saved {
@@ -298,21 +316,39 @@ impl Node {
         }
     }
 
+    /// Claims `name` for one operation, or says it is busy.
+    fn claim(&self, name: &str) -> Result<Claim<'_>, DeployError> {
+        if !self.busy.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned()) {
+            return Err(DeployError::Busy(name.to_owned()));
+        }
+        Ok(Claim { node: self, name: name.to_owned() })
+    }
+
     /// Validates, saves and starts an application; if it runs already,
-    /// updates it without stopping it (see [`update`](Self::update)).
+    /// updates it without stopping it (see [`update`](Self::update)). One
+    /// operation at a time per application: a concurrent one is refused
+    /// with [`DeployError::Busy`].
     pub fn deploy(&self, spec: Spec) -> Result<Deployment, DeployError> {
+        let _claim = self.claim(&spec.name)?;
+        self.deploy_claimed(spec)
+    }
+
+    fn deploy_claimed(&self, spec: Spec) -> Result<Deployment, DeployError> {
         let name = spec.name.clone();
         if self.apps.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&name) {
-            return self.update(spec);
+            return self.update_now(spec);
         }
         self.start(spec.clone(), Vec::new())?;
         let definition = serde_json::to_vec(&spec).expect("specs serialise");
         if let Err(e) = self.backend.save_application(&name, &definition) {
-            self.undeploy(&name).ok();
+            if let Some(d) = self.apps.lock().unwrap_or_else(|e| e.into_inner()).remove(&name) {
+                d.app.stop();
+            }
             return Err(DeployError::Internal(e.to_string()));
         }
         self.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
-        Ok(Deployment { action: "created", status: self.status(&name).expect("just started"), update: None })
+        let status = self.status(&name).ok_or_else(|| DeployError::Gone(name.clone()))?;
+        Ok(Deployment { action: "created", status, update: None })
     }
 
     /// Updates a running application. Everything is validated before
@@ -324,13 +360,8 @@ impl Node {
     /// topics) restarts the application on the new graph after a final
     /// commit; stores that remain keep their state.
     pub fn update(&self, spec: Spec) -> Result<Deployment, DeployError> {
-        let name = spec.name.clone();
-        if !self.updating.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
-            return Err(DeployError::Busy(name));
-        }
-        let result = self.update_now(spec);
-        self.updating.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
-        result
+        let _claim = self.claim(&spec.name)?;
+        self.update_now(spec)
     }
 
     fn update_now(&self, spec: Spec) -> Result<Deployment, DeployError> {
@@ -339,18 +370,18 @@ impl Node {
         let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
         let Some(deployed) = apps.get(&name) else {
             drop(apps);
-            return self.deploy(spec);
+            return self.deploy_claimed(spec);
         };
         let old = deployed.app.runtime();
         if shape(&old.topology.spec) == shape(&spec) && old.topology.partitions == new.topology.partitions {
             let id = deployed.app.update(new).map_err(|_| DeployError::Busy(name.clone()))?;
             drop(apps);
-            let record = self.wait_for_switch(&name, id);
+            let record = self.wait_for_switch(&name, id).ok_or_else(|| DeployError::Gone(name.clone()))?;
             if record.state == "rolled-back" {
                 return Err(DeployError::UpdateFailed { app: name, error: record.error.unwrap_or_default() });
             }
             self.save(&spec)?;
-            let status = self.status(&name).expect("running");
+            let status = self.status(&name).ok_or_else(|| DeployError::Gone(name.clone()))?;
             return Ok(Deployment { action: "updated", status, update: Some(record) });
         }
         // The graph changed: check that state can follow, then restart.
@@ -358,7 +389,7 @@ impl Node {
             .map_err(|error| DeployError::Incompatible { app: name.clone(), error })?;
         let started = Instant::now();
         let mut history = deployed.app.history();
-        let deployed = apps.remove(&name).expect("present");
+        let Some(deployed) = apps.remove(&name) else { return Err(DeployError::Gone(name)) };
         deployed.app.stop();
         let record = SwapRecord {
             id: history.last().map_or(0, |r| r.id) + 1,
@@ -398,7 +429,7 @@ impl Node {
             d.app.set_last_pause(pause);
         }
         self.save(&spec)?;
-        let status = self.status(&name).expect("running");
+        let status = self.status(&name).ok_or_else(|| DeployError::Gone(name.clone()))?;
         let update = status.swaps.last().cloned();
         Ok(Deployment { action: "updated", status, update })
     }
@@ -409,30 +440,28 @@ impl Node {
     }
 
     /// Waits until every task switched (or the update rolled back), then a
-    /// little longer for a trap on probation.
-    fn wait_for_switch(&self, app: &str, id: u64) -> SwapRecord {
-        let deadline = Instant::now() + SWITCH_WAIT;
-        let record =
-            |node: &Node| node.apps.lock().unwrap_or_else(|e| e.into_inner()).get(app).and_then(|d| d.app.swap(id));
-        let mut last = record(self);
-        while Instant::now() < deadline {
-            match &last {
-                Some(r) if r.state != "switching" => break,
-                None => break,
-                _ => {}
-            }
-            std::thread::sleep(Duration::from_millis(5));
-            last = record(self);
-        }
-        let probation_end = Instant::now() + PROBATION_WAIT;
-        while Instant::now() < probation_end {
-            if last.as_ref().is_some_and(|r| r.state == "rolled-back" || r.state == "applied") {
+    /// little longer for a trap on probation. An update still switching
+    /// after the control plane's switch timeout is rolled back: an update
+    /// always finishes, rolls back or times out. `None` when the
+    /// application went away meanwhile.
+    fn wait_for_switch(&self, app: &str, id: u64) -> Option<SwapRecord> {
+        let control = self.apps.lock().unwrap_or_else(|e| e.into_inner()).get(app).map(|d| d.app.control().clone())?;
+        let deadline = Instant::now() + control.switch_timeout();
+        let mut last = control.record(id)?;
+        while last.state == "switching" {
+            if Instant::now() >= deadline {
+                last = control.time_out(id)?;
                 break;
             }
-            std::thread::sleep(Duration::from_millis(10));
-            last = record(self);
+            std::thread::sleep(Duration::from_millis(5));
+            last = control.record(id)?;
         }
-        last.expect("update recorded")
+        let probation_end = Instant::now() + PROBATION_WAIT;
+        while last.state == "switched" && Instant::now() < probation_end {
+            std::thread::sleep(Duration::from_millis(10));
+            last = control.record(id)?;
+        }
+        Some(last)
     }
 
     /// Compiles a spec against the real partition counts of existing topics
@@ -482,6 +511,26 @@ impl Node {
         apps: &mut BTreeMap<String, Deployed>,
     ) -> Result<(), DeployError> {
         let name = app.topology.name.clone();
+        if apps.contains_key(&name) {
+            // Never two runs of one application (each would process its input).
+            return Err(DeployError::Busy(name));
+        }
+        // Admission, under the same lock as the insert: the instances every
+        // application may need are reserved up front, so one application
+        // can never take the instances another one runs on.
+        let need = instances_needed(&app.topology);
+        let reserved: u64 = apps.values().map(|d| instances_needed(&d.app.runtime().topology)).sum();
+        let limit = u64::from(self.config.max_instances);
+        if reserved + need > limit {
+            return Err(DeployError::OverLimit {
+                app: name,
+                error: format!(
+                    "it needs {need} wasm instance(s) (partitions × processors, twice for hot swaps) and {} of the \
+                     {limit} this weir allows are free (max_instances, WEIR_MAX_INSTANCES)",
+                    limit.saturating_sub(reserved)
+                ),
+            });
+        }
         let running = match self.kafka_settings() {
             None => EmbeddedApp::start_with_history(self.backend.clone(), app, self.runner_config(), history)
                 .map(RunningApp::Embedded)
@@ -510,8 +559,10 @@ impl Node {
         Ok(())
     }
 
-    /// Stops an application (final commit) and forgets it.
-    pub fn undeploy(&self, name: &str) -> Result<bool, String> {
+    /// Stops an application (final commit) and forgets it. Refused with
+    /// [`DeployError::Busy`] while it is being deployed or updated.
+    pub fn undeploy(&self, name: &str) -> Result<bool, DeployError> {
+        let _claim = self.claim(name)?;
         let deployed = self.apps.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         let broken = self.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(name).is_some();
         let found = deployed.is_some() || broken;
@@ -519,7 +570,7 @@ impl Node {
             d.app.stop();
         }
         if found {
-            self.backend.delete_application(name).map_err(|e| e.to_string())?;
+            self.backend.delete_application(name).map_err(|e| DeployError::Internal(e.to_string()))?;
         }
         Ok(found)
     }
@@ -596,6 +647,15 @@ impl Node {
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
     }
+}
+
+/// The processor instances an application may hold at once: one per
+/// processor per task, twice over, since a task on probation after a hot
+/// swap keeps the previous version's instance to go back to.
+fn instances_needed(topology: &Topology) -> u64 {
+    let per_version: u64 =
+        topology.subtopologies.iter().map(|s| u64::from(s.partitions) * s.processors.len() as u64).sum();
+    per_version * 2
 }
 
 /// Checks that every store the old and the new graph share can keep its

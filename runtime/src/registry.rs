@@ -30,7 +30,7 @@ pub enum RegistryError {
     Path(String),
     #[error("component reference `{0}` is not `sha256:<64 hex digits>`, `name@version` or `name`")]
     Malformed(String),
-    #[error("`{0}` is not a valid component name or version (1-100 of a-z A-Z 0-9 . _ -)")]
+    #[error("`{0}` is not a valid component name or version (1-200 of a-z A-Z 0-9 . _ -, not dots only)")]
     BadName(String),
     #[error(
         "component {name}@{version} already exists with other content (sha256:{sha256}); versions are immutable, push a new version"
@@ -59,8 +59,10 @@ pub struct ComponentRegistry {
     names: Mutex<()>,
 }
 
+/// Names and versions follow the spec's rule for names; they become file
+/// names, so a name that is not valid never reaches the file system.
 fn valid(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    crate::topology::valid_name(name)
 }
 
 impl ComponentRegistry {
@@ -77,19 +79,30 @@ impl ComponentRegistry {
     /// Validates and precompiles `bytes`, then stores them.
     pub fn add(&self, bytes: &[u8]) -> Result<Arc<LoadedComponent>, LoadError> {
         let loaded = self.engine.load(bytes)?;
-        let path = self.dir.join(format!("{}.wasm", loaded.sha256()));
+        self.store(bytes, &loaded)?;
+        Ok(loaded)
+    }
+
+    fn path_of(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.wasm"))
+    }
+
+    fn store(&self, bytes: &[u8], loaded: &LoadedComponent) -> Result<(), LoadError> {
+        let path = self.path_of(loaded.sha256());
         if !path.exists() {
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, bytes)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| LoadError::Io { path: path.display().to_string(), message: e.to_string() })?;
+            std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path)).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                LoadError::Io { path: path.display().to_string(), message: e.to_string() }
+            })?;
         }
-        Ok(loaded)
+        Ok(())
     }
 
     /// Adds a component and records it as `name@version` (the next number
     /// when `version` is `None`). Re-pushing the same content under the same
-    /// version is a no-op; other content under an existing version is refused.
+    /// version is a no-op; other content under an existing version is
+    /// refused, and then nothing of the upload is kept.
     pub fn add_named(
         &self,
         bytes: &[u8],
@@ -104,7 +117,10 @@ impl ComponentRegistry {
         {
             return Err(RegistryError::BadName(v.to_owned()));
         }
-        let loaded = self.add(bytes).map_err(|error| RegistryError::Load { sha256: "(upload)".into(), error })?;
+        let known = |sha256: &str| self.path_of(sha256).exists();
+        let loaded =
+            self.engine.load(bytes).map_err(|error| RegistryError::Load { sha256: "(upload)".into(), error })?;
+        let was_known = known(loaded.sha256());
         let _guard = self.names.lock().unwrap_or_else(|e| e.into_inner());
         let mut versions = self.versions(name);
         let version = match version {
@@ -113,10 +129,15 @@ impl ComponentRegistry {
         };
         if let Some(existing) = versions.iter().find(|e| e.version == version) {
             if existing.sha256 == loaded.sha256() {
+                self.store(bytes, &loaded).map_err(|error| RegistryError::Load { sha256: "(upload)".into(), error })?;
                 return Ok((loaded, existing.clone()));
+            }
+            if !was_known {
+                self.engine.forget(loaded.sha256());
             }
             return Err(RegistryError::VersionExists { name: name.into(), version, sha256: existing.sha256.clone() });
         }
+        self.store(bytes, &loaded).map_err(|error| RegistryError::Load { sha256: "(upload)".into(), error })?;
         let entry = VersionEntry {
             version,
             sha256: loaded.sha256().to_owned(),
@@ -143,6 +164,9 @@ impl ComponentRegistry {
 
     /// The versions of a named component, oldest first.
     pub fn versions(&self, name: &str) -> Vec<VersionEntry> {
+        if !valid(name) {
+            return Vec::new();
+        }
         std::fs::read(self.index(name)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 
@@ -166,6 +190,9 @@ impl ComponentRegistry {
 
     /// Forgets `name@version` (and its file, if no other name points at it).
     pub fn remove(&self, name: &str, version: &str) -> Result<bool, RegistryError> {
+        if !valid(name) || !valid(version) {
+            return Err(RegistryError::BadName(format!("{name}@{version}")));
+        }
         let _guard = self.names.lock().unwrap_or_else(|e| e.into_inner());
         let mut versions = self.versions(name);
         let Some(i) = versions.iter().position(|v| v.version == version) else { return Ok(false) };

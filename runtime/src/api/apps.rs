@@ -6,18 +6,22 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
 
+use super::extract::NamePath;
 use super::{ApiError, ApiResult, blocking, body_error};
 use crate::node::{DeployError, Node};
 use crate::topology::parse_spec;
 
 pub fn routes() -> Router<Arc<Node>> {
-    Router::new().route("/v1/apps", get(list)).route("/v1/apps/{name}", get(status).put(deploy).delete(remove))
+    Router::new().route("/v1/apps", get(list)).route(
+        "/v1/apps/{name}",
+        get(status).put(deploy).delete(remove).layer(DefaultBodyLimit::max(crate::topology::SPEC_MAX_BYTES)),
+    )
 }
 
 /// Deployed applications with their state and lag.
@@ -39,7 +43,7 @@ pub async fn list(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse>
 /// versions per processor, counters, last errors, update history.
 #[utoipa::path(get, path = "/v1/apps/{name}", tag = "applications", params(("name" = String, Path, description = "application")),
     responses((status = 200, description = "status"), (status = 404, description = "unknown application")))]
-pub async fn status(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
+pub async fn status(State(node): State<Arc<Node>>, NamePath(name): NamePath<String>) -> ApiResult<impl IntoResponse> {
     blocking(move || {
         node.status(&name)
             .map(Json)
@@ -58,33 +62,40 @@ pub async fn status(State(node): State<Arc<Node>>, Path(name): Path<String>) -> 
         (status = 409, description = "an update of this application is in progress"), (status = 422, description = "cannot deploy, or the update was rolled back")))]
 pub async fn deploy(
     State(node): State<Arc<Node>>,
-    Path(name): Path<String>,
+    NamePath(name): NamePath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let body = body.map_err(body_error)?;
-    let text =
-        std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("bad-spec", "the spec is not UTF-8 text"))?;
-    let spec = parse_spec(text).map_err(spec_error)?;
-    if spec.name != name {
-        return Err(ApiError::bad_request(
-            "bad-spec",
-            format!("name: the spec is named `{}` but was sent to /v1/apps/{name}", spec.name),
-        ));
-    }
-    blocking(move || match node.deploy(spec) {
-        Ok(d) => Ok((if d.action == "created" { StatusCode::CREATED } else { StatusCode::OK }, Json(d))),
-        Err(DeployError::Spec(e)) => Err(spec_error(e)),
-        Err(e @ DeployError::Busy(_)) => Err(ApiError::new(StatusCode::CONFLICT, "update-in-progress", e.to_string())),
-        Err(e @ DeployError::UpdateFailed { .. }) => {
-            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "update-rolled-back", e.to_string()))
+    // Parsing and validating are CPU work on input of the caller's making:
+    // off the async threads, so health checks and reads stay answered.
+    blocking(move || {
+        let text =
+            std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("bad-spec", "the spec is not UTF-8 text"))?;
+        let spec = parse_spec(text).map_err(spec_error)?;
+        if spec.name != name {
+            return Err(ApiError::bad_request(
+                "bad-spec",
+                format!("name: the spec is named `{}` but was sent to /v1/apps/{name}", spec.name),
+            ));
         }
-        Err(
-            e @ (DeployError::Component { .. }
-            | DeployError::Topics { .. }
-            | DeployError::Start { .. }
-            | DeployError::Incompatible { .. }),
-        ) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot-deploy", e.to_string())),
-        Err(e @ DeployError::Internal(_)) => Err(ApiError::internal(e.to_string())),
+        match node.deploy(spec) {
+            Ok(d) => Ok((if d.action == "created" { StatusCode::CREATED } else { StatusCode::OK }, Json(d))),
+            Err(DeployError::Spec(e)) => Err(spec_error(e)),
+            Err(e @ (DeployError::Busy(_) | DeployError::Gone(_))) => {
+                Err(ApiError::new(StatusCode::CONFLICT, "update-in-progress", e.to_string()))
+            }
+            Err(e @ DeployError::UpdateFailed { .. }) => {
+                Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "update-rolled-back", e.to_string()))
+            }
+            Err(
+                e @ (DeployError::Component { .. }
+                | DeployError::Topics { .. }
+                | DeployError::Start { .. }
+                | DeployError::OverLimit { .. }
+                | DeployError::Incompatible { .. }),
+            ) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot-deploy", e.to_string())),
+            Err(e @ DeployError::Internal(_)) => Err(ApiError::internal(e.to_string())),
+        }
     })
     .await
 }
@@ -98,12 +109,14 @@ fn spec_error(e: crate::topology::SpecError) -> ApiError {
 
 /// Stop an application (final commit) and forget it, with its state.
 #[utoipa::path(delete, path = "/v1/apps/{name}", tag = "applications", params(("name" = String, Path, description = "application")),
-    responses((status = 204, description = "deleted"), (status = 404, description = "unknown application")))]
-pub async fn remove(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
+    responses((status = 204, description = "deleted"), (status = 404, description = "unknown application"),
+        (status = 409, description = "a deploy or update of this application is in progress")))]
+pub async fn remove(State(node): State<Arc<Node>>, NamePath(name): NamePath<String>) -> ApiResult<impl IntoResponse> {
     blocking(move || match node.undeploy(&name) {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(ApiError::not_found("unknown-app", format!("no application `{name}` is deployed"))),
-        Err(e) => Err(ApiError::internal(e)),
+        Err(e @ DeployError::Busy(_)) => Err(ApiError::new(StatusCode::CONFLICT, "update-in-progress", e.to_string())),
+        Err(e) => Err(ApiError::internal(e.to_string())),
     })
     .await
 }

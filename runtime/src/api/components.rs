@@ -7,13 +7,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::extract::{ApiQuery, NamePath, check_name};
 use super::{ApiError, ApiResult, blocking, body_error};
 use crate::node::Node;
 use crate::registry::RegistryError;
@@ -27,6 +28,7 @@ pub fn routes() -> Router<Arc<Node>> {
 }
 
 #[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     /// Name to record the component under (optional).
@@ -68,10 +70,10 @@ fn describe(node: &Node, c: &LoadedComponent) -> Value {
         (status = 413, description = "body too large"), (status = 422, description = "not a component of the weir world")))]
 pub async fn upload(
     State(node): State<Arc<Node>>,
-    query: Query<UploadQuery>,
+    query: ApiQuery<UploadQuery>,
     request: Request,
 ) -> ApiResult<impl IntoResponse> {
-    let Query(mut q) = query;
+    let ApiQuery(mut q) = query;
     let multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -103,6 +105,12 @@ pub async fn upload(
     };
     if q.version.is_some() && q.name.is_none() {
         return Err(ApiError::bad_request("bad-name", "a version needs a name"));
+    }
+    if let Some(name) = &q.name {
+        check_name("component name", name)?;
+    }
+    if let Some(version) = &q.version {
+        check_name("component version", version)?;
     }
     blocking(move || {
         let (loaded, entry) = match &q.name {
@@ -143,7 +151,10 @@ pub async fn list(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse>
 /// Every version of a named component.
 #[utoipa::path(get, path = "/v1/components/{name}", tag = "components", params(("name" = String, Path, description = "component name")),
     responses((status = 200, description = "versions"), (status = 404, description = "unknown component")))]
-pub async fn describe_name(State(node): State<Arc<Node>>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
+pub async fn describe_name(
+    State(node): State<Arc<Node>>,
+    NamePath(name): NamePath<String>,
+) -> ApiResult<impl IntoResponse> {
     blocking(move || {
         let versions = node.registry.versions(&name);
         if versions.is_empty() {
@@ -168,7 +179,7 @@ pub async fn describe_name(State(node): State<Arc<Node>>, Path(name): Path<Strin
     responses((status = 200, description = "the component"), (status = 404, description = "unknown component or version")))]
 pub async fn describe_version(
     State(node): State<Arc<Node>>,
-    Path((name, version)): Path<(String, String)>,
+    NamePath((name, version)): NamePath<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     blocking(move || {
         let c = node
@@ -189,7 +200,7 @@ pub async fn describe_version(
     responses((status = 204, description = "deleted"), (status = 404, description = "unknown"), (status = 409, description = "in use")))]
 pub async fn remove(
     State(node): State<Arc<Node>>,
-    Path((name, version)): Path<(String, String)>,
+    NamePath((name, version)): NamePath<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     blocking(move || {
         let Some(entry) = node.registry.versions(&name).into_iter().find(|v| v.version == version) else {

@@ -14,13 +14,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::extract::{ApiQuery, NamePath};
 use super::{ApiError, ApiResult, blocking};
 use crate::jsonl::render_bytes;
 use crate::node::Node;
@@ -121,6 +122,7 @@ fn forward(node: &Node, url: &str, path: &str, query: &[(&str, String)]) -> ApiR
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeyQuery {
     /// Answer from this instance's state only; never forward.
@@ -135,8 +137,8 @@ pub struct KeyQuery {
         (status = 503, description = "the partition is moving between instances")))]
 pub async fn get_key(
     State(node): State<Arc<Node>>,
-    Path((app, store, key)): Path<(String, String, String)>,
-    Query(q): Query<KeyQuery>,
+    NamePath((app, store, key)): NamePath<(String, String, String)>,
+    ApiQuery(q): ApiQuery<KeyQuery>,
 ) -> ApiResult<impl IntoResponse> {
     blocking(move || {
         let (topology, id, partitions) = locate(&node, &app, &store)?;
@@ -184,6 +186,7 @@ fn urlencode(segment: &str) -> String {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ScanQuery {
     prefix: Option<String>,
@@ -202,8 +205,8 @@ pub struct ScanQuery {
         (status = 503, description = "a partition is moving between instances")))]
 pub async fn scan(
     State(node): State<Arc<Node>>,
-    Path((app, store)): Path<(String, String)>,
-    Query(q): Query<ScanQuery>,
+    NamePath((app, store)): NamePath<(String, String)>,
+    ApiQuery(q): ApiQuery<ScanQuery>,
 ) -> ApiResult<impl IntoResponse> {
     blocking(move || {
         let (topology, id, partitions) = locate(&node, &app, &store)?;

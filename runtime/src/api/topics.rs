@@ -7,20 +7,22 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::extract::{ApiQuery, NamePath, check_name};
 use super::{ApiError, ApiResult, blocking, body_error};
 use crate::backend::embedded::BackendError;
 use crate::backend::kafka;
 use crate::jsonl::{InputLine, OutputLine, parse_input_line_at};
 use crate::node::Node;
 use crate::partitioner::partition_for;
+use crate::topology::MAX_PARTITIONS;
 
 pub fn routes() -> Router<Arc<Node>> {
     Router::new()
@@ -83,13 +85,11 @@ pub async fn create(
     let body = body.map_err(body_error)?;
     let t: NewTopic = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad-request", format!("expected {{\"name\", \"partitions\"}}: {e}")))?;
-    if t.partitions == 0
-        || t.name.is_empty()
-        || !t.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
+    check_name("topic", &t.name)?;
+    if t.partitions == 0 || t.partitions > MAX_PARTITIONS {
         return Err(ApiError::bad_request(
             "bad-request",
-            "a topic needs a name of a-z A-Z 0-9 . _ - and at least one partition",
+            format!("a topic has 1 to {MAX_PARTITIONS} partitions, not {}", t.partitions),
         ));
     }
     if node.on_kafka() {
@@ -114,6 +114,7 @@ pub async fn create(
         Err(e @ BackendError::PartitionMismatch { .. }) => {
             Err(ApiError::new(StatusCode::CONFLICT, "topic-exists", e.to_string()))
         }
+        Err(e @ BackendError::BadTopic(_)) => Err(ApiError::bad_request("bad-request", e.to_string())),
         Err(e) => Err(ApiError::internal(e.to_string())),
     })
     .await
@@ -122,19 +123,30 @@ pub async fn create(
 /// Body: JSONL in `weir test`'s input format; `topic` may be omitted.
 /// Produce records: JSONL in `weir test`'s input format (`topic` may be
 /// omitted). All lines or none: one atomic append.
-#[utoipa::path(post, path = "/v1/topics/{topic}/records", tag = "topics", params(("topic" = String, Path, description = "topic")),
+#[utoipa::path(post, path = "/v1/topics/{topic}/records", tag = "topics", params(("topic" = String, Path, description = "topic"),
+        ("Idempotency-Key" = Option<String>, Header, description = "stores the batch once per key (per topic); a resend answers as the first did, with `Idempotent-Replayed: true`; other records under a used key: 422")),
     request_body(content = String, content_type = "application/x-ndjson"),
     responses((status = 200, description = "partition and offset of each record"), (status = 400, description = "a bad line, named"),
+        (status = 422, description = "the idempotency key was used for other records"),
         (status = 404, description = "unknown topic"), (status = 503, description = "storage failure (e.g. disk full)")))]
 pub async fn produce(
     State(node): State<Arc<Node>>,
-    Path(topic): Path<String>,
+    NamePath(topic): NamePath<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
+    let idempotency_key = idempotency_key(&headers)?;
     let body = body.map_err(body_error)?;
     let text = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("bad-records", "the body is not UTF-8 JSONL"))?;
     if node.on_kafka() {
+        if idempotency_key.is_some() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-unsupported",
+                "Idempotency-Key is honoured on the embedded backend only; on Kafka, produce with an idempotent producer",
+            ));
+        }
         return blocking(move || {
             let records =
                 kafka::parse_jsonl(&topic, text.as_bytes()).map_err(|e| ApiError::bad_request("bad-records", e))?;
@@ -144,7 +156,7 @@ pub async fn produce(
                 kafka::ProduceError::Broker(m) => broker_error(m),
             })?;
             let written: Vec<_> = written.iter().map(|(p, o)| json!({ "partition": p, "offset": o })).collect();
-            Ok(Json(json!({ "records": written })))
+            Ok(Json(json!({ "records": written })).into_response())
         })
         .await;
     }
@@ -182,19 +194,50 @@ pub async fn produce(
             let partition = partition.unwrap_or_else(|| partition_for(record.key.as_deref(), t.partitions(), 0));
             records.push((t.clone(), partition, record));
         }
-        let partitions: Vec<u32> = records.iter().map(|(_, p, _)| *p).collect();
-        // All lines or none: one atomic append.
-        let offsets = node.backend.append(records).map_err(|e| match e {
+        let storage = |e: BackendError| match e {
             BackendError::Storage(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage-failure", e.to_string())
             }
+            e @ BackendError::IdempotencyConflict { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", e.to_string())
+            }
             e => ApiError::internal(e.to_string()),
-        })?;
-        let written: Vec<_> =
-            partitions.iter().zip(offsets).map(|(p, o)| json!({ "partition": p, "offset": o })).collect();
-        Ok(Json(json!({ "records": written })))
+        };
+        // All lines or none: one atomic append (once per idempotency key).
+        let (written, replayed) = match &idempotency_key {
+            Some(key) => {
+                let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+                node.backend.append_once(&t, key, &fingerprint, records).map_err(storage)?
+            }
+            None => {
+                let partitions: Vec<u32> = records.iter().map(|(_, p, _)| *p).collect();
+                let offsets = node.backend.append(records).map_err(storage)?;
+                (partitions.into_iter().zip(offsets).collect(), false)
+            }
+        };
+        let written: Vec<_> = written.iter().map(|(p, o)| json!({ "partition": p, "offset": o })).collect();
+        let mut response = Json(json!({ "records": written })).into_response();
+        if replayed {
+            response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+        }
+        Ok(response)
     })
     .await
+}
+
+/// The `Idempotency-Key` header of a produce request, if any: 1-200
+/// visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key =
+        value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic()));
+    match key {
+        Some(k) => Ok(Some(k.to_owned())),
+        None => Err(ApiError::bad_request(
+            "bad-idempotency-key",
+            "Idempotency-Key is 1-200 visible ASCII characters (e.g. a UUID)",
+        )),
+    }
 }
 
 /// Adds `"topic"` to a line that has none, so one parser serves both formats.
@@ -209,6 +252,7 @@ fn inject_topic(line: &str, topic: &str) -> String {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
     /// Offset to start from, in every partition read (default 0).
@@ -221,19 +265,19 @@ pub struct ReadQuery {
 
 /// Read records from an offset (in each partition read), at most `limit`.
 #[utoipa::path(get, path = "/v1/topics/{topic}/records", tag = "topics", params(("topic" = String, Path, description = "topic"), ReadQuery),
-    responses((status = 200, description = "records with offsets"), (status = 404, description = "unknown topic")))]
+    responses((status = 200, description = "records with offsets"), (status = 404, description = "unknown topic or partition")))]
 pub async fn read(
     State(node): State<Arc<Node>>,
-    Path(topic): Path<String>,
-    Query(q): Query<ReadQuery>,
+    NamePath(topic): NamePath<String>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> ApiResult<impl IntoResponse> {
     if node.on_kafka() {
         return blocking(move || {
             let counts = kafka::partition_counts(&node.config.brokers).map_err(broker_error)?;
             let partitions = *counts.get(&topic).ok_or_else(|| unknown_topic(&topic))?;
             if let Some(p) = q.partition.filter(|p| *p >= partitions) {
-                return Err(ApiError::bad_request(
-                    "bad-request",
+                return Err(ApiError::not_found(
+                    "unknown-partition",
                     format!("partition {p} does not exist (topic `{topic}` has {partitions})"),
                 ));
             }
@@ -258,8 +302,8 @@ pub async fn read(
         let partitions: Vec<u32> = match q.partition {
             Some(p) if p < t.partitions() => vec![p],
             Some(p) => {
-                return Err(ApiError::bad_request(
-                    "bad-request",
+                return Err(ApiError::not_found(
+                    "unknown-partition",
                     format!("partition {p} does not exist (topic `{topic}` has {})", t.partitions()),
                 ));
             }

@@ -13,6 +13,15 @@ use crate::metrics::AppMetrics;
 use crate::status::SwapRecord;
 use crate::task::AppRuntime;
 
+/// How long an update may keep tasks switching before it is rolled back:
+/// an update always finishes, rolls back or times out.
+pub const SWITCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether an update record is done (nothing will change it any more).
+fn is_final(state: &str) -> bool {
+    !matches!(state, "switching" | "switched")
+}
+
 /// What an application's workers share besides data: the version to run and
 /// the history of updates. An update bumps `generation`; each task switches
 /// at its next commit boundary.
@@ -26,10 +35,16 @@ pub struct Control {
     /// Called with the version an update rolled back to (to persist it).
     pub(crate) on_rollback: Mutex<Option<RollbackHook>>,
     pub(crate) metrics: Arc<AppMetrics>,
+    /// See [`SWITCH_TIMEOUT`].
+    switch_timeout: Mutex<Duration>,
 }
 
 /// See [`EmbeddedApp::on_rollback`].
 pub type RollbackHook = Box<dyn Fn(&AppRuntime) + Send>;
+
+fn timeout_message(record: &SwapRecord, timeout: Duration) -> String {
+    format!("timed out after {:?} with {} of {} task(s) switched", timeout, record.switched, record.tasks)
+}
 
 pub fn components_of(app: &AppRuntime) -> BTreeMap<String, String> {
     app.components
@@ -48,6 +63,7 @@ impl Control {
             tasks: AtomicUsize::new(tasks),
             on_rollback: Mutex::new(None),
             metrics: Arc::new(AppMetrics::default()),
+            switch_timeout: Mutex::new(SWITCH_TIMEOUT),
         }
     }
 
@@ -66,13 +82,30 @@ impl Control {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Starts a component swap to `new`; refused while another is switching.
+    /// Starts a component swap to `new`; refused while another is switching
+    /// (unless that one has been switching for longer than
+    /// [`SWITCH_TIMEOUT`]: it is rolled back first). An update still on
+    /// probation (`switched`) is accepted by the new one, as a task accepts
+    /// the version on probation when it swaps again: a late trap of the old
+    /// version can then no longer roll back over the new one.
     pub fn begin(&self, new: Arc<AppRuntime>) -> Result<u64, String> {
         let mut swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(last) = swaps.last()
-            && last.state == "switching"
-        {
-            return Err(format!("update {} is still switching tasks; try again when it is done", last.id));
+        if let Some(last) = swaps.last_mut() {
+            match last.state.as_str() {
+                "switching" => {
+                    let age_ms = (now_us() / 1000).saturating_sub(last.started_ms);
+                    if age_ms < self.switch_timeout().as_millis() as i64 {
+                        return Err(format!("update {} is still switching tasks; try again when it is done", last.id));
+                    }
+                    let id = last.id;
+                    let error = timeout_message(last, self.switch_timeout());
+                    drop(swaps);
+                    self.failed(id, error);
+                    swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
+                }
+                "switched" => last.state = "applied".into(),
+                _ => {}
+            }
         }
         let mut runtime = self.runtime.write().unwrap_or_else(|e| e.into_inner());
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -95,6 +128,29 @@ impl Control {
         Ok(generation)
     }
 
+    /// How long an update may keep tasks switching.
+    pub fn switch_timeout(&self) -> Duration {
+        *self.switch_timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_switch_timeout(&self, timeout: Duration) {
+        *self.switch_timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+    }
+
+    /// Rolls the update `id` back if it is still switching tasks (it has
+    /// taken too long); returns its record.
+    pub fn time_out(&self, id: u64) -> Option<SwapRecord> {
+        let error = {
+            let swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
+            let record = swaps.iter().find(|r| r.id == id)?;
+            (record.state == "switching").then(|| timeout_message(record, self.switch_timeout()))
+        };
+        if let Some(error) = error {
+            self.failed(id, error);
+        }
+        self.record(id)
+    }
+
     pub fn with_record(&self, generation: u64, f: impl FnOnce(&mut SwapRecord)) {
         let mut swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = swaps.iter_mut().rev().find(|r| r.id == generation) {
@@ -102,12 +158,17 @@ impl Control {
         }
     }
 
+    /// A task runs the version of update `generation` now (or, without an
+    /// instance, will start on it). Counted once per task, while switching.
     pub fn switched(&self, generation: u64, pause: Duration) {
         self.with_record(generation, |r| {
+            if r.state != "switching" {
+                return;
+            }
             r.switched += 1;
             r.max_pause_ms = r.max_pause_ms.max(pause.as_secs_f64() * 1000.0);
-            if r.switched >= r.tasks && r.state == "switching" {
-                r.state = "switched".into();
+            if r.switched >= r.tasks {
+                r.state = if r.passed >= r.tasks { "applied" } else { "switched" }.into();
                 r.switched_ms = Some(now_us() / 1000);
             }
         });
@@ -115,6 +176,9 @@ impl Control {
 
     pub fn passed(&self, generation: u64) {
         self.with_record(generation, |r| {
+            if is_final(&r.state) {
+                return;
+            }
             r.passed += 1;
             if r.passed >= r.tasks && r.state == "switched" {
                 r.state = "applied".into();
@@ -122,13 +186,16 @@ impl Control {
         });
     }
 
-    /// The new version failed: every task goes back to the previous one.
-    pub fn failed(&self, generation: u64, error: String) {
+    /// The new version of update `generation` failed: every task goes back
+    /// to the previous one. Only the latest update, while it is not final,
+    /// can roll back: a failure reported for an older update (a task still
+    /// on probation of a version a newer update replaced) changes nothing
+    /// here, and false tells the task to switch to the current version.
+    pub fn failed(&self, generation: u64, error: String) -> bool {
         let mut swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(record) = swaps.iter_mut().rev().find(|r| r.id == generation) else { return };
-        if record.state == "rolled-back" {
-            return;
-        }
+        let Some(record) = swaps.last_mut().filter(|r| r.id == generation && !is_final(&r.state)) else {
+            return false;
+        };
         tracing::error!(update = generation, "update rolled back: {error}");
         record.state = "rolled-back".into();
         record.error = Some(error);
@@ -140,6 +207,7 @@ impl Control {
             *runtime = previous;
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
+        true
     }
 
     /// The application's status from its tasks (state and lag derived).
@@ -191,5 +259,86 @@ impl Control {
     /// The update a generation belongs to (a rollback generation belongs to none).
     pub fn owns(&self, generation: u64) -> bool {
         self.swaps.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|r| r.id == generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{Topology, parse_spec};
+    use crate::wasm::{EngineConfig, WasmEngine};
+
+    /// A runtime without processors: enough for the control plane, which
+    /// only swaps `Arc`s; `tag` tells versions apart by their name.
+    fn version(tag: &str) -> Arc<AppRuntime> {
+        let spec = format!(
+            "name: {tag}\ntopics: {{ a: 2, b: 2 }}\nsources: {{ a: {{ topic: a, to: [p] }} }}\n\
+             processors: {{ p: {{ component: c.wasm, outputs: {{ out: b }} }} }}\nsinks: {{ b: {{ topic: b }} }}\n"
+        );
+        let topology = Topology::compile(parse_spec(&spec).expect("parses")).expect("valid");
+        static ENGINE: std::sync::OnceLock<Arc<WasmEngine>> = std::sync::OnceLock::new();
+        let engine = ENGINE.get_or_init(|| Arc::new(WasmEngine::new(EngineConfig::default()).expect("engine"))).clone();
+        Arc::new(AppRuntime { topology: Arc::new(topology), engine, components: BTreeMap::new() })
+    }
+
+    fn running(control: &Control) -> String {
+        control.current().1.topology.name.clone()
+    }
+
+    #[test]
+    fn a_late_failure_of_a_superseded_update_does_not_roll_back_over_the_new_one() {
+        let control = Control::new(version("v0"), Vec::new(), 2);
+        let a = control.begin(version("va")).unwrap();
+        control.switched(a, Duration::ZERO);
+        control.switched(a, Duration::ZERO);
+        assert_eq!(control.record(a).unwrap().state, "switched", "on probation");
+        let b = control.begin(version("vb")).expect("an update on probation does not block the next one");
+        assert_eq!(control.record(a).unwrap().state, "applied", "accepted by the next update");
+        // A task still on probation of `a` traps before it switches to `b`.
+        assert!(!control.failed(a, "late trap".into()), "a superseded update cannot roll back");
+        assert_eq!(running(&control), "vb");
+        assert_eq!(control.record(b).unwrap().state, "switching");
+        control.switched(b, Duration::ZERO);
+        control.switched(b, Duration::ZERO);
+        assert_eq!(control.record(b).unwrap().state, "switched", "the update finishes");
+        assert!(control.failed(b, "trap".into()));
+        assert_eq!(running(&control), "va", "back to the version before `b`");
+        assert!(control.begin(version("vc")).is_ok(), "nothing is left blocking updates");
+    }
+
+    #[test]
+    fn an_update_that_never_finishes_switching_times_out_and_rolls_back() {
+        let control = Control::new(version("v0"), Vec::new(), 3);
+        control.set_switch_timeout(Duration::from_millis(50));
+        let a = control.begin(version("va")).unwrap();
+        control.switched(a, Duration::ZERO);
+        assert!(control.begin(version("vb")).is_err(), "refused while switching");
+        // Too old: the next update rolls it back first instead of waiting forever.
+        std::thread::sleep(Duration::from_millis(60));
+        let b = control.begin(version("vb")).expect("a stuck update does not block forever");
+        let record = control.record(a).unwrap();
+        assert_eq!(record.state, "rolled-back");
+        assert!(record.error.unwrap().contains("1 of 3"));
+        assert_eq!(running(&control), "vb");
+        // A deploy whose wait ran out rolls its update back at once.
+        let record = control.time_out(b).unwrap();
+        assert_eq!(record.state, "rolled-back");
+        assert!(record.error.unwrap().contains("timed out"));
+        assert_eq!(running(&control), "v0", "back to the version that ran before");
+        assert!(control.begin(version("vc")).is_ok(), "nothing is left blocking updates");
+    }
+
+    #[test]
+    fn tasks_that_pass_before_the_last_one_switched_still_apply_the_update() {
+        let control = Control::new(version("v0"), Vec::new(), 2);
+        let a = control.begin(version("va")).unwrap();
+        control.switched(a, Duration::ZERO);
+        control.passed(a);
+        control.passed(a);
+        control.switched(a, Duration::ZERO);
+        assert_eq!(control.record(a).unwrap().state, "applied");
+        // Counted only while switching: a late report changes nothing.
+        control.switched(a, Duration::ZERO);
+        assert_eq!(control.record(a).unwrap().switched, 2);
     }
 }

@@ -197,8 +197,59 @@ impl SpecError {
     }
 }
 
+/// The largest spec weir parses (bytes of YAML or JSON text).
+pub const SPEC_MAX_BYTES: usize = 1 << 20;
+/// The deepest nesting of brackets (`[`, `{`) a spec may have, and the
+/// widest indentation (columns) of a line: real specs stay far below both;
+/// deep nesting makes the YAML parser slow (superlinear) and recursive.
+pub const SPEC_MAX_NESTING: usize = 32;
+pub const SPEC_MAX_INDENT: usize = 256;
+
+/// Refuses text too large or too deeply nested to parse in bounded time, in
+/// one linear pass. Brackets are counted wherever they are, in quotes and
+/// comments too: an attacker cannot hide nesting behind a quote the scan
+/// misreads, and a real spec never has 32 unclosed brackets in its strings.
+fn check_spec_bounds(text: &str) -> Result<(), SpecError> {
+    if text.len() > SPEC_MAX_BYTES {
+        return Err(SpecError::one(
+            "",
+            format!("the spec is {} bytes; at most {SPEC_MAX_BYTES} are accepted", text.len()),
+        ));
+    }
+    let mut depth = 0usize;
+    for (line_no, line) in text.lines().enumerate() {
+        let indent = line.bytes().take_while(|b| *b == b' ' || *b == b'\t').count();
+        if indent > SPEC_MAX_INDENT {
+            return Err(SpecError::one(
+                "",
+                format!("line {}: indented more than {SPEC_MAX_INDENT} columns", line_no + 1),
+            ));
+        }
+        for b in line.bytes() {
+            match b {
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > SPEC_MAX_NESTING {
+                        return Err(SpecError::one(
+                            "",
+                            format!("line {}: nested deeper than {SPEC_MAX_NESTING} levels", line_no + 1),
+                        ));
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses a spec from YAML or JSON text; parse errors name the field path.
+/// Text beyond [`SPEC_MAX_BYTES`] or nested beyond [`SPEC_MAX_NESTING`] is
+/// refused before parsing. Parsing is CPU work: servers call it off their
+/// async threads.
 pub fn parse_spec(text: &str) -> Result<Spec, SpecError> {
+    check_spec_bounds(text)?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
         let de = &mut serde_json::Deserializer::from_str(text);
@@ -222,13 +273,24 @@ pub fn load_spec(path: &Path) -> Result<Spec, SpecError> {
     parse_spec(&text)
 }
 
+/// The most partitions a topic may have. Every partition of an
+/// application's input is a task with its own processor instances; a
+/// count beyond this is a typo or an attack, and would allocate per
+/// partition before anything else could refuse it.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// The longest name weir accepts (application, topic, store, processor,
+/// component, version).
+pub const NAME_MAX: usize = 200;
+
 /// Kafka topic names: at most 249 of `[a-zA-Z0-9._-]`. weir holds its names to
-/// the same rule since they become parts of topic names.
-fn valid_name(name: &str) -> bool {
+/// the same rule since they become parts of topic names (and of file names:
+/// names of dots only, `.` and `..` among them, are refused). The one rule
+/// for every name weir is given, in a spec or in an API path.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 200
-        && name != "."
-        && name != ".."
+        && name.len() <= NAME_MAX
+        && !name.bytes().all(|b| b == b'.')
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
@@ -881,7 +943,18 @@ impl<'a> Compiler<'a> {
                     path: format!("topics.{name}"),
                     message: "a topic needs at least one partition".into(),
                 });
+            } else if t.partitions() > MAX_PARTITIONS {
+                problems.push(Problem {
+                    path: format!("topics.{name}"),
+                    message: format!("{} partitions is more than weir allows ({MAX_PARTITIONS})", t.partitions()),
+                });
             }
+        }
+        if spec.default_partitions.is_some_and(|n| n > MAX_PARTITIONS) {
+            problems.push(Problem {
+                path: "default_partitions".into(),
+                message: format!("more than weir allows ({MAX_PARTITIONS})"),
+            });
         }
         // Which sub-topology writes each repartition topic (upstream of its readers).
         let mut repartition_writers: HashMap<String, BTreeSet<usize>> = HashMap::new();

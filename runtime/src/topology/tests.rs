@@ -263,3 +263,132 @@ fn sizes_and_durations() {
     assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
     assert!(parse_duration("soon").is_err());
 }
+
+#[test]
+fn specs_too_large_or_too_deeply_nested_are_refused_quickly() {
+    // 200 KB of nested brackets: seconds in the YAML parser without the bound.
+    let nested = format!("name: x\nconfig: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let e = parse_spec(&nested).expect_err("too deep");
+    assert!(e.to_string().contains("nested deeper than 32"), "{e}");
+    let json = format!("{{\"name\": \"x\", \"c\": {}1{}}}", "[".repeat(50), "]".repeat(50));
+    assert!(parse_spec(&json).expect_err("too deep").to_string().contains("nested deeper"));
+    let big = format!("name: x\n# {}\n", "a".repeat(SPEC_MAX_BYTES));
+    assert!(parse_spec(&big).expect_err("too big").to_string().contains("bytes; at most"));
+    let indented = format!("name: x\ntopics:\n{}a: 1\n", " ".repeat(SPEC_MAX_INDENT + 1));
+    assert!(parse_spec(&indented).expect_err("too wide").to_string().contains("indented more than"));
+    // Nesting within the bound still parses.
+    assert!(parse_spec(RESERVATION).is_ok());
+}
+
+#[test]
+fn partition_counts_are_bounded() {
+    let spec = RESERVATION.replace("orders: 4,", "orders: 100000,");
+    assert_problem(&spec, "topics.orders", "more than weir allows (1024)");
+    assert_problem(
+        &format!("default_partitions: 4294967295\n{RESERVATION}"),
+        "default_partitions",
+        "more than weir allows",
+    );
+}
+
+/// Property tests: whatever text or graph a caller sends, parsing and
+/// validating answer `Ok` or a list of problems, never a panic, and a spec
+/// that passes has bounded, co-partitioned sub-topologies. Failures are
+/// kept by proptest in `proptest-regressions/` and replayed first.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pick(prefix: &'static str) -> impl Strategy<Value = String> {
+        (0u8..3).prop_map(move |i| format!("{prefix}{i}"))
+    }
+
+    /// A spec over a few names per kind, wired at random: references may
+    /// dangle, graphs may loop, counts may be zero or too large.
+    fn spec_text() -> impl Strategy<Value = String> {
+        let target = prop_oneof![pick("p"), pick("k"), pick("r"), pick("x")];
+        (
+            prop::collection::btree_map(pick("t"), prop_oneof![Just(0u32), 1u32..9, Just(1025), Just(u32::MAX)], 0..4),
+            prop::collection::btree_map(pick("s"), (pick("t"), prop::collection::vec(target.clone(), 0..3)), 0..3),
+            prop::collection::btree_map(
+                pick("p"),
+                (prop::collection::btree_map(pick("o"), target.clone(), 0..3), prop::collection::vec(pick("st"), 0..2)),
+                0..4,
+            ),
+            prop::collection::btree_map(pick("k"), pick("t"), 0..3),
+            prop::collection::btree_set(pick("st"), 0..3),
+            prop::collection::btree_map(pick("r"), prop::collection::vec(target, 0..2), 0..2),
+        )
+            .prop_map(|(topics, sources, processors, sinks, stores, repartitions)| {
+                let list = |v: &[String]| format!("[{}]", v.join(", "));
+                let section = |name: &str, entries: Vec<String>| {
+                    if entries.is_empty() {
+                        format!("{name}: {{}}\n")
+                    } else {
+                        format!("{name}:\n{}", entries.iter().map(|e| format!("  {e}\n")).collect::<String>())
+                    }
+                };
+                let mut y = String::from("name: prop\n");
+                y += &section("topics", topics.iter().map(|(t, n)| format!("{t}: {n}")).collect());
+                y += &section(
+                    "sources",
+                    sources.iter().map(|(s, (t, to))| format!("{s}: {{ topic: {t}, to: {} }}", list(to))).collect(),
+                );
+                y += &section(
+                    "processors",
+                    processors
+                        .iter()
+                        .map(|(p, (outputs, st))| {
+                            let outs: Vec<String> = outputs.iter().map(|(o, t)| format!("{o}: {t}")).collect();
+                            format!(
+                                "{p}: {{ component: c.wasm, stores: {}, outputs: {{ {} }} }}",
+                                list(st),
+                                outs.join(", ")
+                            )
+                        })
+                        .collect(),
+                );
+                y += &section("sinks", sinks.iter().map(|(k, t)| format!("{k}: {{ topic: {t} }}")).collect());
+                y += &section("stores", stores.iter().map(|s| format!("{s}: {{}}")).collect());
+                y += &section(
+                    "repartitions",
+                    repartitions.iter().map(|(r, to)| format!("{r}: {{ to: {} }}", list(to))).collect(),
+                );
+                y
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text_is_parsed_or_refused_without_panicking(text in any::<String>()) {
+            if let Ok(spec) = parse_spec(&text) {
+                let _ = Topology::compile(spec);
+            }
+        }
+
+        #[test]
+        fn bracket_soup_is_parsed_or_refused_without_panicking(text in "[\\[\\]{}:, a-z0-9\n-]{0,300}") {
+            if let Ok(spec) = parse_spec(&format!("name: x\n{text}")) {
+                let _ = Topology::compile(spec);
+            }
+        }
+
+        #[test]
+        fn random_graphs_validate_to_bounded_co_partitioned_topologies(text in spec_text()) {
+            let spec = parse_spec(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+            if let Ok(topology) = Topology::compile(spec) {
+                for sub in &topology.subtopologies {
+                    prop_assert!((1..=MAX_PARTITIONS).contains(&sub.partitions), "{text}");
+                    for (topic, _) in &sub.inputs {
+                        prop_assert_eq!(topology.partitions[topic], sub.partitions, "{}", text);
+                    }
+                }
+                for n in topology.partitions.values() {
+                    prop_assert!((1..=MAX_PARTITIONS).contains(n), "{text}");
+                }
+            }
+        }
+    }
+}

@@ -60,7 +60,34 @@ impl LoadedComponent {
         if bytes[4..8] == CORE_VERSION {
             return Err(LoadError::CoreModule);
         }
-        let component = compile_or_cached(engine, bytes, &sha256)?;
+        let (component, compiled) = compile_or_cached(engine, bytes, &sha256)?;
+        let cache_path = engine.cache_path(&sha256);
+        match Self::check(engine, component, bytes.len(), sha256) {
+            Ok(loaded) => {
+                // Cached only once it is known to be a processor: a refused
+                // upload leaves nothing behind.
+                if let (Some(compiled), Some(path)) = (compiled, cache_path) {
+                    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                    let written = std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &path));
+                    if let Err(e) = written {
+                        let _ = std::fs::remove_file(&tmp);
+                        tracing::warn!(path = %path.display(), error = %e, "cannot cache compiled component");
+                    }
+                }
+                Ok(loaded)
+            }
+            Err(e) => {
+                if let Some(path) = cache_path {
+                    // A cached form of a component that is refused is of no use.
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks that a compiled component implements the world.
+    fn check(engine: &WasmEngine, component: Component, size: usize, sha256: String) -> Result<Self, LoadError> {
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(engine.engine()).map(|(name, _)| name.to_owned()).collect();
         let imports: Vec<String> = ty.imports(engine.engine()).map(|(name, _)| name.to_owned()).collect();
@@ -99,7 +126,7 @@ impl LoadedComponent {
             ))
         })?;
         let pre = ProcessorPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(root_message(&e)))?;
-        Ok(LoadedComponent { sha256, size: bytes.len(), component, pre, exports, imports })
+        Ok(LoadedComponent { sha256, size, component, pre, exports, imports })
     }
 
     pub fn sha256(&self) -> &str {
@@ -133,7 +160,13 @@ fn root_message(e: &wasmtime::Error) -> String {
     parts.join(": ")
 }
 
-fn compile_or_cached(engine: &WasmEngine, bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
+/// The compiled component, and its precompiled bytes when it was compiled
+/// now (to be cached once it has passed every check).
+fn compile_or_cached(
+    engine: &WasmEngine,
+    bytes: &[u8],
+    sha256: &str,
+) -> Result<(Component, Option<Vec<u8>>), LoadError> {
     let cache = engine.cache_path(sha256);
     if let Some(path) = &cache
         && path.exists()
@@ -142,7 +175,7 @@ fn compile_or_cached(engine: &WasmEngine, bytes: &[u8], sha256: &str) -> Result<
         // with the same compatibility hash (it is part of the file name), in
         // weir's own cache directory.
         match unsafe { Component::deserialize_file(engine.engine(), path) } {
-            Ok(c) => return Ok(c),
+            Ok(c) => return Ok((c, None)),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "discarding unreadable cached component")
             }
@@ -156,13 +189,75 @@ fn compile_or_cached(engine: &WasmEngine, bytes: &[u8], sha256: &str) -> Result<
         elapsed_ms = started.elapsed().as_millis() as u64,
         "compiled component"
     );
-    if let Some(path) = &cache {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "cannot cache compiled component");
+    // SAFETY: `compiled` was produced just now by this engine.
+    let component = unsafe { Component::deserialize(engine.engine(), &compiled) }
+        .map_err(|e| LoadError::Internal(root_message(&e)))?;
+    Ok((component, Some(compiled)))
+}
+
+/// Property tests of component loading: arbitrary bytes, and a real
+/// component with bytes overwritten or cut off, load or are refused with a
+/// [`LoadError`], never a panic; nothing refused is cached. Bounded (each
+/// case may compile); failures are kept by proptest in
+/// `proptest-regressions/` and replayed first.
+#[cfg(test)]
+mod properties {
+    use std::sync::{Arc, OnceLock};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::wasm::EngineConfig;
+
+    fn engine() -> &'static (Arc<WasmEngine>, tempfile::TempDir) {
+        static ENGINE: OnceLock<(Arc<WasmEngine>, tempfile::TempDir)> = OnceLock::new();
+        ENGINE.get_or_init(|| {
+            let cache = tempfile::tempdir().expect("temp dir");
+            let config = EngineConfig { cache_dir: Some(cache.path().to_path_buf()), ..EngineConfig::default() };
+            (Arc::new(WasmEngine::new(config).expect("engine")), cache)
+        })
+    }
+
+    fn real() -> &'static [u8] {
+        static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+        BYTES.get_or_init(|| std::fs::read(weir_tests::guest("passthrough")).expect("built guest"))
+    }
+
+    fn cached_files() -> usize {
+        std::fs::read_dir(engine().1.path()).map_or(0, |d| d.count())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_are_refused_without_panicking(mut bytes in prop::collection::vec(any::<u8>(), 0..2048), magic in any::<bool>()) {
+            if magic && bytes.len() >= 8 {
+                bytes[..8].copy_from_slice(b"\0asm\x0d\0\x01\0");
+            }
+            let before = cached_files();
+            prop_assert!(engine().0.load(&bytes).is_err());
+            prop_assert_eq!(cached_files(), before, "nothing refused is cached");
+        }
+
+        #[test]
+        fn a_damaged_component_loads_or_is_refused_without_panicking(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut bytes = real().to_vec();
+            for (at, byte) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            let before = cached_files();
+            match engine().0.load(&bytes) {
+                Ok(loaded) => prop_assert!(loaded.exports().iter().any(|e| e == "process")),
+                Err(_) => prop_assert_eq!(cached_files(), before, "nothing refused is cached"),
+            }
         }
     }
-    // SAFETY: `compiled` was produced just now by this engine.
-    unsafe { Component::deserialize(engine.engine(), &compiled) }.map_err(|e| LoadError::Internal(root_message(&e)))
 }

@@ -130,6 +130,15 @@ impl WasmEngine {
         Ok(loaded)
     }
 
+    /// Drops a component from the in-memory and on-disk caches (it was
+    /// refused after loading: nothing of it stays behind).
+    pub fn forget(&self, sha256: &str) {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).remove(sha256);
+        if let Some(path) = self.cache_path(sha256) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     /// Loads a component from a file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedComponent>, LoadError> {
         let bytes = std::fs::read(path)

@@ -85,6 +85,10 @@ pub enum BackendError {
     StoreFormat { app: String, store: String, found: u32 },
     #[error("storage failure: {0}")]
     Storage(#[from] StateError),
+    #[error("{0}")]
+    BadTopic(String),
+    #[error("idempotency key `{key}` was used for another batch (other records); use a new key for new records")]
+    IdempotencyConflict { key: String },
     #[error("corrupt record in {topic}/{partition}@{offset}: {message}")]
     Corrupt { topic: String, partition: u32, offset: i64, message: String },
 }
@@ -116,6 +120,18 @@ impl EmbeddedBackend {
                 path: data_dir.display().to_string(),
                 message: format!("topic record {key}: {e}"),
             })?;
+            if meta.partitions > crate::topology::MAX_PARTITIONS || !crate::topology::valid_name(&name) {
+                // Written before weir bounded topics: loading it would take
+                // hours (a look-up per partition) or all memory.
+                return Err(DataDirError::Damaged {
+                    path: data_dir.display().to_string(),
+                    message: format!(
+                        "topic record {key} has {} partition(s), more than this weir allows ({}), or an invalid name",
+                        meta.partitions,
+                        crate::topology::MAX_PARTITIONS
+                    ),
+                });
+            }
             let mut partitions = Vec::new();
             for p in 0..meta.partitions {
                 let (start, end) = Self::bounds(&db, meta.id, p).map_err(damaged)?;
@@ -178,6 +194,12 @@ impl EmbeddedBackend {
 
     /// Creates a topic, or checks an existing one has `partitions`.
     pub fn create_topic(&self, name: &str, partitions: u32) -> Result<Arc<Topic>, BackendError> {
+        if partitions == 0 || partitions > crate::topology::MAX_PARTITIONS || !crate::topology::valid_name(name) {
+            return Err(BackendError::BadTopic(format!(
+                "topic `{name}`: a topic has a valid name and 1 to {} partitions, not {partitions}",
+                crate::topology::MAX_PARTITIONS
+            )));
+        }
         let _guard = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = self.topic(name) {
             if t.partitions() != partitions {
@@ -269,6 +291,57 @@ impl EmbeddedBackend {
         appender.publish();
         self.notify();
         Ok(offsets)
+    }
+
+    /// Appends a produce batch once per `key` (an idempotency key, per
+    /// topic): the first call appends and records, in the same write batch,
+    /// the key with the batch's `fingerprint` and where each record went; a
+    /// later call with the key answers that, appending nothing (true: a
+    /// replay), or refuses a batch with another fingerprint. Keys are kept
+    /// as long as the data dir.
+    pub fn append_once(
+        &self,
+        topic: &Topic,
+        key: &str,
+        fingerprint: &str,
+        records: Vec<(Arc<Topic>, u32, Record)>,
+    ) -> Result<(Vec<(u32, i64)>, bool), BackendError> {
+        for (t, partition, _) in &records {
+            if *partition >= t.partitions() {
+                return Err(BackendError::UnknownPartition {
+                    topic: t.name.to_string(),
+                    partition: *partition,
+                    partitions: t.partitions(),
+                });
+            }
+        }
+        #[derive(Serialize, Deserialize)]
+        struct Seen {
+            fingerprint: String,
+            records: Vec<(u32, i64)>,
+        }
+        let meta_key = format!("idempotency/{}/{key}", topic.id);
+        let _guard = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(seen) = self.db.get_meta(&meta_key)? {
+            let seen: Seen = serde_json::from_slice(&seen).map_err(|e| {
+                BackendError::Storage(StateError { store: "meta".into(), message: format!("{meta_key}: {e}") })
+            })?;
+            if seen.fingerprint != fingerprint {
+                return Err(BackendError::IdempotencyConflict { key: key.to_owned() });
+            }
+            return Ok((seen.records, true));
+        }
+        let mut batch = WriteBatch::default();
+        let mut appender = Appender::new(&self.db);
+        let written: Vec<(u32, i64)> =
+            records.iter().map(|(t, p, r)| (*p, appender.add(&mut batch, t, *p, r))).collect();
+        appender.finish(&mut batch);
+        let seen = Seen { fingerprint: fingerprint.to_owned(), records: written.clone() };
+        self.db.put_meta(&mut batch, &meta_key, &serde_json::to_vec(&seen).expect("json"));
+        self.db.write(batch)?;
+        appender.publish();
+        self.notify();
+        Ok((written, false))
     }
 
     /// Commits a task's transaction in one write batch: its produced records,

@@ -328,6 +328,14 @@ impl Worker {
             }
             let now_ms = super::now_us() / 1000;
             for slot in &mut slots {
+                if slot.state != TaskState::Running && slot.generation != self.control.generation() {
+                    // No instance to swap: a stalled task restarts on the
+                    // current version, a failed one never runs again. Either
+                    // way it must not hold an update in `switching` forever.
+                    let generation = self.control.generation();
+                    slot.generation = generation;
+                    self.control.switched(generation, Duration::ZERO);
+                }
                 if slot.state == TaskState::Stalled && slot.retry_at.is_some_and(|t| Instant::now() >= t) {
                     self.start_task(slot);
                 }
@@ -392,13 +400,21 @@ impl Worker {
             Ok(_) => {
                 slot.generation = generation;
                 self.control.switched(generation, started.elapsed());
+                if !task.in_probation() {
+                    // Nothing of this task changed: there is nothing to prove.
+                    self.control.passed(generation);
+                }
                 let app = self.control.current().1.topology.name.clone();
                 tracing::info!(app, task = %slot.id, update = generation, pause_us = started.elapsed().as_micros() as u64, "switched version");
             }
             Err(e) => {
-                // Nothing changed in this task; everyone goes back.
-                self.control.failed(generation, format!("task {}: {e}", slot.id));
-                slot.generation = self.control.generation();
+                // Nothing changed in this task; everyone goes back (unless a
+                // newer update replaced this one meanwhile: then switch again).
+                slot.generation = if self.control.failed(generation, format!("task {}: {e}", slot.id)) {
+                    self.control.generation()
+                } else {
+                    u64::MAX
+                };
             }
         }
     }
@@ -414,8 +430,14 @@ impl Worker {
             for i in 0..slot.read.len() {
                 slot.read[i] = slot.committed[i];
             }
-            self.control.failed(slot.generation, format!("task {}: {error}", slot.id));
-            slot.generation = self.control.generation();
+            if self.control.failed(slot.generation, format!("task {}: {error}", slot.id)) {
+                // Every task goes back to the version this one runs again.
+                slot.generation = self.control.generation();
+            } else {
+                // A newer update replaced the version that failed: this task
+                // runs the one before it now and must switch to the current one.
+                slot.generation = u64::MAX;
+            }
             self.publish_status(slot);
             return;
         }
@@ -473,6 +495,12 @@ impl Worker {
         match result {
             Ok(task) => {
                 slot.task = Some(task);
+                if slot.generation != generation {
+                    // Started on the version of an update still switching
+                    // (it began before this task first started, or while it
+                    // stalled): the task runs it, so it counts as switched.
+                    self.control.switched(generation, Duration::ZERO);
+                }
                 slot.generation = generation;
                 slot.state = TaskState::Running;
                 slot.error = None;
