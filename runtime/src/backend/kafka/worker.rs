@@ -500,12 +500,13 @@ impl Worker {
     /// Gives up the open transaction: aborted (exactly-once), every task's
     /// open work dropped, the consumer back at the committed offsets.
     fn abandon_open_work(&mut self, consumer: &GroupConsumer) {
-        if self.exactly_once && self.in_transaction {
-            if let Err(abort) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
-                tracing::warn!(error = %abort, "abort failed");
-                if is_fatal(&abort) {
-                    return self.stop_fatally(&abort);
-                }
+        if self.exactly_once
+            && self.in_transaction
+            && let Err(abort) = self.producer.abort_transaction(KAFKA_TIMEOUT)
+        {
+            tracing::warn!(error = %abort, "abort failed");
+            if is_fatal(&abort) {
+                return self.stop_fatally(&abort);
             }
         }
         self.in_transaction = false;
