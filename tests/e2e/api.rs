@@ -279,20 +279,31 @@ fn metrics_and_the_openapi_document_describe_the_running_system() {
     server.deploy(&spec);
     server.produce("events", "{\"key\":\"a\",\"value\":\"1\"}\n{\"value\":\"keyless\"}\n").unwrap();
     server.wait_idle("key-count", Duration::from_secs(30));
-    let (s, text) = request("GET", &format!("{}/metrics", server.url), None, None);
-    assert_eq!(s, 200);
-    let text = text.as_str().unwrap().to_owned();
-    for line in [
+    let want = [
         "weir_records_processed_total{app=\"key-count\",processor=\"count\"} 1",
         "weir_records_out_total{app=\"key-count\",processor=\"count\"} 1",
         "weir_dead_letters_total{app=\"key-count\"} 1",
         "weir_call_failures_total{app=\"key-count\",kind=\"guest-error\"} 1",
         "weir_tasks_running{app=\"key-count\"} 4",
         "# TYPE weir_commit_seconds histogram",
-    ] {
+        "weir_lag{app=\"key-count\",topic=\"events\",partition=\"0\"} 0",
+    ];
+    // `wait_idle` can answer before every task has reported its counters
+    // (status is published per task after its commit): read until they are
+    // all there, then assert on the last answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (s, text) = request("GET", &format!("{}/metrics", server.url), None, None);
+        assert_eq!(s, 200);
+        let text = text.as_str().unwrap().to_owned();
+        if want.iter().all(|line| text.contains(line)) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for line in want {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }
-    assert!(text.contains("weir_lag{app=\"key-count\",topic=\"events\",partition=\"0\"} 0"));
     let (s, doc) = request("GET", &format!("{}/v1/openapi.json", server.url), None, None);
     assert_eq!(s, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with('3'));
