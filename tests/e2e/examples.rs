@@ -8,7 +8,7 @@ use std::process::Command;
 
 const EXAMPLES: &[&str] = &["enrichment", "reservation", "customer-position", "sellable-inventory", "key-count"];
 
-fn run_weir_test(example: &str) -> (String, String, bool) {
+pub fn run_weir_test(example: &str) -> (String, String, bool) {
     let dir = weir_tests::workspace_dir().join("guest-examples").join(example);
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["test", "--spec"])

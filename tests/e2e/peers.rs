@@ -66,17 +66,9 @@ fn per_key(lines: &str, topics: &[&str]) -> PerKey {
 
 /// weir test's output for an example, per sink topic and key.
 fn weir_output(example: &str, topics: &[&str]) -> PerKey {
-    let dir = weir_tests::workspace_dir().join("guest-examples").join(example);
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["test", "--spec"])
-        .arg(dir.join("app.yaml"))
-        .arg("--input")
-        .arg(dir.join("input.jsonl"))
-        .env("WEIR_LOG", "warn")
-        .output()
-        .expect("run weir test");
-    assert!(out.status.success(), "weir test {example}: {}", String::from_utf8_lossy(&out.stderr));
-    per_key(&String::from_utf8_lossy(&out.stdout), topics)
+    let (stdout, stderr, ok) = crate::examples::run_weir_test(example);
+    assert!(ok, "weir test {example}: {stderr}");
+    per_key(&stdout, topics)
 }
 
 /// The Kafka Streams oracle's output for an example, per sink topic and key.

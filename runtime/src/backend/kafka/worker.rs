@@ -427,16 +427,8 @@ impl Worker {
                     continue;
                 }
                 Err(e) => {
-                    // Error policy `fail` (or a task-level error): the task
-                    // stops; its open work is never committed.
-                    tracing::error!(app = %self.control.current().1.topology.name, task = %id, "task stopped: {e}");
-                    task.abort();
-                    owned.task = None;
-                    owned.state = TaskState::Failed;
-                    owned.error = Some(e.to_string());
-                    if self.sent_in_transaction {
-                        self.abandon_open_work(consumer);
-                    }
+                    // Error policy `fail` (or a task-level error).
+                    self.stop_task(consumer, id, &e);
                     continue;
                 }
             };
@@ -452,21 +444,30 @@ impl Worker {
                     let produced = task.take_produced();
                     self.send_eagerly(consumer, produced);
                 }
-                Err(e) => {
-                    tracing::error!(task = %id, "task stopped: {e}");
-                    task.abort();
-                    owned.task = None;
-                    owned.state = TaskState::Failed;
-                    owned.error = Some(e.to_string());
-                    if self.sent_in_transaction {
-                        self.abandon_open_work(consumer);
-                    }
-                }
+                Err(e) => self.stop_task(consumer, id, &e),
             }
         }
         // Serve delivery reports as they come, so they do not pile up
         // until the commit.
         self.producer.poll(Duration::ZERO);
+    }
+
+    /// Stops a task for good: its open work is never committed (when
+    /// records of the open transaction were sent, every task's open work
+    /// is abandoned with it).
+    fn stop_task(&mut self, consumer: &GroupConsumer, id: TaskId, error: &TaskError) {
+        tracing::error!(app = %self.app(), task = %id, "task stopped: {error}");
+        if let Some(owned) = self.tasks.get_mut(&id) {
+            if let Some(task) = owned.task.as_mut() {
+                task.abort();
+            }
+            owned.task = None;
+            owned.state = TaskState::Failed;
+            owned.error = Some(error.to_string());
+        }
+        if self.sent_in_transaction {
+            self.abandon_open_work(consumer);
+        }
     }
 
     /// Sends a task's outputs at once, into the open transaction (begun
