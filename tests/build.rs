@@ -20,6 +20,7 @@ const GUESTS: &[&str] = &[
     "misbehave",
     "wrong-world",
     "passthrough",
+    "windowed-count",
 ];
 
 fn main() {

@@ -471,6 +471,7 @@ fn raw_loop(
                 produced: std::mem::take(&mut produced),
                 changes: Vec::new(),
                 positions: std::mem::take(&mut positions),
+                stream_time: None,
             };
             backend.commit("raw", commit, &std::collections::HashMap::new()).expect("commit");
             last_commit = Instant::now();

@@ -142,6 +142,26 @@ pub fn load_components(
     Ok(components)
 }
 
+/// Creates and starts every task (sub-topology × partition) of `app` from
+/// what `backend` has committed, and commits what their `init` did.
+fn start_tasks(app: &Arc<AppRuntime>, backend: &mut MemoryBackend) -> Result<Vec<Task>, TaskError> {
+    let globals = backend.global_stores();
+    let mut tasks = Vec::new();
+    for sub in &app.topology.subtopologies {
+        for partition in 0..sub.partitions {
+            let id = TaskId { subtopology: sub.id, partition };
+            let mut task = Task::new(app.clone(), id, |store| Ok(backend.open_store(store, partition)), &globals)?;
+            task.restore_stream_time(backend.stream_time(id));
+            task.start()?;
+            let commit = task.prepare_commit();
+            backend.commit(commit);
+            task.commit_succeeded();
+            tasks.push(task);
+        }
+    }
+    Ok(tasks)
+}
+
 /// Every task of one application over the in-memory backend, pumped to quiescence.
 pub struct OfflineRunner {
     app: Arc<AppRuntime>,
@@ -163,22 +183,60 @@ impl OfflineRunner {
     pub fn new(app: Arc<AppRuntime>) -> Result<Self, TaskError> {
         let topology = app.topology.clone();
         let mut backend = MemoryBackend::new(&topology);
-        let globals_stores = backend.global_stores();
-        let mut tasks = Vec::new();
-        for sub in &topology.subtopologies {
-            for partition in 0..sub.partitions {
-                let id = TaskId { subtopology: sub.id, partition };
-                let mut task =
-                    Task::new(app.clone(), id, |store| Ok(backend.open_store(store, partition)), &globals_stores)?;
-                task.start()?;
-                let commit = task.prepare_commit();
-                backend.commit(commit);
-                task.commit_succeeded();
-                tasks.push(task);
-            }
-        }
+        let tasks = start_tasks(&app, &mut backend)?;
         let globals = topology.globals.iter().map(|g| (g.input.topic.clone(), g.store)).collect();
         Ok(OfflineRunner { app, backend, tasks, globals, wall_clock: 0 })
+    }
+
+    /// Like [`pump`](Self::pump), batched and with crashes, to check that
+    /// batching never changes output: each task takes its pending records in
+    /// calls of `batch()` records and commits after each; before a commit,
+    /// `crash()` may say the process dies there: every task's open work is
+    /// lost and all tasks start again from committed state (positions,
+    /// stores, stream time), as after kill -9.
+    pub fn pump_with(
+        &mut self,
+        batch: &mut dyn FnMut() -> usize,
+        crash: &mut dyn FnMut() -> bool,
+    ) -> Result<(), (String, TaskError)> {
+        loop {
+            let mut progressed = false;
+            for i in 0..self.tasks.len() {
+                let partition = self.tasks[i].id().partition;
+                let mut pending = Vec::new();
+                for topic in self.tasks[i].input_topics() {
+                    let from = self.backend.position(&(topic.clone(), partition));
+                    pending.extend(self.backend.read(topic, partition, from, usize::MAX));
+                }
+                if pending.is_empty() {
+                    continue;
+                }
+                pending.sort_by_key(|(sequence, _)| *sequence);
+                progressed = true;
+                let mut records = pending.into_iter().map(|(_, r)| r).peekable();
+                while records.peek().is_some() {
+                    let call: Vec<_> = records.by_ref().take(batch().max(1)).collect();
+                    let result = self.tasks[i].process(call);
+                    if result.is_ok() && crash() {
+                        self.restart().map_err(|e| ("(restart)".to_owned(), e))?;
+                        break;
+                    }
+                    self.finish(i, result)?;
+                }
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Every task loses its open work and starts again from committed state.
+    pub fn restart(&mut self) -> Result<(), TaskError> {
+        for task in &mut self.tasks {
+            task.abort();
+        }
+        self.tasks = start_tasks(&self.app, &mut self.backend)?;
+        Ok(())
     }
 
     pub fn topology(&self) -> &Topology {

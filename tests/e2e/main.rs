@@ -15,3 +15,4 @@ mod races;
 mod sandbox;
 mod serve_cli;
 mod server;
+mod time;

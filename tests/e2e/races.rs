@@ -253,3 +253,92 @@ fn parallel_creates_updates_and_deletes_under_load_keep_exactly_once_and_leave_n
     server.wait_idle(churn, Duration::from_secs(60));
     assert!(!server.log_text().contains("panicked"), "no handler panicked:\n{}", server.log_tail());
 }
+
+/// The same probes on Kafka mode, on the shared real broker: counts bounded
+/// before anything reaches the broker, parallel creates of one new app
+/// start it once, and updates racing each other under load all finish
+/// (none left switching, none rolled back) with every record counted once.
+#[test]
+fn on_kafka_bounds_hold_parallel_creates_start_once_and_racing_updates_all_finish() {
+    use crate::broker::{shared, unique};
+    use crate::kafka::{kafka_server_with, wait_drained, wait_for};
+    let kafka = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Arc::new(kafka_server_with(&dir.path().join("data"), kafka, &[]));
+    let url = server.url.clone();
+    let huge = unique("huge");
+    for partitions in [json!(4294967295u64), json!(1025), json!(0), json!(-1)] {
+        let body = json!({ "name": huge, "partitions": partitions }).to_string().into_bytes();
+        let (s, answer) = request("POST", &format!("{url}/v1/topics"), Some(("application/json", body)));
+        assert_eq!((s, answer["error"].as_str()), (400, Some("bad-request")), "{partitions}: {answer}");
+    }
+    let v1 = upload(&server, &weir_tests::guest("key-count"));
+    let v2 = upload(&server, &weir_tests::key_count_v2());
+    let spec = counting_spec(&huge, &v1).replace(&format!("{huge}-in: 4"), &format!("{huge}-in: 100000"));
+    let (s, answer) = request("PUT", &format!("{url}/v1/apps/{huge}"), Some(("application/yaml", spec.into_bytes())));
+    assert_eq!((s, answer["error"].as_str()), (400, Some("bad-spec")), "{answer}");
+    assert!(!kafka.topic_exists(&huge) && !kafka.topic_exists(&format!("{huge}-in")), "nothing reached the broker");
+
+    let app = unique("race");
+    fill_input(&server, &app, 3000);
+    let answers = parallel_puts(&server, &app, vec![counting_spec(&app, &v1); 10]);
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 201).count(), 1, "one create: {answers:#?}");
+    for (s, body) in &answers {
+        assert!(matches!(s, 200 | 201 | 409), "{s} {body}");
+    }
+    let input = format!("{app}-in");
+    wait_drained(kafka, &[&server], &app, &[&input]);
+    assert_counted_once(&server, &input, &format!("{app}-out"));
+
+    // Updates from three threads (v1 and v2 alternately) while records flow.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (server, stop, input) = (server.clone(), stop.clone(), input.clone());
+        std::thread::spawn(move || {
+            let mut round = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                server.produce(&input, &records(200, 40, round)).unwrap();
+                round += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let updaters: Vec<_> = (0..3)
+        .map(|t| {
+            let (server, stop, app) = (server.clone(), stop.clone(), app.clone());
+            let versions = [v1.clone(), v2.clone()];
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                let mut i = t;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let spec = counting_spec(&app, &versions[i % 2]).into_bytes();
+                    let (s, body) =
+                        request("PUT", &format!("{}/v1/apps/{app}", server.url), Some(("application/yaml", spec)));
+                    assert!(matches!(s, 200 | 409), "update: {s} {body}");
+                    statuses.push(s);
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                statuses
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(6));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    producer.join().unwrap();
+    let statuses: Vec<u16> = updaters.into_iter().flat_map(|u| u.join().unwrap()).collect();
+    let applied = statuses.iter().filter(|s| **s == 200).count();
+    eprintln!("kafka: {} updates tried, {applied} accepted", statuses.len());
+    assert!(applied >= 2, "some updates went through: {statuses:?}");
+    wait_drained(kafka, &[&server], &app, &[&input]);
+    let swaps = wait_for(Duration::from_secs(60), "every update to finish", || {
+        let status = server.get(&format!("/v1/apps/{app}")).ok()?;
+        let swaps = status["swaps"].as_array()?.clone();
+        swaps.iter().all(|s| s["state"] != "switching").then_some(swaps)
+    });
+    for swap in &swaps {
+        assert!(matches!(swap["state"].as_str(), Some("applied" | "switched")), "an update did not finish: {swap:#}");
+    }
+    assert_counted_once(&server, &input, &format!("{app}-out"));
+    assert!(!server.log_text().contains("panicked"), "no handler panicked:\n{}", server.log_tail());
+}

@@ -217,6 +217,11 @@ impl Rng {
         eprintln!("{test}: WEIR_TEST_SEED={seed}");
         Rng(seed)
     }
+    /// A generator of its own, from a seed another one gave.
+    pub fn seeded(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;

@@ -256,6 +256,15 @@ impl Control {
         }
     }
 
+    /// True while update `generation` has tasks still to switch.
+    pub fn is_switching(&self, generation: u64) -> bool {
+        self.swaps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|r| r.id == generation && r.state == "switching")
+    }
+
     /// The update a generation belongs to (a rollback generation belongs to none).
     pub fn owns(&self, generation: u64) -> bool {
         self.swaps.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|r| r.id == generation)

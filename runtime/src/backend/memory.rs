@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::record::{ConsumedRecord, ProducedRecord, Record, TopicPartition};
 use crate::state::SharedStore;
 use crate::state::memory::MemoryStore;
-use crate::task::TaskCommit;
+use crate::task::{TaskCommit, TaskId};
 use crate::topology::{StoreId, Topology};
 
 /// A record in a partition log, with its position in the backend-wide
@@ -32,6 +32,8 @@ pub struct MemoryBackend {
     stores: BTreeMap<(StoreId, u32), Arc<MemoryStore>>,
     globals: BTreeMap<StoreId, Arc<MemoryStore>>,
     positions: BTreeMap<TopicPartition, i64>,
+    /// Committed stream time per task.
+    stream_times: BTreeMap<TaskId, i64>,
     /// Every append, in order.
     appended: Vec<Appended>,
     next_sequence: u64,
@@ -48,6 +50,7 @@ impl MemoryBackend {
             stores: BTreeMap::new(),
             globals,
             positions: BTreeMap::new(),
+            stream_times: BTreeMap::new(),
             appended: Vec::new(),
             next_sequence: 0,
         }
@@ -131,7 +134,15 @@ impl MemoryBackend {
             self.stores.entry((change.store, change.partition)).or_default().apply(change.writes.iter().copied());
         }
         self.positions.extend(commit.positions);
+        if let Some(time) = commit.stream_time {
+            self.stream_times.insert(commit.task, time);
+        }
         appended
+    }
+
+    /// The stream time `task` committed last (-1: none yet).
+    pub fn stream_time(&self, task: TaskId) -> i64 {
+        self.stream_times.get(&task).copied().unwrap_or(-1)
     }
 
     /// Every append so far, in order.

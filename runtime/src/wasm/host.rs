@@ -82,6 +82,11 @@ pub struct CallState {
     pub violation: Option<String>,
     pub stream_time: i64,
     pub schedules: Vec<(types::Punctuation, u64)>,
+    /// The guest asked for stream time or set a stream-time schedule: what
+    /// it did depends on the stream time of the record it was at, so the
+    /// executor must not have mixed records of different stream times in
+    /// this call (see `task::time`).
+    pub used_stream_time: bool,
 }
 
 impl GuestState {
@@ -319,12 +324,16 @@ impl context::Host for GuestState {
         Ok(self.info.outputs.clone())
     }
     fn stream_time(&mut self) -> wasmtime::Result<i64> {
+        self.call.used_stream_time = true;
         Ok(self.call.stream_time)
     }
     fn wall_clock_time(&mut self) -> wasmtime::Result<i64> {
         Ok(self.wall_clock.load(Ordering::Relaxed))
     }
     fn schedule(&mut self, kind: types::Punctuation, interval_ms: u64) -> wasmtime::Result<Result<(), types::Error>> {
+        if matches!(kind, types::Punctuation::StreamTime) {
+            self.call.used_stream_time = true;
+        }
         self.call.schedules.push((kind, interval_ms));
         Ok(Ok(()))
     }

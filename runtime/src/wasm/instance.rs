@@ -135,6 +135,12 @@ impl ProcessorInstance {
         outcome
     }
 
+    /// True when the last call asked for stream time or set a stream-time
+    /// schedule.
+    pub fn used_stream_time(&self) -> bool {
+        self.store.data().call.used_stream_time
+    }
+
     /// Calls `punctuate`.
     pub fn punctuate(
         &mut self,
@@ -155,6 +161,7 @@ impl ProcessorInstance {
         let data = self.store.data_mut();
         data.call.stores = std::mem::take(stores);
         data.call.stream_time = time.stream_time;
+        data.call.used_stream_time = false;
         data.wall_clock.store(time.wall_clock, Ordering::Relaxed);
         data.stderr.clear_recent();
         self.store.set_epoch_deadline(self.timeout_ticks);

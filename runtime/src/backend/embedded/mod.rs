@@ -376,6 +376,9 @@ impl EmbeddedBackend {
         for ((topic, partition), offset) in &commit.positions {
             self.db.put_meta(&mut batch, &format!("pos/{app}/{topic}/{partition}"), &offset.to_be_bytes());
         }
+        if let Some(stream_time) = commit.stream_time {
+            self.db.put_meta(&mut batch, &format!("time/{app}/{}", commit.task), &stream_time.to_be_bytes());
+        }
         self.db.write(batch)?;
         appender.publish();
         if !commit.produced.is_empty() {
@@ -469,8 +472,10 @@ impl EmbeddedBackend {
         let _guard = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = WriteBatch::default();
         self.db.delete_meta(&mut batch, &format!("app/{name}"));
-        for (key, _) in self.db.scan_meta(&format!("pos/{name}/"))? {
-            self.db.delete_meta(&mut batch, &key);
+        for prefix in [format!("pos/{name}/"), format!("time/{name}/")] {
+            for (key, _) in self.db.scan_meta(&prefix)? {
+                self.db.delete_meta(&mut batch, &key);
+            }
         }
         for (key, value) in self.db.scan_meta(&format!("store/{name}/"))? {
             if let Ok(meta) = serde_json::from_slice::<StoreMeta>(&value) {
@@ -538,6 +543,12 @@ impl EmbeddedBackend {
             }
         }
         Ok(dropped)
+    }
+
+    /// The stream time `task` of `app` committed last (-1: none yet).
+    pub fn stream_time(&self, app: &str, task: crate::task::TaskId) -> Result<i64, StateError> {
+        let value = self.db.get_meta(&format!("time/{app}/{task}"))?;
+        Ok(value.and_then(|v| v.as_slice().try_into().ok().map(i64::from_be_bytes)).unwrap_or(-1))
     }
 
     /// The committed positions of `app` on every partition it has consumed.

@@ -298,6 +298,9 @@ struct Slot {
     last_commit: Instant,
     /// Uncommitted positions exist (at-least-once: outputs already written).
     positions_dirty: bool,
+    /// Started directly on the version of an update not yet applied: its
+    /// first commit counts as that version passing here.
+    proving: bool,
     state: TaskState,
     error: Option<String>,
     retry_at: Option<Instant>,
@@ -459,6 +462,7 @@ impl Worker {
             inputs,
             last_commit: Instant::now(),
             positions_dirty: false,
+            proving: false,
             state: TaskState::Starting,
             error: None,
             retry_at: None,
@@ -488,6 +492,7 @@ impl Worker {
                 &self.globals,
             )
             .map_err(|e| e.to_string())?;
+            task.restore_stream_time(self.backend.stream_time(&topology.name, slot.id).map_err(|e| e.to_string())?);
             task.set_wall_clock(super::now_us() / 1000);
             task.start().map_err(|e| e.to_string())?;
             Ok(task)
@@ -495,11 +500,13 @@ impl Worker {
         match result {
             Ok(task) => {
                 slot.task = Some(task);
-                if slot.generation != generation {
+                if slot.generation != generation && self.control.is_switching(generation) {
                     // Started on the version of an update still switching
                     // (it began before this task first started, or while it
-                    // stalled): the task runs it, so it counts as switched.
+                    // stalled): the task runs it, so it counts as switched,
+                    // and as passed once it has committed.
                     self.control.switched(generation, Duration::ZERO);
+                    slot.proving = true;
                 }
                 slot.generation = generation;
                 slot.state = TaskState::Running;
@@ -559,6 +566,8 @@ impl Worker {
         let positions = std::mem::take(&mut commit.positions);
         if with_positions {
             commit.positions = positions.clone();
+        } else {
+            commit.stream_time = None;
         }
         let started = Instant::now();
         let result = self.backend.commit(app, commit, &self.store_ids);
@@ -566,9 +575,11 @@ impl Worker {
         match result {
             Ok(()) => {
                 task.commit_succeeded();
-                if on_probation && !task.in_probation() && self.control.owns(slot.generation) {
+                let proven = (on_probation && !task.in_probation()) || slot.proving;
+                if proven && self.control.owns(slot.generation) {
                     self.control.passed(slot.generation);
                 }
+                slot.proving = false;
                 if with_positions {
                     for (i, (topic, p)) in slot.inputs.iter().enumerate() {
                         if let Some(offset) = positions.get(&(topic.name.clone(), *p)) {

@@ -428,6 +428,20 @@ pub fn consume(brokers: &str, topic: &str, read: &ReadOptions, out: &mut impl Wr
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 open.remove(&(p as u32));
             }
+            // librdkafka reconnects by itself: a dropped connection is only
+            // an error when no progress follows within the timeout.
+            Some(Err(
+                e @ KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure,
+                ),
+            )) if last_progress.elapsed() > ADMIN_TIMEOUT => {
+                anyhow::bail!("reading {topic}: {e}")
+            }
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure,
+            ))) => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
             None if last_progress.elapsed() > ADMIN_TIMEOUT => {
                 anyhow::bail!("reading {topic}: partitions {open:?} reached no end within {ADMIN_TIMEOUT:?}")

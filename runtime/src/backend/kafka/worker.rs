@@ -144,6 +144,20 @@ pub(super) struct OwnedTask {
     pub(super) generation: u64,
     pub(super) inputs: InputPositions,
     pub(super) restored: Option<(u64, u64)>,
+    /// The stream time committed with the input offsets (their metadata).
+    pub(super) committed_stream_time: i64,
+    /// Started directly on the version of an update not yet applied: its
+    /// first commit counts as that version passing here.
+    pub(super) proving: bool,
+}
+
+/// Prefix of the offset-commit metadata that carries a task's stream time
+/// (Kafka Streams keeps its partition time there too).
+const STREAM_TIME_METADATA: &str = "weir.stream-time=";
+
+/// The stream time in an offset's commit metadata, if weir wrote it.
+fn stream_time_of(metadata: &str) -> Option<i64> {
+    metadata.strip_prefix(STREAM_TIME_METADATA)?.parse().ok()
 }
 
 /// The worker's state, shared with the rebalance callbacks (same thread).
@@ -412,8 +426,14 @@ impl Worker {
                     // goes back too (the control plane rolls back).
                     task.abort();
                     task.rollback_swap();
-                    self.control.failed(owned.generation, format!("task {id}: {error}"));
-                    owned.generation = self.control.generation();
+                    owned.generation = if self.control.failed(owned.generation, format!("task {id}: {error}")) {
+                        // Every task goes back to the version this one runs again.
+                        self.control.generation()
+                    } else {
+                        // A newer update replaced the version that failed: this
+                        // task runs the one before it now and must switch on.
+                        u64::MAX
+                    };
                     if self.sent_in_transaction {
                         // Records of it may be in the open transaction.
                         self.abandon_open_work(consumer);
@@ -529,12 +549,21 @@ impl Worker {
                 Ok(_) => {
                     owned.generation = generation;
                     self.control.switched(generation, started.elapsed());
+                    if !task.in_probation() {
+                        // Nothing of this task changed: there is nothing to prove.
+                        self.control.passed(generation);
+                    }
                     tracing::info!(task = %id, update = generation, pause_us = started.elapsed().as_micros() as u64, "switched version");
                 }
                 Err(e) => {
-                    // Nothing changed in this task; every task goes back.
-                    self.control.failed(generation, format!("task {id}: {e}"));
-                    owned.generation = self.control.generation();
+                    // Nothing changed in this task; every task goes back
+                    // (unless a newer update replaced this one meanwhile:
+                    // then switch again).
+                    owned.generation = if self.control.failed(generation, format!("task {id}: {e}")) {
+                        self.control.generation()
+                    } else {
+                        u64::MAX
+                    };
                 }
             }
         }
@@ -612,6 +641,10 @@ impl Worker {
             }
             for ((topic, p), offset) in &commit.positions {
                 offsets.add_partition_offset(topic, *p as i32, Offset::Offset(*offset))?;
+                if let (Some(stream_time), Some(mut e)) = (commit.stream_time, offsets.find_partition(topic, *p as i32))
+                {
+                    e.set_metadata(format!("{STREAM_TIME_METADATA}{stream_time}"));
+                }
                 owned.inputs.entry((topic.to_string(), *p)).or_insert((0, 0)).0 = *offset;
             }
         }
@@ -662,9 +695,11 @@ impl Worker {
             if let Some(task) = owned.task.as_mut() {
                 task.commit_succeeded();
                 owned.commits += 1;
-                if on_probation.contains(id) && !task.in_probation() && self.control.owns(owned.generation) {
+                let proven = (on_probation.contains(id) && !task.in_probation()) || owned.proving;
+                if proven && self.control.owns(owned.generation) {
                     self.control.passed(owned.generation);
                 }
+                owned.proving = false;
             }
         }
         Ok(())
@@ -772,16 +807,20 @@ impl Worker {
         let committed =
             consumer.committed_offsets(assigned.clone(), KAFKA_TIMEOUT).unwrap_or_else(|_| assigned.clone());
         let mut inputs: BTreeMap<TaskId, InputPositions> = BTreeMap::new();
+        let mut stream_times: BTreeMap<TaskId, i64> = BTreeMap::new();
         for e in committed.elements() {
             let Some(&subtopology) = self.routes.get(e.topic()) else { continue };
             let offset = match e.offset() {
                 Offset::Offset(o) => o,
                 _ => 0,
             };
-            inputs
-                .entry(TaskId { subtopology, partition: e.partition() as u32 })
-                .or_default()
-                .insert((e.topic().to_owned(), e.partition() as u32), (offset, offset));
+            let id = TaskId { subtopology, partition: e.partition() as u32 };
+            inputs.entry(id).or_default().insert((e.topic().to_owned(), e.partition() as u32), (offset, offset));
+            // Every commit writes it on the partitions it consumed: the
+            // largest is the latest (stream time only grows).
+            let time = stream_time_of(e.metadata()).unwrap_or(-1);
+            let entry = stream_times.entry(id).or_insert(-1);
+            *entry = (*entry).max(time);
         }
         for (id, inputs) in inputs {
             if self.tasks.contains_key(&id) {
@@ -795,6 +834,8 @@ impl Worker {
                 generation: 0,
                 inputs,
                 restored: None,
+                committed_stream_time: stream_times.get(&id).copied().unwrap_or(-1),
+                proving: false,
             };
             self.publish(id, &owned);
             match self.restore(id, &mut owned).and_then(|()| self.create_task(id, &mut owned)) {
@@ -822,9 +863,17 @@ impl Worker {
             &self.globals,
         )
         .map_err(|e| e.to_string())?;
+        task.restore_stream_time(owned.committed_stream_time);
         task.set_wall_clock(crate::backend::embedded::now_us() / 1000);
         task.start().map_err(|e| e.to_string())?;
         owned.task = Some(task);
+        if self.control.is_switching(generation) {
+            // Started on the version of an update still switching (it began
+            // before this task existed here): the task runs it, so it
+            // counts as switched, and as passed once it has committed.
+            self.control.switched(generation, Duration::ZERO);
+            owned.proving = true;
+        }
         owned.generation = generation;
         owned.state = TaskState::Running;
         Ok(())

@@ -18,23 +18,30 @@
 //! record before it has been processed by the processors that can read that
 //! store, so batching never lets a processor see a table value from its future.
 //!
+//! Time (stream time, the order of records and punctuations, where batches
+//! are split so that output does not depend on batching) is in [`time`].
+//!
 //! Failures: a guest call is a savepoint. A failed call leaves nothing behind
 //! (store writes rolled back, emits dropped); a trapped instance is replaced
 //! by a fresh one; the batch is replayed so that exactly the offending record
-//! meets the processor's error policy.
+//! meets the processor's error policy ([`failure`]).
+
+mod failure;
+mod time;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::partitioner::{partition_for, partition_for_key};
-use crate::record::{ConsumedRecord, Emitted, Headers, ProducedRecord, Record, TaskRecord, TopicPartition};
+use crate::record::{ConsumedRecord, Emitted, ProducedRecord, Record, TaskRecord, TopicPartition};
 use crate::state::{SharedStore, StateError, StoreOverlay, TaskStores};
-use crate::topology::{ErrorPolicy, Format, NodeId, NodeKind, PartitionCheck, StoreId, StoreOwner, Target, Topology};
+use crate::topology::{ErrorPolicy, NodeId, NodeKind, PartitionCheck, StoreId, StoreOwner, Target, Topology};
 use crate::wasm::{
-    CallFailure, CallTime, FailureKind, InstanceInfo, LoadedComponent, ProcessorInstance, Punctuation, StoreGrantInfo,
-    WasmEngine,
+    CallTime, FailureKind, InstanceInfo, LoadedComponent, ProcessorInstance, StoreGrantInfo, WasmEngine,
 };
+use failure::check_format;
+use time::{Origin, Schedule, Seq};
 
 /// A task's identity: sub-topology and partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -115,6 +122,10 @@ pub struct TaskCommit<'a> {
     pub changes: Vec<StoreChanges<'a>>,
     /// Next offset to read, per input partition consumed in this transaction.
     pub positions: BTreeMap<TopicPartition, i64>,
+    /// The task's stream time, committed with the positions (a restart
+    /// resumes from both: [`Task::restore_stream_time`]); `None` when the
+    /// backend commits no positions this time.
+    pub stream_time: Option<i64>,
 }
 
 pub struct StoreChanges<'a> {
@@ -124,13 +135,6 @@ pub struct StoreChanges<'a> {
     pub partition: u32,
     /// In key order.
     pub writes: Vec<(&'a Vec<u8>, &'a Option<Vec<u8>>)>,
-}
-
-#[derive(Clone, Copy)]
-struct Schedule {
-    interval: i64,
-    /// When it fires next; `None` until time is known.
-    next: Option<i64>,
 }
 
 /// A component swap on probation: what to go back to if the new version
@@ -158,12 +162,15 @@ struct ProcessorSlot {
     info: Arc<InstanceInfo>,
     component: Arc<LoadedComponent>,
     instance: Option<ProcessorInstance>,
-    /// Pending input with its origin sequence number (source order).
-    inbox: Vec<(u64, TaskRecord)>,
+    /// Pending input with its origin (place in source order, stream time).
+    inbox: Vec<(Origin, TaskRecord)>,
     /// More than one upstream: the inbox must be re-sorted by origin.
     merges: bool,
     stream_schedule: Option<Schedule>,
     wall_schedule: Option<Schedule>,
+    /// The guest asks for stream time in `process`: its batches must not
+    /// mix stream times (see [`time`]).
+    reads_stream_time: bool,
 }
 
 /// How an input topic is read by this task.
@@ -188,8 +195,13 @@ pub struct Task {
     inputs: BTreeMap<Arc<str>, InputSlot>,
     topic_names: BTreeMap<String, Arc<str>>,
     stream_time: i64,
+    /// The stream time of the last commit, to go back to on abort.
+    committed_stream_time: i64,
+    /// Input records since the last drain that advanced stream time:
+    /// (sequence number, stream time reached).
+    ticks: Vec<(u64, i64)>,
     wall_clock: i64,
-    /// Origin sequence numbers, increasing with each input record.
+    /// Input sequence numbers, increasing with each input record.
     next_seq: u64,
     produced: Vec<ProducedRecord>,
     positions: BTreeMap<TopicPartition, i64>,
@@ -272,6 +284,7 @@ impl Task {
                 merges: upstream_count.get(&p).copied().unwrap_or(0) > 1,
                 stream_schedule: None,
                 wall_schedule: None,
+                reads_stream_time: false,
             });
         }
 
@@ -309,6 +322,8 @@ impl Task {
             inputs,
             topic_names,
             stream_time: -1,
+            committed_stream_time: -1,
+            ticks: Vec::new(),
             wall_clock: 0,
             next_seq: 0,
             produced: Vec::new(),
@@ -380,9 +395,8 @@ impl Task {
             Ok(ok) => {
                 self.stores.release_savepoint();
                 s.instance = Some(instance);
-                self.apply_schedules(slot, &ok.schedules);
-                let origin = TaskRecord { partition: self.id.partition, ..empty_record() };
-                self.route(slot, &[self.next_seq], &[origin], ok.emitted);
+                self.apply_schedules(slot, &ok.schedules, time.stream_time);
+                self.route_init(slot, ok.emitted);
                 Ok(())
             }
             Err(f) => {
@@ -396,13 +410,14 @@ impl Task {
     }
 
     /// Processes input records (from this task's input partitions, in the
-    /// order the driver chose), up to the last of their consequences.
+    /// order the driver chose), up to the last of their consequences and
+    /// the stream-time punctuations they make due. The output does not
+    /// depend on how the driver splits its input into calls (see [`time`]).
     pub fn process(&mut self, records: Vec<ConsumedRecord>) -> Result<(), TaskError> {
         for rec in records {
             self.accept(rec)?;
         }
-        self.drain()?;
-        self.punctuate_stream_time()
+        self.drain()
     }
 
     fn accept(&mut self, consumed: ConsumedRecord) -> Result<(), TaskError> {
@@ -413,11 +428,13 @@ impl Task {
         let (node, check_partition, table) = (input.node, input.check_partition, input.table);
         self.metrics.records_in += 1;
         self.positions.insert((topic.clone(), partition), offset + 1);
-        if record.timestamp > self.stream_time {
-            self.stream_time = record.timestamp;
-        }
         let seq = self.next_seq;
         self.next_seq += 1;
+        if record.timestamp > self.stream_time {
+            self.stream_time = record.timestamp;
+            self.ticks.push((seq, self.stream_time));
+        }
+        let origin = Origin { seq: Seq::input(seq), stream_time: self.stream_time };
         let topology = self.app.topology.clone();
         let node_def = &topology.nodes[node];
         let guest = TaskRecord {
@@ -465,7 +482,7 @@ impl Task {
         match table {
             None => {
                 for t in node_def.to.clone() {
-                    self.push(t, seq, guest.clone());
+                    self.push(t, origin, guest.clone());
                 }
             }
             Some((store, has_readers)) => {
@@ -488,7 +505,7 @@ impl Task {
                 self.stores.release_savepoint();
                 let change = TaskRecord { old_value: old, ..guest };
                 for t in node_def.to.clone() {
-                    self.push(t, seq, change.clone());
+                    self.push(t, origin, change.clone());
                 }
             }
         }
@@ -506,40 +523,54 @@ impl Task {
         self.processors.iter().position(|p| p.node == node).expect("processor of this sub-topology")
     }
 
-    fn push(&mut self, node: NodeId, seq: u64, record: TaskRecord) {
+    fn push(&mut self, node: NodeId, origin: Origin, record: TaskRecord) {
         let slot = self.slot_of(node);
-        self.processors[slot].inbox.push((seq, record));
+        self.processors[slot].inbox.push((origin, record));
     }
 
-    /// Runs every processor, in topological order, until no input is pending.
+    /// Runs every processor, in topological order, until no input is pending,
+    /// with the stream-time punctuations due on the way.
     fn drain(&mut self) -> Result<(), TaskError> {
         for slot in 0..self.processors.len() {
-            if self.processors[slot].inbox.is_empty() {
+            let ticks_matter = !self.ticks.is_empty() && self.processors[slot].stream_schedule.is_some();
+            if self.processors[slot].inbox.is_empty() && !ticks_matter {
                 continue;
             }
             let mut inbox = std::mem::take(&mut self.processors[slot].inbox);
             if self.processors[slot].merges {
-                inbox.sort_by_key(|(seq, _)| *seq);
+                inbox.sort_by_key(|(origin, _)| origin.seq);
             }
-            let max = self.max_batch(self.processors[slot].node);
-            let (seqs, records): (Vec<u64>, Vec<TaskRecord>) = inbox.into_iter().unzip();
-            for (seqs, records) in seqs.chunks(max).zip(records.chunks(max)) {
-                self.run_batch(slot, seqs, records)?;
-            }
+            let (origins, records): (Vec<Origin>, Vec<TaskRecord>) = inbox.into_iter().unzip();
+            self.run_slot(slot, &origins, &records)?;
         }
+        self.ticks.clear();
         Ok(())
     }
 
     /// Calls `process` on a batch; on failure, isolates the offending record.
-    /// `seqs[i]` is the origin sequence number of `records[i]`.
-    fn run_batch(&mut self, slot: usize, seqs: &[u64], records: &[TaskRecord]) -> Result<(), TaskError> {
+    /// `origins[i]` is where `records[i]` comes from. False when nothing ran:
+    /// the guest asked for stream time in a batch that mixed stream times,
+    /// so the call was rolled back (the processor now gets split batches).
+    fn run_batch(&mut self, slot: usize, origins: &[Origin], records: &[TaskRecord]) -> Result<bool, TaskError> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         self.ensure_instance(slot)?;
-        let time = self.call_time();
+        let stream_time = origins[origins.len() - 1].stream_time;
+        let time = CallTime { stream_time, wall_clock: self.wall_clock };
         let instance = self.processors[slot].instance.as_mut().expect("instance ensured");
-        match instance.process(&mut self.stores, time, records) {
+        let outcome = instance.process(&mut self.stores, time, records);
+        if instance.used_stream_time() {
+            self.processors[slot].reads_stream_time = true;
+            if origins[0].stream_time != stream_time {
+                self.stores.rollback_to_savepoint();
+                if outcome.as_ref().is_err_and(|f| f.poisoned) {
+                    self.processors[slot].instance = None;
+                }
+                return Ok(false);
+            }
+        }
+        match outcome {
             Ok(ok) => {
                 self.stores.release_savepoint();
                 if let Some(p) = &mut self.probation {
@@ -551,9 +582,9 @@ impl Task {
                 } else {
                     self.metrics.processed.insert(name.clone(), records.len() as u64);
                 }
-                self.apply_schedules(slot, &ok.schedules);
-                self.route(slot, seqs, records, ok.emitted);
-                Ok(())
+                self.apply_schedules(slot, &ok.schedules, stream_time);
+                self.route(slot, origins, records, ok.emitted);
+                Ok(true)
             }
             Err(failure) => {
                 self.stores.rollback_to_savepoint();
@@ -573,129 +604,39 @@ impl Task {
                     });
                 }
                 if records.len() == 1 {
-                    return self.record_failed(slot, &records[0], &failure);
+                    self.record_failed(slot, &records[0], &failure)?;
+                    return Ok(true);
                 }
                 match failure.index.map(|i| i as usize) {
                     Some(i) if i < records.len() && failure.kind == FailureKind::GuestError => {
                         // The guest named the record: redo the ones before it,
                         // apply the policy to it, go on after it.
-                        self.run_batch(slot, &seqs[..i], &records[..i])?;
+                        self.run_all(slot, &origins[..i], &records[..i])?;
                         self.record_failed(slot, &records[i], &failure)?;
-                        self.run_batch(slot, &seqs[i + 1..], &records[i + 1..])
+                        self.run_all(slot, &origins[i + 1..], &records[i + 1..])?;
                     }
                     _ => {
                         // A trap does not say which record caused it: replay one by one.
                         for i in 0..records.len() {
-                            self.run_batch(slot, &seqs[i..=i], &records[i..=i])?;
+                            self.run_all(slot, &origins[i..=i], &records[i..=i])?;
                         }
-                        Ok(())
                     }
                 }
+                Ok(true)
             }
         }
     }
 
-    fn record_failed(&mut self, slot: usize, record: &TaskRecord, failure: &CallFailure) -> Result<(), TaskError> {
-        let def = self.app.topology.processor(self.processors[slot].node).expect("processor");
-        let policy = def.on_error;
-        let name = self.processors[slot].name.clone();
-        self.apply_policy(&name, policy, record, failure.kind.as_str(), &failure.message)
+    /// Sends what `init` emitted onwards, after every input so far.
+    fn route_init(&mut self, slot: usize, emitted: Vec<Emitted>) {
+        let origin = Origin { seq: Seq::input(self.next_seq), stream_time: self.stream_time };
+        let record = TaskRecord { partition: self.id.partition, ..empty_record() };
+        self.route(slot, &[origin], &[record], emitted);
     }
 
-    /// Applies an error policy to a record that could not be processed.
-    fn apply_policy(
-        &mut self,
-        processor: &str,
-        policy: ErrorPolicy,
-        record: &TaskRecord,
-        kind: &'static str,
-        message: &str,
-    ) -> Result<(), TaskError> {
-        match policy {
-            ErrorPolicy::DeadLetter => self.dead_letter(processor, record, kind, message),
-            ErrorPolicy::Skip => {
-                self.metrics.skipped += 1;
-                tracing::warn!(
-                    task = %self.name, processor, topic = %record.topic, partition = record.partition,
-                    offset = record.offset, kind, "skipped record: {message}"
-                );
-                Ok(())
-            }
-            ErrorPolicy::Fail => {
-                tracing::error!(
-                    task = %self.name, processor, topic = %record.topic, partition = record.partition,
-                    offset = record.offset, kind, "task stops (error policy `fail`): {message}"
-                );
-                Err(TaskError::Failed(Box::new(RecordFailure {
-                    processor: processor.to_owned(),
-                    topic: record.topic.to_string(),
-                    partition: record.partition,
-                    offset: record.offset,
-                    kind,
-                    message: message.to_owned(),
-                })))
-            }
-        }
-    }
-
-    /// Sends a record to `<app>-dlq` with headers naming what went wrong.
-    fn dead_letter(
-        &mut self,
-        processor: &str,
-        record: &TaskRecord,
-        kind: &str,
-        message: &str,
-    ) -> Result<(), TaskError> {
-        self.metrics.dead_letters += 1;
-        tracing::warn!(
-            task = %self.name, processor, topic = %record.topic, partition = record.partition,
-            offset = record.offset, kind, "dead-lettered record: {message}"
-        );
-        let topology = &self.app.topology;
-        let mut headers: Headers = record.headers.clone();
-        headers.extend([
-            ("weir.error".to_owned(), message.as_bytes().to_vec()),
-            ("weir.error.kind".to_owned(), kind.as_bytes().to_vec()),
-            ("weir.processor".to_owned(), processor.as_bytes().to_vec()),
-            ("weir.task".to_owned(), self.name.as_bytes().to_vec()),
-            ("weir.source.topic".to_owned(), record.topic.as_bytes().to_vec()),
-            ("weir.source.partition".to_owned(), record.partition.to_string().into_bytes()),
-            ("weir.source.offset".to_owned(), record.offset.to_string().into_bytes()),
-        ]);
-        let topic = self.topic_names[&topology.dead_letter_topic].clone();
-        let partitions = topology.partitions_of(&topology.dead_letter_topic).unwrap_or(1);
-        let partition = partition_for(record.key.as_deref(), partitions, self.id.partition);
-        self.produced.push(ProducedRecord {
-            topic,
-            partition,
-            record: Record {
-                key: record.key.clone(),
-                value: record.value.clone(),
-                timestamp: record.timestamp,
-                headers,
-            },
-        });
-        Ok(())
-    }
-
-    fn warn_mismatch(&mut self, message: &str) {
-        let now = Instant::now();
-        let due = self.last_mismatch_warning.is_none_or(|t| now.duration_since(t).as_secs() >= 10);
-        if due {
-            tracing::warn!(
-                task = %self.name, suppressed = self.suppressed_mismatch_warnings,
-                "co-partitioning violation: {message}"
-            );
-            self.last_mismatch_warning = Some(now);
-            self.suppressed_mismatch_warnings = 0;
-        } else {
-            self.suppressed_mismatch_warnings += 1;
-        }
-    }
-
-    /// Sends a call's emitted records to their targets. `origins` are the
-    /// records of the call (for `init`/`punctuate`, one synthetic origin).
-    fn route(&mut self, slot: usize, seqs: &[u64], origins: &[TaskRecord], emitted: Vec<Emitted>) {
+    /// Sends a call's emitted records to their targets. `records` are the
+    /// records of the call (for `init`/`punctuate`, one synthetic record).
+    fn route(&mut self, slot: usize, seqs: &[Origin], origins: &[TaskRecord], emitted: Vec<Emitted>) {
         if emitted.is_empty() {
             return;
         }
@@ -745,114 +686,6 @@ impl Task {
             }
         }
     }
-
-    fn apply_schedules(&mut self, slot: usize, schedules: &[(Punctuation, u64)]) {
-        for (kind, interval) in schedules {
-            let (now, entry) = match kind {
-                Punctuation::StreamTime => (self.stream_time, &mut self.processors[slot].stream_schedule),
-                Punctuation::WallClock => (self.wall_clock, &mut self.processors[slot].wall_schedule),
-            };
-            *entry = if *interval == 0 {
-                None
-            } else {
-                let interval = i64::try_from(*interval).unwrap_or(i64::MAX);
-                Some(Schedule { interval, next: (now >= 0).then(|| now.saturating_add(interval)) })
-            };
-        }
-    }
-
-    /// Fires stream-time punctuations that are due.
-    fn punctuate_stream_time(&mut self) -> Result<(), TaskError> {
-        self.punctuate(Punctuation::StreamTime, self.stream_time)
-    }
-
-    /// Advances the task's wall clock and fires wall-clock punctuations due.
-    pub fn advance_wall_clock(&mut self, now: i64) -> Result<(), TaskError> {
-        if now > self.wall_clock {
-            self.wall_clock = now;
-        }
-        self.punctuate(Punctuation::WallClock, self.wall_clock)
-    }
-
-    fn punctuate(&mut self, kind: Punctuation, now: i64) -> Result<(), TaskError> {
-        if now < 0 {
-            return Ok(());
-        }
-        for slot in 0..self.processors.len() {
-            let due = {
-                let s = &mut self.processors[slot];
-                let schedule = match kind {
-                    Punctuation::StreamTime => &mut s.stream_schedule,
-                    Punctuation::WallClock => &mut s.wall_schedule,
-                };
-                match schedule {
-                    Some(sch) => {
-                        let next = *sch.next.get_or_insert(now.saturating_add(sch.interval));
-                        if now >= next {
-                            // Fire once, then skip missed intervals (as Kafka Streams does).
-                            let behind = (now - next) / sch.interval + 1;
-                            sch.next = Some(next.saturating_add(behind.saturating_mul(sch.interval)));
-                            true
-                        } else {
-                            false
-                        }
-                    }
-                    None => false,
-                }
-            };
-            if due {
-                self.call_punctuate(slot, kind, now)?;
-            }
-        }
-        self.drain()
-    }
-
-    fn call_punctuate(&mut self, slot: usize, kind: Punctuation, timestamp: i64) -> Result<(), TaskError> {
-        self.ensure_instance(slot)?;
-        self.metrics.punctuations += 1;
-        let time = self.call_time();
-        let instance = self.processors[slot].instance.as_mut().expect("instance ensured");
-        match instance.punctuate(&mut self.stores, time, kind, timestamp) {
-            Ok(ok) => {
-                self.stores.release_savepoint();
-                self.apply_schedules(slot, &ok.schedules);
-                let origin = TaskRecord { timestamp, partition: self.id.partition, offset: -1, ..empty_record() };
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                self.route(slot, &[seq], &[origin], ok.emitted);
-                Ok(())
-            }
-            Err(failure) => {
-                self.stores.rollback_to_savepoint();
-                *self.metrics.failures.entry(failure.kind.as_str()).or_default() += 1;
-                if failure.poisoned {
-                    self.processors[slot].instance = None;
-                }
-                let name = self.processors[slot].name.clone();
-                if failure.kind == FailureKind::HostFault {
-                    return Err(TaskError::State(StateError { store: "(host)".into(), message: failure.message }));
-                }
-                if failure.poisoned && self.is_new_version(slot) {
-                    return Err(TaskError::SwapFailed {
-                        processor: name,
-                        kind: failure.kind.as_str(),
-                        message: failure.message,
-                    });
-                }
-                let policy = self.app.topology.processor(self.processors[slot].node).expect("processor").on_error;
-                tracing::warn!(task = %self.name, processor = %name, kind = failure.kind.as_str(), "punctuate failed: {}", failure.message);
-                if policy == ErrorPolicy::Fail {
-                    return Err(TaskError::PunctuateFailed {
-                        processor: name,
-                        kind: failure.kind.as_str(),
-                        message: failure.message,
-                    });
-                }
-                Ok(())
-            }
-        }
-    }
-
     /// Takes what the open transaction produced, for the backend to commit.
     /// Store changes stay in the task until [`commit_succeeded`](Self::commit_succeeded).
     pub fn prepare_commit(&mut self) -> TaskCommit<'_> {
@@ -883,6 +716,7 @@ impl Task {
             produced: std::mem::take(&mut self.produced),
             changes,
             positions: std::mem::take(&mut self.positions),
+            stream_time: Some(self.stream_time),
         }
     }
 
@@ -913,6 +747,7 @@ impl Task {
     /// passed its probation.
     pub fn commit_succeeded(&mut self) {
         self.stores.clear_pending();
+        self.committed_stream_time = self.stream_time;
         if self.probation.as_ref().is_some_and(|p| p.processed) {
             self.probation = None;
         }
@@ -996,9 +831,8 @@ impl Task {
                 stream_schedule: s.stream_schedule.take(),
                 wall_schedule: s.wall_schedule.take(),
             });
-            self.apply_schedules(slot, &ok.schedules);
-            let origin = TaskRecord { partition: self.id.partition, ..empty_record() };
-            self.route(slot, &[self.next_seq], &[origin], ok.emitted);
+            self.apply_schedules(slot, &ok.schedules, time.stream_time);
+            self.route_init(slot, ok.emitted);
         }
         if !previous.is_empty() {
             self.probation = Some(Probation { previous_app, previous, processed: false });
@@ -1030,6 +864,7 @@ impl Task {
         for p in &mut self.processors {
             p.inbox.clear();
         }
+        self.rewind_stream_time();
     }
 
     /// Topology node ids and names of this task's processors, in order.
@@ -1049,22 +884,4 @@ fn empty_record() -> TaskRecord {
         partition: 0,
         offset: 0,
     }
-}
-
-/// Checks key and value bytes against the declared formats.
-fn check_format(record: &TaskRecord, key: Format, value: Format) -> Result<(), String> {
-    fn check(bytes: Option<&[u8]>, format: Format, what: &str) -> Result<(), String> {
-        let Some(bytes) = bytes else { return Ok(()) };
-        match format {
-            Format::Bytes => Ok(()),
-            Format::String => {
-                std::str::from_utf8(bytes).map(|_| ()).map_err(|e| format!("{what} is not UTF-8 text: {e}"))
-            }
-            Format::Json => serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-                .map(|_| ())
-                .map_err(|e| format!("{what} is not valid JSON: {e}")),
-        }
-    }
-    check(record.key.as_deref(), key, "key")?;
-    check(record.value.as_deref(), value, "value")
 }
