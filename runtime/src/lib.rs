@@ -35,5 +35,6 @@ pub mod state;
 pub mod status;
 pub mod task;
 pub mod testdriver;
+pub mod timestamps;
 pub mod topology;
 pub mod wasm;

@@ -20,6 +20,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::json;
+
 use weir::jsonl::{InputLine, OutputLine};
 use weir::record::Record;
 use weir::task::AppRuntime;
@@ -396,4 +398,69 @@ fn a_restart_resumes_at_the_committed_stream_time_on_kafka() {
         &|s| wait_drained(kafka, &[s], &name, &[&clicks]),
         &|_, topic| kafka.consume(topic),
     );
+}
+
+/// Event time from the data: an ISO 8601 field on one source, milliseconds
+/// on the other; a record without a valid one is dead-lettered with kind
+/// `bad-timestamp` and does not move stream time.
+#[test]
+fn timestamps_come_from_a_field_of_the_value_when_the_spec_says_so() {
+    let spec = windows_spec("windows", "", 256)
+        .replace(
+            "clicks: { topic: clicks, to: [click_windows] }",
+            "clicks: { topic: clicks, to: [click_windows], timestamp: { field: at, format: iso8601 } }",
+        )
+        .replace(
+            "views: { topic: views, to: [view_windows] }",
+            "views: { topic: views, to: [view_windows], timestamp: { field: meta.ms } }",
+        );
+    let mut r = OfflineRunner::new(app(&spec)).expect("tasks start");
+    let line = |topic: &str, value: &str| InputLine::Record {
+        topic: topic.into(),
+        partition: None,
+        record: Record {
+            key: Some(b"k0".to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            timestamp: 0,
+            headers: vec![],
+        },
+    };
+    for (topic, value) in [
+        ("clicks", r#"{"at":"2026-12-01T13:45:10Z"}"#),
+        ("clicks", r#"{"at":"2026-12-01T14:45:20.5+01:00"}"#), // the same minute, another offset
+        ("clicks", r#"{"at":"yesterday"}"#),
+        ("clicks", r#"{"no":"time"}"#),
+        ("clicks", r#"{"at":"2026-12-01T13:47:00Z"}"#), // closes 13:45 (end 13:46 + 10 s grace)
+        ("views", r#"{"meta":{"ms":1000000}}"#),
+        ("views", r#"{"meta":{"ms":"x"}}"#),
+        ("views", r#"{"meta":{"ms":1050000}}"#), // closes [990000, 1020000)
+    ] {
+        r.feed(line(topic, value)).unwrap_or_else(|(task, e)| panic!("{task}: {e}"));
+    }
+    let out = r.outputs(false);
+    let on = |topic: &str| out.iter().filter(|l| l.topic == topic).collect::<Vec<_>>();
+    let clicks = on("click-counts");
+    assert_eq!(clicks.len(), 1, "{out:#?}");
+    assert_eq!(clicks[0].value["start"], 1_796_132_700_000i64, "the 13:45 window, from the field");
+    assert_eq!(clicks[0].value["count"], 2);
+    let views = on("view-counts");
+    assert_eq!((views.len(), &views[0].value["start"], &views[0].value["count"]), (1, &json!(990000), &json!(1)));
+    let dead = on("windows-dlq");
+    assert_eq!(dead.len(), 3, "{dead:#?}");
+    for d in &dead {
+        let kind = d.headers.iter().find(|(n, _)| n == "weir.error.kind").map(|(_, v)| v.clone());
+        assert_eq!(kind, Some(json!("bad-timestamp")), "{d:?}");
+    }
+    let error = |i: usize| dead[i].headers.iter().find(|(n, _)| n == "weir.error").unwrap().1.to_string();
+    assert!(error(0).contains("`at`") && error(0).contains("ISO 8601"), "{}", error(0));
+    assert!(error(1).contains("no timestamp field `at`"), "{}", error(1));
+    assert!(error(2).contains("`meta.ms`"), "{}", error(2));
+    // Stream time stayed with the valid records.
+    let click_task = r.tasks().iter().find(|t| t.input_topics().any(|t| &**t == "clicks") && t.stream_time() > 0);
+    assert_eq!(click_task.map(|t| t.stream_time()), Some(1_796_132_820_000));
+
+    // A field path must name a field.
+    let bad = spec.replace("field: meta.ms", "field: meta.");
+    let err = Topology::compile(parse_spec(&bad.replace("{guests}", "g")).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("sources.views.timestamp.field"), "{err}");
 }

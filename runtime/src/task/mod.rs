@@ -430,14 +430,9 @@ impl Task {
         self.positions.insert((topic.clone(), partition), offset + 1);
         let seq = self.next_seq;
         self.next_seq += 1;
-        if record.timestamp > self.stream_time {
-            self.stream_time = record.timestamp;
-            self.ticks.push((seq, self.stream_time));
-        }
-        let origin = Origin { seq: Seq::input(seq), stream_time: self.stream_time };
         let topology = self.app.topology.clone();
         let node_def = &topology.nodes[node];
-        let guest = TaskRecord {
+        let mut guest = TaskRecord {
             key: record.key,
             value: record.value,
             old_value: None,
@@ -448,16 +443,31 @@ impl Task {
             offset,
         };
 
-        // Format check against the spec.
+        // Checks against the spec: formats, then the timestamp field. A
+        // record that fails them meets the input's error policy and does
+        // not move stream time.
         let input_def = match &node_def.kind {
             NodeKind::Source(i) | NodeKind::Table { input: i, .. } => Some(i),
             _ => None,
         };
-        if let Some(def) = input_def
-            && let Err(message) = check_format(&guest, def.key_format, def.value_format)
-        {
-            return self.apply_policy(&node_def.name, def.on_error, &guest, "malformed-input", &message);
+        if let Some(def) = input_def {
+            if let Err(message) = check_format(&guest, def.key_format, def.value_format) {
+                return self.apply_policy(&node_def.name, def.on_error, &guest, "malformed-input", &message);
+            }
+            if let Some(extract) = &def.timestamp {
+                match extract.extract(guest.value.as_deref()) {
+                    Ok(timestamp) => guest.timestamp = timestamp,
+                    Err(message) => {
+                        return self.apply_policy(&node_def.name, def.on_error, &guest, "bad-timestamp", &message);
+                    }
+                }
+            }
         }
+        if guest.timestamp > self.stream_time {
+            self.stream_time = guest.timestamp;
+            self.ticks.push((seq, self.stream_time));
+        }
+        let origin = Origin { seq: Seq::input(seq), stream_time: self.stream_time };
 
         if check_partition
             && topology.partition_check != PartitionCheck::Off

@@ -35,6 +35,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::timestamps::TimestampSpec;
+
 /// A whole application: its name and its graph.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -152,9 +154,14 @@ pub struct SourceSpec {
     /// Processors that receive every record.
     #[serde(default)]
     pub to: Vec<String>,
-    /// Policy for records that fail the format check.
+    /// Policy for records that fail the format check (or have no valid
+    /// timestamp field).
     #[serde(default)]
     pub on_error: ErrorPolicy,
+    /// Event time from a field of the JSON value instead of the Kafka
+    /// record's timestamp: `{ field: ts, format: millis | iso8601 }`.
+    #[serde(default)]
+    pub timestamp: Option<TimestampSpec>,
 }
 
 /// A topic materialised into a store (a KTable). Each update is forwarded to
@@ -174,6 +181,9 @@ pub struct TableSpec {
     pub to: Vec<String>,
     #[serde(default)]
     pub on_error: ErrorPolicy,
+    /// As for sources.
+    #[serde(default)]
+    pub timestamp: Option<TimestampSpec>,
 }
 
 /// A topic replicated in full to every task (a GlobalKTable): read-only,
