@@ -132,6 +132,10 @@ pub enum Command {
         /// Also print records written to repartition topics.
         #[arg(long)]
         internal: bool,
+        /// Timestamp (ms) of input records without one; without it such a
+        /// record is an error.
+        #[arg(long, value_name = "MS")]
+        default_timestamp: Option<i64>,
     },
     /// Benchmarks (not tests): print measurements and a ratio against a
     /// baseline measured in the same run.
@@ -233,8 +237,8 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Test { spec, input, components, internal } => {
-            let mut options = TestOptions { include_internal: internal, ..TestOptions::default() };
+        Command::Test { spec, input, components, internal, default_timestamp } => {
+            let mut options = TestOptions { include_internal: internal, default_timestamp, ..TestOptions::default() };
             for c in components {
                 let (name, path) =
                     c.split_once('=').ok_or_else(|| anyhow::anyhow!("--component takes NAME=PATH, got `{c}`"))?;
@@ -247,13 +251,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 use std::io::Write;
                 writeln!(out, "{}", line.to_json())?;
             }
-            match run.stopped {
-                None => Ok(ExitCode::SUCCESS),
-                Some(e) => {
-                    eprintln!("error: {e}");
-                    Ok(ExitCode::from(1))
-                }
+            if let Some(e) = run.stopped {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(1));
             }
+            if let Some(first) = run.violations.first() {
+                eprintln!(
+                    "error: {} record(s) failed because a processor broke its contract (they were dead-lettered, \
+                     as `weir serve` does); the first: {first}",
+                    run.violations.len()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config, data_dir, http, brokers, commit_interval } => {
             let mut cfg = crate::config::Config::load(config.as_deref(), |k| std::env::var(k).ok())?;

@@ -58,6 +58,17 @@ pub fn parse_input_line(line: &str) -> Result<InputLine, String> {
 /// timestamp `default_timestamp` (the produce API uses the current time, as
 /// a Kafka producer does).
 pub fn parse_input_line_at(line: &str, default_timestamp: i64) -> Result<InputLine, String> {
+    parse_line(line, Some(default_timestamp))
+}
+
+/// `weir test`'s input: like [`parse_input_line_at`], but without a default
+/// a record line without `"timestamp"` is an error (silently processing it
+/// at time 0 hides a mistake that changes windows and joins).
+pub fn parse_test_line(line: &str, default_timestamp: Option<i64>) -> Result<InputLine, String> {
+    parse_line(line, default_timestamp)
+}
+
+fn parse_line(line: &str, default_timestamp: Option<i64>) -> Result<InputLine, String> {
     let raw: RawLine = serde_json::from_str(line).map_err(|e| format!("not a record line: {e}"))?;
     if let Some(ms) = raw.wall_clock {
         if raw.topic.is_some() || raw.key.is_some() || raw.value.is_some() {
@@ -96,7 +107,14 @@ pub fn parse_input_line_at(line: &str, default_timestamp: i64) -> Result<InputLi
         record: Record {
             key: to_bytes(raw.key, "key")?,
             value: to_bytes(raw.value, "value")?,
-            timestamp: raw.timestamp.unwrap_or(default_timestamp),
+            timestamp: match raw.timestamp.or(default_timestamp) {
+                Some(t) => t,
+                None => {
+                    return Err("no \"timestamp\": give each record its event time in milliseconds \
+                                since the epoch, or run `weir test --default-timestamp MS`"
+                        .into());
+                }
+            },
             headers,
         },
     })

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::memory::MemoryBackend;
-use crate::jsonl::{InputLine, OutputLine, parse_input_line};
+use crate::jsonl::{InputLine, OutputLine, parse_test_line};
 use crate::partitioner::partition_for;
 use crate::record::Record;
 use crate::task::{AppRuntime, Task, TaskError, TaskId};
@@ -46,6 +46,9 @@ pub struct TestOptions {
     pub components: BTreeMap<String, PathBuf>,
     /// Also print records written to repartition topics.
     pub include_internal: bool,
+    /// The timestamp of input records without one (without it, such a
+    /// line is an error).
+    pub default_timestamp: Option<i64>,
 }
 
 /// What a run printed, and how it ended.
@@ -54,6 +57,10 @@ pub struct TestRun {
     pub outputs: Vec<OutputLine>,
     /// Set when a task stopped (error policy `fail`); outputs before it are kept.
     pub stopped: Option<TestError>,
+    /// Records a processor failed on by breaking the contract (emitting to
+    /// an undeclared output, opening a store not granted to it): they were
+    /// dead-lettered, as `weir serve` does, but the run fails.
+    pub violations: Vec<String>,
     pub runner: OfflineRunner,
 }
 
@@ -83,7 +90,7 @@ pub fn run(spec: &Path, input: &Path, engine: Arc<WasmEngine>, options: &TestOpt
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = parse_input_line(line).map_err(|message| TestError::Line {
+        let parsed = parse_test_line(line, options.default_timestamp).map_err(|message| TestError::Line {
             path: input.display().to_string(),
             line: i + 1,
             message,
@@ -109,7 +116,29 @@ pub fn run(spec: &Path, input: &Path, engine: Arc<WasmEngine>, options: &TestOpt
         }
     }
     let outputs = runner.outputs(options.include_internal);
-    Ok(TestRun { outputs, stopped, runner })
+    let violations = contract_violations(&outputs);
+    Ok(TestRun { outputs, stopped, violations, runner })
+}
+
+/// The dead letters of kind `contract-violation`, described.
+fn contract_violations(outputs: &[OutputLine]) -> Vec<String> {
+    let header = |l: &OutputLine, name: &str| {
+        l.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+    };
+    outputs
+        .iter()
+        .filter(|l| header(l, "weir.error.kind").as_deref() == Some("contract-violation"))
+        .map(|l| {
+            format!(
+                "processor `{}` on {}/{}@{}: {}",
+                header(l, "weir.processor").unwrap_or_default(),
+                header(l, "weir.source.topic").unwrap_or_default(),
+                header(l, "weir.source.partition").unwrap_or_default(),
+                header(l, "weir.source.offset").unwrap_or_default(),
+                header(l, "weir.error").unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 /// Loads the component of every processor: a path in the spec (relative to

@@ -41,6 +41,10 @@ pub(crate) trait HostApi {
     fn wall_clock_time(&self) -> i64;
     fn schedule(&mut self, kind: Punctuation, interval_ms: u64) -> Result<()>;
     fn log(&mut self, level: LogLevel, message: &str);
+    /// The processor tried to emit to an output it does not declare: the
+    /// host is told, so that the call fails as a contract violation (not as
+    /// an error of the record).
+    fn undeclared_output(&mut self, _output: &str) {}
 }
 
 /// One emitted record inside an [`OutputBuffer`].
@@ -194,6 +198,7 @@ impl Context {
             self.outputs.push(output.to_owned());
             return Ok(self.outputs.len() as u32 - 1);
         }
+        self.host.undeclared_output(output);
         Err(Error::msg(format!(
             "output `{output}` is not declared for processor `{}` (declared: {})",
             self.host.processor_name(),

@@ -229,6 +229,25 @@ impl HostApi for ComponentHost {
         };
         context::log(level, message);
     }
+    fn undeclared_output(&mut self, _output: &str) {
+        // An output index no processor has: the host refuses the emit and
+        // fails the call as a contract violation (the SDK's own error,
+        // naming the output, is the message the host reports).
+        let batch = types::OutputBatch {
+            data: Vec::new(),
+            headers: Vec::new(),
+            records: vec![types::OutputRecord {
+                output: u32::MAX,
+                key: None,
+                value: None,
+                timestamp: 0,
+                first_header: 0,
+                header_count: 0,
+                input_index: 0,
+            }],
+        };
+        let _ = emitter::emit(&batch);
+    }
 }
 
 struct Cached {

@@ -99,13 +99,13 @@ fn emitting_to_an_undeclared_output_is_refused_by_the_host() {
 }
 
 #[test]
-fn the_sdk_refuses_undeclared_outputs_before_the_host_sees_them() {
+fn the_sdk_refuses_undeclared_outputs_and_the_host_counts_them_as_contract_violations() {
     let mut r = runner(&misbehave_spec("dead-letter", "{}"));
     one_batch(&mut r, &["fine", "emit-nowhere"]).unwrap();
     let out = r.outputs(false);
     assert_eq!(values(&out, "out"), ["fine"]);
     let dlq = on_topic(&out, "sandbox-dlq");
-    assert_eq!(header(dlq[0], "weir.error.kind").as_deref(), Some("guest-error"));
+    assert_eq!(header(dlq[0], "weir.error.kind").as_deref(), Some("contract-violation"));
     assert!(header(dlq[0], "weir.error").unwrap().contains("output `nowhere` is not declared for processor `m`"));
 }
 
@@ -142,7 +142,11 @@ fn guest_stdout_and_stderr_go_to_the_host_log_tagged() {
     let dir = tempfile::tempdir().unwrap();
     let spec = misbehave_spec("dead-letter", "{}").replace("{guests}", &weir_tests::guests_dir().display().to_string());
     std::fs::write(dir.path().join("app.yaml"), spec).unwrap();
-    std::fs::write(dir.path().join("in.jsonl"), "{\"topic\": \"in\", \"key\": \"k\", \"value\": \"print\"}\n").unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"topic\": \"in\", \"key\": \"k\", \"value\": \"print\", \"timestamp\": 1}\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["test", "--spec"])
         .arg(dir.path().join("app.yaml"))
@@ -253,4 +257,57 @@ fn punctuation_fires_on_stream_time_and_wall_clock() {
     // Both tasks (partitions 0 and 1) tick on the wall clock.
     assert_eq!(wall.len(), 4, "{wall:?}");
     assert!(wall.iter().all(|w| w.ends_with("\"at\":600}") || w.ends_with("\"at\":2000}")), "{wall:?}");
+}
+
+/// `weir test` as a CLI: exit code and message for a record a processor
+/// fails on by breaking its contract, and for a line without a timestamp.
+#[test]
+fn weir_test_fails_on_contract_violations_and_on_lines_without_a_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = misbehave_spec("dead-letter", "{}").replace("{guests}", &weir_tests::guests_dir().display().to_string());
+    std::fs::write(dir.path().join("app.yaml"), spec).unwrap();
+    let weir_test = |input: &str, extra: &[&str]| {
+        std::fs::write(dir.path().join("in.jsonl"), input).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["test", "--spec"])
+            .arg(dir.path().join("app.yaml"))
+            .arg("--input")
+            .arg(dir.path().join("in.jsonl"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let line = |value: &str| format!("{{\"topic\":\"in\",\"key\":\"k\",\"value\":\"{value}\",\"timestamp\":5}}\n");
+
+    let (code, stdout, _) = weir_test(&line("fine"), &[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    for (value, says) in [
+        ("emit-nowhere", "output `nowhere` is not declared for processor `m`"),
+        ("undeclared", "is not declared for processor `m`"),
+        ("ungranted", "store `secret` is not granted to processor `m`"),
+    ] {
+        let (code, stdout, stderr) = weir_test(&format!("{}{}", line("fine"), line(value)), &[]);
+        assert_eq!(code, Some(1), "{value}: {stderr}");
+        assert!(stderr.contains("1 record(s) failed because a processor broke its contract"), "{stderr}");
+        assert!(stderr.contains("processor `m` on in/") && stderr.contains(says), "{value}: {stderr}");
+        // The output is still printed, the dead letter included.
+        assert!(stdout.contains("\"fine\"") && stdout.contains("contract-violation"), "{stdout}");
+    }
+
+    let no_time = "{\"topic\":\"in\",\"key\":\"k\",\"value\":\"fine\"}\n";
+    let (code, stdout, stderr) = weir_test(&format!("{}{no_time}", line("fine")), &[]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("line 2") && stderr.contains("no \"timestamp\"") && stderr.contains("--default-timestamp"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "nothing runs: {stdout}");
+    let (code, stdout, stderr) = weir_test(no_time, &["--default-timestamp", "42"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("\"timestamp\":42"), "{stdout}");
 }

@@ -168,11 +168,15 @@ impl store::HostStore for GuestState {
     fn open(&mut self, name: String) -> wasmtime::Result<Result<Resource<StoreHandle>, types::Error>> {
         let Some(grant) = self.info.grants.iter().find(|g| g.name == name) else {
             let granted: Vec<&str> = self.info.grants.iter().map(|g| g.name.as_str()).collect();
-            return Ok(Err(guest_error(format!(
+            let message = format!(
                 "store `{name}` is not granted to processor `{}` (granted: {})",
                 self.info.processor,
                 if granted.is_empty() { "none".to_owned() } else { granted.join(", ") }
-            ))));
+            );
+            // A contract violation, not a record's fault: the call fails as
+            // one whatever the guest does with the error.
+            self.call.violation.get_or_insert_with(|| message.clone());
+            return Ok(Err(guest_error(message)));
         };
         let handle = StoreHandle { index: grant.index, writable: grant.writable };
         Ok(Ok(self.table.push(handle)?))

@@ -3,7 +3,8 @@
 //! Each record's value says what to do: `loop` spins forever, `alloc` grows
 //! memory without bound, `panic` panics, `undeclared` emits to an output the
 //! spec does not declare, bypassing the SDK's own check (`emit-nowhere` does
-//! it through the SDK, which refuses it), `fail` returns an
+//! it through the SDK, which refuses it), `ungranted` reads a store the
+//! spec does not grant, `fail` returns an
 //! error, `print` writes to stdout and stderr; anything else is forwarded to
 //! the output `out`. Config `init=fail` makes `init` fail and `init=trap`
 //! makes it panic. Config `stream_every` / `wall_every` (ms) schedule
@@ -63,6 +64,7 @@ impl Processor for Misbehave {
             b"fail" => bail!("misbehave: failure requested by record"),
             b"undeclared" => emit_undeclared(),
             b"emit-nowhere" => ctx.emit("nowhere", rec.key(), rec.value()),
+            b"ungranted" => ctx.store::<String, String>("secret").get("x").map(|_| ()),
             b"print" => {
                 println!("misbehave says hello on stdout");
                 eprintln!("misbehave says hello on stderr");
