@@ -196,6 +196,11 @@ pub enum BenchCommand {
         /// Seconds the latency phase offers them.
         #[arg(long, default_value_t = 5)]
         latency_seconds: u64,
+        /// Run only these scenarios (comma-separated: raw, passthrough,
+        /// key-count, reservation, ks-key-count, ks-reservation), e.g. to
+        /// profile one.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// The reservation processor natively (SDK harness) and as a component,
     /// over the same records; prints ns/record and `ratio <component/native>`.
@@ -339,8 +344,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::bench::embedded(settings)?;
                 Ok(ExitCode::SUCCESS)
             }
-            BenchCommand::Kafka { brokers, guests, kafka_streams, records, latency_rate, latency_seconds } => {
+            BenchCommand::Kafka { brokers, guests, kafka_streams, records, latency_rate, latency_seconds, only } => {
                 crate::bench::kafka::run(crate::bench::kafka::KafkaBench {
+                    only,
                     brokers,
                     guests,
                     records,

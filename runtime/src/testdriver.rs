@@ -5,8 +5,13 @@
 //! Determinism: input lines are appended to their topics in file order; after
 //! each line every task processes whatever is pending (in task order, records
 //! in the order they were written), and commits, until nothing is pending, so
-//! repartitioned records are processed before the next input line. The same
-//! spec and input always print the same output.
+//! repartitioned records are processed before the next input line. A task
+//! with several inputs takes the smallest timestamp first among what it has,
+//! and with `max_task_idle` set waits for an empty input until the simulated
+//! wall clock (`{"wall_clock": MS}` lines) has moved that far, or the input
+//! ends (`task::order`). The same spec and input always print the same
+//! output, and `weir serve` gives it too however its input is batched
+//! (`task::time`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -109,11 +114,18 @@ pub fn run(spec: &Path, input: &Path, engine: Arc<WasmEngine>, options: &TestOpt
         })?;
     }
     let mut stopped = None;
+    let mut last = 0;
     for (line, parsed) in lines {
+        last = line;
         if let Err((task, error)) = runner.feed(parsed) {
             stopped = Some(TestError::Task { task, line, error });
             break;
         }
+    }
+    if stopped.is_none()
+        && let Err((task, error)) = runner.end_of_input()
+    {
+        stopped = Some(TestError::Task { task, line: last, error });
     }
     let outputs = runner.outputs(options.include_internal);
     let violations = contract_violations(&outputs);
@@ -199,6 +211,10 @@ pub struct OfflineRunner {
     /// Global table topics and their stores.
     globals: BTreeMap<String, StoreId>,
     wall_clock: i64,
+    /// Per task, per input topic: the next offset to hand it (what it was
+    /// handed and has not processed yet sits in its buffer); absent: the
+    /// committed position.
+    read: Vec<BTreeMap<Arc<str>, i64>>,
 }
 
 impl std::fmt::Debug for OfflineRunner {
@@ -214,7 +230,8 @@ impl OfflineRunner {
         let mut backend = MemoryBackend::new(&topology);
         let tasks = start_tasks(&app, &mut backend)?;
         let globals = topology.globals.iter().map(|g| (g.input.topic.clone(), g.store)).collect();
-        Ok(OfflineRunner { app, backend, tasks, globals, wall_clock: 0 })
+        let read = vec![BTreeMap::new(); tasks.len()];
+        Ok(OfflineRunner { app, backend, tasks, globals, wall_clock: 0, read })
     }
 
     /// Like [`pump`](Self::pump), batched and with crashes, to check that
@@ -231,18 +248,12 @@ impl OfflineRunner {
         loop {
             let mut progressed = false;
             for i in 0..self.tasks.len() {
-                let partition = self.tasks[i].id().partition;
-                let mut pending = Vec::new();
-                for topic in self.tasks[i].input_topics() {
-                    let from = self.backend.position(&(topic.clone(), partition));
-                    pending.extend(self.backend.read(topic, partition, from, usize::MAX));
-                }
+                let pending = self.undelivered(i);
                 if pending.is_empty() {
                     continue;
                 }
-                pending.sort_by_key(|(sequence, _)| *sequence);
                 progressed = true;
-                let mut records = pending.into_iter().map(|(_, r)| r).peekable();
+                let mut records = pending.into_iter().peekable();
                 while records.peek().is_some() {
                     let call: Vec<_> = records.by_ref().take(batch().max(1)).collect();
                     let result = self.tasks[i].process(call);
@@ -254,7 +265,7 @@ impl OfflineRunner {
                 }
             }
             if !progressed {
-                return Ok(());
+                return self.end_of_input();
             }
         }
     }
@@ -265,6 +276,7 @@ impl OfflineRunner {
             task.abort();
         }
         self.tasks = start_tasks(&self.app, &mut self.backend)?;
+        self.read = vec![BTreeMap::new(); self.tasks.len()];
         Ok(())
     }
 
@@ -328,25 +340,61 @@ impl OfflineRunner {
         loop {
             let mut progressed = false;
             for i in 0..self.tasks.len() {
-                let partition = self.tasks[i].id().partition;
-                let mut pending = Vec::new();
-                for topic in self.tasks[i].input_topics() {
-                    let from = self.backend.position(&(topic.clone(), partition));
-                    pending.extend(self.backend.read(topic, partition, from, usize::MAX));
-                }
+                let pending = self.undelivered(i);
                 if pending.is_empty() {
                     continue;
                 }
-                // Records in the order they were written, across input topics.
-                pending.sort_by_key(|(sequence, _)| *sequence);
                 progressed = true;
-                let result = self.tasks[i].process(pending.into_iter().map(|(_, r)| r).collect());
+                let result = self.tasks[i].process(pending);
                 self.finish(i, result)?;
             }
             if !progressed {
                 return Ok(());
             }
         }
+    }
+
+    /// The input is over: tasks still waiting for one of their inputs
+    /// (timestamp order across inputs, `max_task_idle`) go on with what they
+    /// have, until nothing is pending.
+    pub fn end_of_input(&mut self) -> Result<(), (String, TaskError)> {
+        while self.flush_waiting()? {
+            self.pump()?;
+        }
+        Ok(())
+    }
+
+    /// Task `i`'s input records it has not been handed yet, in the order
+    /// they were written.
+    fn undelivered(&mut self, i: usize) -> Vec<crate::record::ConsumedRecord> {
+        let partition = self.tasks[i].id().partition;
+        let mut pending = Vec::new();
+        let topics: Vec<Arc<str>> = self.tasks[i].input_topics().cloned().collect();
+        for topic in topics {
+            let from =
+                self.read[i].get(&topic).copied().unwrap_or_else(|| self.backend.position(&(topic.clone(), partition)));
+            let records = self.backend.read(&topic, partition, from, usize::MAX);
+            if let Some((_, last)) = records.last() {
+                self.read[i].insert(topic.clone(), last.offset + 1);
+            }
+            pending.extend(records);
+        }
+        pending.sort_by_key(|(sequence, _)| *sequence);
+        pending.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Nothing more will come: tasks waiting for an input (timestamp order)
+    /// go on with what they have. True if any had something.
+    fn flush_waiting(&mut self) -> Result<bool, (String, TaskError)> {
+        let mut any = false;
+        for i in 0..self.tasks.len() {
+            if self.tasks[i].buffered(None) > 0 {
+                any = true;
+                let result = self.tasks[i].flush_buffered();
+                self.finish(i, result)?;
+            }
+        }
+        Ok(any)
     }
 
     /// Commits task `i`'s transaction, or aborts it and reports the error.
@@ -361,6 +409,7 @@ impl OfflineRunner {
             }
             Err(e) => {
                 task.abort();
+                self.read[i].clear();
                 Err((task.name().to_owned(), e))
             }
         }

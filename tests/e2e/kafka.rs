@@ -777,3 +777,39 @@ fn at_least_once_on_kafka_loses_nothing_across_a_clean_restart_and_a_kill() {
         assert!((1..=9).all(|c| distinct.contains(&c)), "key {key}: {counts:?}");
     }
 }
+
+/// Wall-clock punctuation runs on Kafka with no input at all (the worker
+/// moves its tasks' clocks on every poll, records or not).
+#[test]
+fn wall_clock_punctuation_fires_on_kafka_without_input() {
+    let kafka = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("tick");
+    let (input, out) = (format!("{name}-in"), format!("{name}-out"));
+    let spec = write_spec(
+        dir.path(),
+        "tick.yaml",
+        &format!(
+            r#"
+name: {name}
+topics: {{ {input}: 1, {out}: 1 }}
+sources:
+  in: {{ topic: {input}, to: [m] }}
+processors:
+  m:
+    component: "{{guests}}/misbehave.wasm"
+    config: {{ wall_every: 100 }}
+    outputs: {{ out: out }}
+sinks:
+  out: {{ topic: {out} }}
+"#
+        ),
+    );
+    let server = kafka_server(&dir.path().join("data"), kafka);
+    server.deploy(&spec);
+    let ticks = wait_for(Duration::from_secs(60), "three wall-clock ticks", || {
+        let ticks = kafka.consume(&out);
+        (ticks.len() >= 3).then_some(ticks)
+    });
+    assert!(ticks.iter().all(|t| t["value"]["punctuation"] == "wall-clock"), "{ticks:?}");
+}

@@ -464,3 +464,154 @@ fn timestamps_come_from_a_field_of_the_value_when_the_spec_says_so() {
     let err = Topology::compile(parse_spec(&bad.replace("{guests}", "g")).unwrap()).unwrap_err();
     assert!(err.to_string().contains("sources.views.timestamp.field"), "{err}");
 }
+
+/// A stream–table join (orders enriched with their customer) whose table
+/// updates arrive after the orders they must come before.
+fn join_spec(name: &str, prefix: &str, max_task_idle: &str) -> String {
+    format!(
+        r#"
+name: {name}
+max_task_idle: {max_task_idle}
+topics: {{ {prefix}orders: 4, {prefix}customers: 4, {prefix}enriched: 4, {prefix}unmatched: 4 }}
+sources:
+  orders: {{ topic: {prefix}orders, value_format: json, to: [enrich] }}
+tables:
+  customers: {{ topic: {prefix}customers, value_format: json }}
+processors:
+  enrich:
+    component: "{{guests}}/enrichment.wasm"
+    config: {{ store: customers, field: customer_id, into: customer }}
+    stores: [customers]
+    outputs: {{ enriched: enriched, unmatched: unmatched }}
+sinks:
+  enriched: {{ topic: {prefix}enriched }}
+  unmatched: {{ topic: {prefix}unmatched }}
+"#
+    )
+}
+
+const ORDERS: &[(&str, &str, i64)] = &[
+    ("c1", r#"{"order_id":"o1","customer_id":"c1"}"#, 1500),
+    ("c1", r#"{"order_id":"o2","customer_id":"c1"}"#, 2500),
+    ("c2", r#"{"order_id":"o3","customer_id":"c2"}"#, 1200),
+];
+const CUSTOMERS: &[(&str, &str, i64)] = &[
+    ("c1", r#"{"name":"Ada","v":1}"#, 1000),
+    ("c2", r#"{"name":"Alan"}"#, 1100),
+    ("c1", r#"{"name":"Ada","v":2}"#, 2000),
+];
+
+fn jsonl(records: &[(&str, &str, i64)]) -> String {
+    records.iter().map(|(k, v, ts)| format!("{{\"key\":\"{k}\",\"value\":{v},\"timestamp\":{ts}}}\n")).collect()
+}
+
+/// The timestamp-ordered oracle: `weir test` fed every record in timestamp order.
+fn join_oracle(prefix: &str) -> Outputs {
+    let mut all: Vec<(&str, &(&str, &str, i64))> =
+        ORDERS.iter().map(|r| ("orders", r)).chain(CUSTOMERS.iter().map(|r| ("customers", r))).collect();
+    all.sort_by_key(|(_, r)| r.2);
+    let mut r = OfflineRunner::new(app(&join_spec("join", prefix, "0ms"))).expect("tasks start");
+    for (topic, (key, value, ts)) in all {
+        let record = Record {
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            timestamp: *ts,
+            headers: vec![],
+        };
+        r.feed(InputLine::Record { topic: format!("{prefix}{topic}"), partition: None, record }).unwrap();
+    }
+    let out = from_lines(&r.outputs(false));
+    let enriched = out.iter().filter(|((t, _, _), _)| t.ends_with("enriched")).map(|(_, v)| v.len()).sum::<usize>();
+    assert_eq!(enriched, 3, "in timestamp order every order finds its customer: {out:#?}");
+    out
+}
+
+/// Orders first, the customers half a second later: with `max_task_idle`
+/// the task waits for the table and joins in timestamp order; with 0 it
+/// does not wait (so the test can tell).
+fn orders_then_customers(server: &Server, produce: &dyn Fn(&str, &str), prefix: &str) {
+    let _ = server;
+    produce(&format!("{prefix}orders"), &jsonl(ORDERS));
+    std::thread::sleep(Duration::from_millis(500));
+    produce(&format!("{prefix}customers"), &jsonl(CUSTOMERS));
+}
+
+#[test]
+fn a_stream_table_join_waits_for_the_table_and_joins_in_timestamp_order_embedded() {
+    let expected = join_oracle("");
+    for (idle, must_match) in [("3s", true), ("0ms", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_spec(dir.path(), "join.yaml", &join_spec("join", "", idle));
+        let server = Server::start(&dir.path().join("data"), Options::default());
+        server.deploy(&path);
+        orders_then_customers(
+            &server,
+            &|topic, jsonl| {
+                server.produce(topic, jsonl).unwrap();
+            },
+            "",
+        );
+        server.wait_idle("join", Duration::from_secs(60));
+        let mut got = Outputs::new();
+        for topic in ["enriched", "unmatched"] {
+            got.extend(from_values(topic, &server.consume_all(topic)));
+        }
+        if must_match {
+            assert_eq!(got, expected, "max_task_idle {idle}");
+        } else {
+            assert_ne!(got, expected, "without waiting the orders come before their customers");
+        }
+    }
+}
+
+#[test]
+fn a_stream_table_join_waits_for_the_table_and_joins_in_timestamp_order_on_kafka() {
+    let kafka = shared();
+    let name = unique("join");
+    let prefix = format!("{name}-");
+    let expected = join_oracle(&prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_spec(dir.path(), "join.yaml", &join_spec(&name, &prefix, "3s"));
+    let server = kafka_server_with(&dir.path().join("data"), kafka, &[]);
+    server.deploy(&path);
+    // Wait for the task to be assigned, so the wait starts with the orders.
+    crate::kafka::wait_for(Duration::from_secs(60), "tasks assigned", || {
+        let s = server.get(&format!("/v1/apps/{name}")).ok()?;
+        (s["tasks"].as_array().is_some_and(|t| !t.is_empty()) && s["state"] == "running").then_some(())
+    });
+    orders_then_customers(
+        &server,
+        &|topic, jsonl| {
+            kafka.produce(topic, jsonl);
+        },
+        &prefix,
+    );
+    let inputs = [format!("{prefix}orders"), format!("{prefix}customers")];
+    wait_drained(kafka, &[&server], &name, &inputs.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut got = Outputs::new();
+    for topic in ["enriched", "unmatched"].map(|t| format!("{prefix}{t}")) {
+        got.extend(from_values(&topic, &kafka.consume(&topic)));
+    }
+    assert_eq!(got, expected);
+}
+
+/// `weir test` with the same arrival order (orders first): the task waits
+/// for the table until the input ends, and prints the oracle's output.
+#[test]
+fn weir_test_with_max_task_idle_joins_in_timestamp_order() {
+    let expected = join_oracle("");
+    let mut r = OfflineRunner::new(app(&join_spec("join", "", "3s"))).expect("tasks start");
+    for (topic, records) in [("orders", ORDERS), ("customers", CUSTOMERS)] {
+        for (key, value, ts) in records {
+            let record = Record {
+                key: Some(key.as_bytes().to_vec()),
+                value: Some(value.as_bytes().to_vec()),
+                timestamp: *ts,
+                headers: vec![],
+            };
+            r.feed(InputLine::Record { topic: topic.into(), partition: None, record }).unwrap();
+        }
+    }
+    r.end_of_input().unwrap();
+    assert_eq!(from_lines(&r.outputs(false)), expected);
+}

@@ -56,6 +56,8 @@ pub struct KafkaBench {
     /// The Kafka Streams peer (`tests/peers/kafka-streams`, built); `None`
     /// leaves its scenarios out.
     pub kafka_streams: Option<PathBuf>,
+    /// Scenarios to run (empty: all).
+    pub only: Vec<String>,
 }
 
 const PASSTHROUGH: &str = r#"
@@ -157,6 +159,12 @@ pub fn run(settings: KafkaBench) -> anyhow::Result<()> {
             "orders",
             VALIDATED_REJECTED,
         ));
+    }
+    if !settings.only.is_empty() {
+        for name in &settings.only {
+            anyhow::ensure!(scenarios.iter().any(|s| s.name == name), "no scenario `{name}` (--only)");
+        }
+        scenarios.retain(|s| settings.only.iter().any(|o| o == s.name));
     }
     println!(
         "kafka at {}, exactly-once, {} partitions, {} threads, commit interval {:?}; throughput over {} \

@@ -27,6 +27,7 @@
 //! meets the processor's error policy ([`failure`]).
 
 mod failure;
+mod order;
 mod time;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,7 @@ use crate::wasm::{
     CallTime, FailureKind, InstanceInfo, LoadedComponent, ProcessorInstance, StoreGrantInfo, WasmEngine,
 };
 use failure::check_format;
+use order::InputQueues;
 use time::{Origin, Schedule, Seq};
 
 /// A task's identity: sub-topology and partition.
@@ -193,6 +195,9 @@ pub struct Task {
     store_ids: Vec<StoreId>,
     processors: Vec<ProcessorSlot>,
     inputs: BTreeMap<Arc<str>, InputSlot>,
+    /// With several input partitions: what the driver handed over, not yet
+    /// processed, per partition (timestamp order across them: [`order`]).
+    queues: Option<InputQueues>,
     topic_names: BTreeMap<String, Arc<str>>,
     stream_time: i64,
     /// The stream time of the last commit, to go back to on abort.
@@ -311,10 +316,13 @@ impl Task {
         for topic in topology.partitions.keys() {
             topic_names.entry(topic.clone()).or_insert_with(|| Arc::from(topic.as_str()));
         }
+        let queues =
+            (sub.inputs.len() > 1).then(|| InputQueues::new(sub.inputs.iter().map(|(t, _)| topic_names[t].clone())));
         Ok(Task {
             id,
             name,
             app,
+            queues,
             stores: TaskStores::new(overlays),
             store_slots,
             store_ids,
@@ -409,15 +417,59 @@ impl Task {
         }
     }
 
-    /// Processes input records (from this task's input partitions, in the
-    /// order the driver chose), up to the last of their consequences and
-    /// the stream-time punctuations they make due. The output does not
-    /// depend on how the driver splits its input into calls (see [`time`]).
+    /// Processes input records (each partition's in order), up to the last
+    /// of their consequences and the stream-time punctuations they make
+    /// due. The output does not depend on how the driver splits its input
+    /// into calls (see [`time`]). A task with several input partitions
+    /// buffers them and processes the smallest timestamp first, possibly
+    /// waiting for an empty input (see [`order`]).
     pub fn process(&mut self, records: Vec<ConsumedRecord>) -> Result<(), TaskError> {
+        let Some(queues) = &mut self.queues else {
+            for rec in records {
+                self.accept(rec)?;
+            }
+            return self.drain();
+        };
         for rec in records {
+            if let Err(rec) = queues.push(rec) {
+                return Err(TaskError::UnknownInput(rec.topic.to_string(), self.name.clone()));
+            }
+        }
+        self.process_buffered(false)
+    }
+
+    /// Processes buffered input while the order rules allow (`force`: no
+    /// waiting, nothing more will come).
+    fn process_buffered(&mut self, force: bool) -> Result<(), TaskError> {
+        let max_idle = i64::try_from(self.app.topology.max_task_idle.as_millis()).unwrap_or(i64::MAX);
+        while let Some(rec) = self.queues.as_mut().and_then(|q| q.next(self.wall_clock, max_idle, force)) {
             self.accept(rec)?;
         }
         self.drain()
+    }
+
+    /// Processes everything buffered, waiting for no input (`weir test` at
+    /// the end of its input: nothing more will come).
+    pub fn flush_buffered(&mut self) -> Result<(), TaskError> {
+        self.process_buffered(true)
+    }
+
+    /// The driver says whether `topic` (this task's partition of it) has
+    /// records past those it handed over: the task then waits for them
+    /// rather than go on without (only matters with several inputs).
+    pub fn set_input_behind(&mut self, topic: &str, behind: bool) {
+        if let Some(q) = &mut self.queues {
+            q.set_behind(topic, behind);
+        }
+    }
+
+    /// Input records handed over and not processed yet (in total, or of one topic).
+    pub fn buffered(&self, topic: Option<&str>) -> usize {
+        match (&self.queues, topic) {
+            (None, _) => 0,
+            (Some(q), None) => q.buffered(),
+            (Some(q), Some(t)) => q.buffered_of(t),
+        }
     }
 
     fn accept(&mut self, consumed: ConsumedRecord) -> Result<(), TaskError> {
@@ -873,6 +925,9 @@ impl Task {
         self.positions.clear();
         for p in &mut self.processors {
             p.inbox.clear();
+        }
+        if let Some(q) = &mut self.queues {
+            q.clear(); // The driver re-delivers from the committed positions.
         }
         self.rewind_stream_time();
     }

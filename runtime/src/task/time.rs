@@ -271,6 +271,10 @@ impl Task {
         if now > self.wall_clock {
             self.wall_clock = now;
         }
+        if self.queues.is_some() {
+            // A wait for an empty input may have run out.
+            self.process_buffered(false)?;
+        }
         let now = self.wall_clock;
         if now < 0 {
             return Ok(());

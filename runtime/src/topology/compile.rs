@@ -139,6 +139,19 @@ impl<'a> Compiler<'a> {
             }
         };
 
+        let max_task_idle = match spec.max_task_idle.as_deref().map(parse_duration) {
+            None => Duration::ZERO,
+            Some(Ok(d)) if d <= MAX_TASK_IDLE => d,
+            Some(Ok(_)) => {
+                self.problem("max_task_idle", format!("must be at most {MAX_TASK_IDLE:?}"));
+                Duration::ZERO
+            }
+            Some(Err(e)) => {
+                self.problem("max_task_idle", e);
+                Duration::ZERO
+            }
+        };
+
         for (name, s) in &spec.sources {
             read_topic(&mut self, &s.topic, format!("sources.{name}"), name);
             self.check_timestamp(s.timestamp.as_ref(), format!("sources.{name}.timestamp"));
@@ -726,6 +739,7 @@ impl<'a> Compiler<'a> {
             dead_letter_topic,
             partition_check: spec.partition_check,
             guarantee: spec.processing_guarantee,
+            max_task_idle,
             spec,
         })
     }

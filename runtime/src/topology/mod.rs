@@ -50,6 +50,9 @@ pub struct Topology {
     pub dead_letter_topic: String,
     pub partition_check: PartitionCheck,
     pub guarantee: ProcessingGuarantee,
+    /// How long a task with several inputs waits for an empty one before it
+    /// processes the others (see `task::order`).
+    pub max_task_idle: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -282,6 +285,10 @@ pub fn load_spec(path: &Path) -> Result<Spec, SpecError> {
 /// count beyond this is a typo or an attack, and would allocate per
 /// partition before anything else could refuse it.
 pub const MAX_PARTITIONS: u32 = 1024;
+
+/// The longest `max_task_idle`: waiting longer than this for an input is a
+/// stalled application, not a join.
+pub const MAX_TASK_IDLE: Duration = Duration::from_secs(3600);
 
 /// The longest name weir accepts (application, topic, store, processor,
 /// component, version).

@@ -75,6 +75,13 @@ pub struct Spec {
     /// Partition count of the dead-letter topic `<app>-dlq` (default 1).
     #[serde(default)]
     pub dead_letter_partitions: Option<u32>,
+    /// A task that reads several input partitions processes the buffered
+    /// record with the smallest timestamp next; when one input has nothing
+    /// buffered and nothing more to read, it waits this long (a duration,
+    /// default 0) for it before going on with the others. Kafka Streams'
+    /// `max.task.idle.ms`.
+    #[serde(default)]
+    pub max_task_idle: Option<String>,
 }
 
 /// Delivery guarantee of an application.

@@ -27,7 +27,6 @@ use rocksdb::WriteBatch;
 
 use super::{BackendError, EmbeddedBackend, Topic};
 use crate::backend::control::Control;
-use crate::record::ConsumedRecord;
 use crate::state::SharedStore;
 use crate::status::{AppStatus, InputStatus, SwapRecord, TaskState, TaskStatus};
 use crate::task::{AppRuntime, Task, TaskError, TaskId};
@@ -524,24 +523,24 @@ impl Worker {
 
     /// Reads new input and processes it. True if there was any.
     fn poll(&self, slot: &mut Slot) -> Result<bool, TaskError> {
-        let mut per_input: Vec<std::collections::VecDeque<ConsumedRecord>> = Vec::with_capacity(slot.inputs.len());
-        let mut total = 0;
+        let task = slot.task.as_mut().expect("running task");
+        let mut records = Vec::new();
         for (i, (topic, p)) in slot.inputs.iter().enumerate() {
-            let room = self.config.max_batch.saturating_sub(total);
-            let records = self.backend.read(topic, *p, slot.read[i], room).map_err(|e| {
+            // Not more than a batch ahead per input: a task waiting for one
+            // input (timestamp order) need not hold all of the others.
+            let room = self.config.max_batch.saturating_sub(records.len().max(task.buffered(Some(&topic.name))));
+            let read = self.backend.read(topic, *p, slot.read[i], room).map_err(|e| {
                 TaskError::State(crate::state::StateError { store: topic.name.to_string(), message: e.to_string() })
             })?;
-            if let Some(last) = records.last() {
+            if let Some(last) = read.last() {
                 slot.read[i] = last.offset + 1;
             }
-            total += records.len();
-            per_input.push(records.into());
+            task.set_input_behind(&topic.name, topic.end_offset(*p) > slot.read[i]);
+            records.extend(read);
         }
-        if total == 0 {
+        if records.is_empty() {
             return Ok(false);
         }
-        let records = merge_by_timestamp(per_input, total);
-        let task = slot.task.as_mut().expect("running task");
         let started = Instant::now();
         task.process(records)?;
         self.control.metrics.process.observe(started.elapsed());
@@ -658,25 +657,5 @@ impl Worker {
             restore: None,
         };
         self.status.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.id, status);
-    }
-}
-
-/// Merges per-partition batches, always taking the head with the smallest
-/// timestamp (as Kafka Streams chooses between partitions), keeping each
-/// partition's own order.
-fn merge_by_timestamp(
-    mut inputs: Vec<std::collections::VecDeque<ConsumedRecord>>,
-    total: usize,
-) -> Vec<ConsumedRecord> {
-    if inputs.len() == 1 {
-        return inputs.pop().expect("one").into();
-    }
-    let mut out = Vec::with_capacity(total);
-    loop {
-        let next = inputs.iter().enumerate().filter_map(|(i, q)| q.front().map(|r| (r.record.timestamp, i))).min();
-        match next {
-            Some((_, i)) => out.push(inputs[i].pop_front().expect("non-empty")),
-            None => return out,
-        }
     }
 }

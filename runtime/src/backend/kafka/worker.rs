@@ -395,11 +395,11 @@ impl Worker {
         self.control.current().1.topology.name.clone()
     }
 
-    /// Hands each record to its task, keeping each partition's order.
+    /// Hands each record to its task, keeping each partition's order; then
+    /// moves every task's wall clock (called on every poll, records or not:
+    /// wall-clock punctuation and waits for an empty input run out without
+    /// input too).
     fn process(&mut self, consumer: &GroupConsumer, records: Vec<ConsumedRecord>) {
-        if records.is_empty() {
-            return;
-        }
         let mut per_task: BTreeMap<TaskId, Vec<ConsumedRecord>> = BTreeMap::new();
         for r in records {
             let Some(&subtopology) = self.routes.get(&*r.topic) else { continue };
@@ -413,6 +413,10 @@ impl Worker {
             if owned.state != TaskState::Running {
                 continue;
             }
+            // Tasks with several inputs are never told an empty input is
+            // `behind`: log end offsets count transaction markers, so they
+            // cannot say whether records are left to fetch. They wait
+            // `max_task_idle` only.
             let Some(task) = owned.task.as_mut() else { continue };
             let started = Instant::now();
             let result = task.process(records);
