@@ -117,15 +117,43 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create a processor crate from a template: src/lib.rs with a native
+    /// unit test, app.yaml, input.jsonl and expected.jsonl that pass.
+    New {
+        /// The folder to create; its name is the crate's and the app's.
+        name: PathBuf,
+        #[arg(long, value_enum, default_value = "stateless")]
+        template: crate::author::Template,
+        /// The weir-sdk folder (default: $WEIR_SDK, else the SDK beside this weir's sources).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a processor crate as a component (release, wasm32-wasip2;
+    /// installs the target when missing), check it against the contract, and
+    /// print its path, size, sha256 and contract version.
+    Build {
+        /// The crate's folder (default: the current one).
+        dir: Option<PathBuf>,
+    },
     /// Run a topology offline over a JSONL input file and print every output
-    /// record (dead letters included) as JSONL.
+    /// record (dead letters included) as JSONL, or compare it with an
+    /// expected file.
     Test {
-        /// The application spec (YAML or JSON).
+        /// A folder with app.yaml and input.jsonl (default: the current one).
+        dir: Option<PathBuf>,
+        /// The application spec (YAML or JSON; default DIR/app.yaml).
         #[arg(long)]
-        spec: PathBuf,
-        /// Input records, one JSON object per line.
+        spec: Option<PathBuf>,
+        /// Input records, one JSON object per line (default DIR/input.jsonl).
         #[arg(long)]
-        input: PathBuf,
+        input: Option<PathBuf>,
+        /// Compare the output with this JSONL file (per topic and partition,
+        /// in order); print a diff and exit 1 when they differ.
+        #[arg(long, value_name = "FILE")]
+        expect: Option<PathBuf>,
+        /// Write the output to the --expect file (default DIR/expected.jsonl).
+        #[arg(long)]
+        bless: bool,
         /// Use this component file for a processor: NAME=PATH (repeatable).
         #[arg(long = "component", value_name = "NAME=PATH")]
         components: Vec<String>,
@@ -242,7 +270,27 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Test { spec, input, components, internal, default_timestamp } => {
+        Command::New { name, template, sdk } => {
+            let sdk = crate::author::find_sdk(sdk.as_deref())?;
+            crate::author::new_project(&name, template, &sdk)?;
+            println!("created {} ({template:?} template, weir-sdk at {})", name.display(), sdk.display());
+            println!("next: cd {} && cargo test && weir build && weir test --expect expected.jsonl", name.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build { dir } => {
+            let built = crate::author::build(&dir.unwrap_or_else(|| PathBuf::from(".")))?;
+            crate::author::print_built(&built);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Test { dir, spec, input, expect, bless, components, internal, default_timestamp } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+            let spec = spec.unwrap_or_else(|| dir.join("app.yaml"));
+            let input = input.unwrap_or_else(|| dir.join("input.jsonl"));
+            let expect = match (expect, bless) {
+                (Some(e), _) => Some(e),
+                (None, true) => Some(dir.join("expected.jsonl")),
+                (None, false) => None,
+            };
             let mut options = TestOptions { include_internal: internal, default_timestamp, ..TestOptions::default() };
             for c in components {
                 let (name, path) =
@@ -251,10 +299,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let engine = Arc::new(WasmEngine::new(EngineConfig::default())?);
             let run = testdriver::run(&spec, &input, engine, &options)?;
-            let mut out = std::io::stdout().lock();
-            for line in &run.outputs {
-                use std::io::Write;
-                writeln!(out, "{}", line.to_json())?;
+            if expect.is_none() {
+                let mut out = std::io::stdout().lock();
+                for line in &run.outputs {
+                    use std::io::Write;
+                    writeln!(out, "{}", line.to_json())?;
+                }
             }
             if let Some(e) = run.stopped {
                 eprintln!("error: {e}");
@@ -267,6 +317,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     run.violations.len()
                 );
                 return Ok(ExitCode::from(1));
+            }
+            if let Some(expect) = expect {
+                if bless {
+                    std::fs::write(&expect, crate::author::bless(&run.outputs))?;
+                    eprintln!("wrote {} ({} records)", expect.display(), run.outputs.len());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let text = std::fs::read_to_string(&expect)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", expect.display()))?;
+                if let Err(diff) = crate::author::compare(&text, &run.outputs) {
+                    eprintln!("output differs from {} (- expected, + got):\n{diff}", expect.display());
+                    return Ok(ExitCode::from(1));
+                }
+                eprintln!("ok: {} records match {}", run.outputs.len(), expect.display());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -19,6 +19,7 @@
 //! - [`testdriver`]: `weir test`, the offline topology runner.
 
 pub mod api;
+pub mod author;
 pub mod backend;
 pub mod bench;
 pub mod cli;

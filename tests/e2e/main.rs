@@ -2,6 +2,7 @@
 //! `weir-tests`' build script), the real `weir` binary.
 
 mod api;
+mod author;
 mod bad_state;
 mod broker;
 mod common;
