@@ -179,12 +179,9 @@ pub fn build(dir: &Path) -> anyhow::Result<Built> {
     Ok(Built { path, bytes, sha256: loaded.sha256().to_owned() })
 }
 
-/// Prints what `weir build` reports.
-pub fn print_built(b: &Built) {
-    println!("built {}", b.path.display());
-    println!("  size     {} bytes", b.bytes);
-    println!("  sha256   {}", b.sha256);
-    println!("  contract {CONTRACT}");
+/// What `weir build` reports.
+pub fn describe(b: &Built) -> String {
+    format!("built {}\n  size     {} bytes\n  sha256   {}\n  contract {CONTRACT}", b.path.display(), b.bytes, b.sha256)
 }
 
 /// Compares output lines with an expected JSONL file's text, per topic and

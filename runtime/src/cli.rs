@@ -135,6 +135,20 @@ pub enum Command {
         /// The crate's folder (default: the current one).
         dir: Option<PathBuf>,
     },
+    /// The edit–build–swap loop of a processor folder: build, deploy to a
+    /// local embedded `weir serve` (or --server), feed input.jsonl (or
+    /// stdin), print new output records; on every source change rebuild and
+    /// hot-swap, keeping the stores.
+    Dev {
+        /// The crate's folder (default: the current one).
+        dir: Option<PathBuf>,
+        /// Use this running server instead of starting one.
+        #[arg(long)]
+        server: Option<String>,
+        /// Read input records (JSONL with "topic") from stdin instead of input.jsonl.
+        #[arg(long)]
+        stdin: bool,
+    },
     /// Run a topology offline over a JSONL input file and print every output
     /// record (dead letters included) as JSONL, or compare it with an
     /// expected file.
@@ -277,9 +291,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("next: cd {} && cargo test && weir build && weir test --expect expected.jsonl", name.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dev { dir, server, stdin } => {
+            crate::dev::run(crate::dev::DevOptions { dir: dir.unwrap_or_else(|| PathBuf::from(".")), server, stdin })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Build { dir } => {
             let built = crate::author::build(&dir.unwrap_or_else(|| PathBuf::from(".")))?;
-            crate::author::print_built(&built);
+            println!("{}", crate::author::describe(&built));
             Ok(ExitCode::SUCCESS)
         }
         Command::Test { dir, spec, input, expect, bless, components, internal, default_timestamp } => {

@@ -67,6 +67,14 @@ pub fn call(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::R
 
 /// Uploads the components a spec names by path, then deploys the spec.
 pub fn deploy(spec_path: &Path, server: &str) -> anyhow::Result<()> {
+    let answer = upload_and_deploy(spec_path, server)?;
+    print_status(&answer["status"]);
+    Ok(())
+}
+
+/// Uploads the component files a spec names and deploys it; says what
+/// happened on stderr and returns the server's answer.
+pub fn upload_and_deploy(spec_path: &Path, server: &str) -> anyhow::Result<Value> {
     let mut spec = load_spec(spec_path).map_err(|e| anyhow::anyhow!("{}:\n{e}", spec_path.display()))?;
     let base = spec_path.parent().unwrap_or(Path::new("."));
     let mut uploaded: BTreeMap<PathBuf, String> = BTreeMap::new();
@@ -103,8 +111,7 @@ pub fn deploy(spec_path: &Path, server: &str) -> anyhow::Result<()> {
         }
         _ => eprintln!("deployed {}", spec.name),
     }
-    print_status(&answer["status"]);
-    Ok(())
+    Ok(answer)
 }
 
 /// Sends JSONL records from `input` to a topic.

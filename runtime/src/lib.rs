@@ -25,6 +25,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dev;
 pub mod jsonl;
 pub mod metrics;
 pub mod node;

@@ -80,3 +80,103 @@ fn new_build_and_test_pass_for_every_template_and_say_what_changed() {
     let (ok, _, err) = weir(root.path(), &["new", "9lives"]);
     assert!(!ok && err.contains("not a usable name"), "{err}");
 }
+
+/// `weir dev` over a stateful crate, fed on stdin: outputs appear; an edit
+/// is rebuilt and swapped in with the store kept; a compile error shows
+/// rustc's message and the old version goes on; a version that panics is
+/// rolled back with the guest's message.
+#[test]
+fn weir_dev_rebuilds_and_swaps_on_every_edit_keeping_state() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    let root = tempfile::tempdir().unwrap();
+    assert!(weir(root.path(), &["new", "dev-count", "--template", "stateful"]).0);
+    let dir = root.path().join("dev-count");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.current_dir(&dir).args(["dev", "--stdin"]).env("CARGO_TARGET_DIR", target_dir());
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS"]
+    {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (out_tx, out_rx) = mpsc::channel::<String>();
+    let (err_tx, err_rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| drop(out_tx.send(l))));
+    std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).for_each(|l| drop(err_tx.send(l))));
+    let mut stdin = child.stdin.take().unwrap();
+    let _child = Kill(child);
+    let mut stderr_seen = String::new();
+    fn wait_err(seen: &mut String, what: &str, rx: &mpsc::Receiver<String>) {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains(what) {
+                    return;
+                }
+            }
+        }
+        panic!("weir dev never said {what:?}; it said:\n{seen}");
+    }
+    let next_output = |rx: &mpsc::Receiver<String>| -> serde_json::Value {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("an output record");
+        serde_json::from_str(&line).unwrap()
+    };
+    let mut send = |ts: i64| {
+        writeln!(stdin, "{{\"topic\":\"events\",\"key\":\"alice\",\"value\":\"x\",\"timestamp\":{ts}}}").unwrap();
+        stdin.flush().unwrap();
+    };
+
+    wait_err(&mut stderr_seen, "watching", &err_rx);
+    send(1);
+    assert_eq!(next_output(&out_rx)["value"], serde_json::json!({ "key": "alice", "count": 1 }));
+
+    // An edit: rebuilt, swapped in, the count goes on from the store.
+    let lib = dir.join("src/lib.rs");
+    let code = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, code.replace("Counted { key, count }", "Counted { key: format!(\"{key}!\"), count }"))
+        .unwrap();
+    wait_err(&mut stderr_seen, "updated dev-count", &err_rx);
+    send(2);
+    assert_eq!(next_output(&out_rx)["value"], serde_json::json!({ "key": "alice!", "count": 2 }));
+
+    // A compile error: rustc's message, and the running version goes on.
+    std::fs::write(&lib, code.replace("let count = counts", "let count = countz")).unwrap();
+    wait_err(&mut stderr_seen, "the previous version keeps running", &err_rx);
+    assert!(stderr_seen.contains("cannot find value `countz`"), "{stderr_seen}");
+    send(3);
+    assert_eq!(next_output(&out_rx)["value"], serde_json::json!({ "key": "alice!", "count": 3 }));
+
+    // A version that panics on its first record: rolled back, the guest's
+    // message shown, the record processed by the version before it.
+    std::fs::write(
+        &lib,
+        code.replace(
+            "let key = rec.key_str()?.to_owned();",
+            "let key: String = if rec.offset() >= 0 { panic!(\"dev-count v3 is broken\") } else { String::new() };",
+        ),
+    )
+    .unwrap();
+    wait_err(&mut stderr_seen, "updated dev-count", &err_rx);
+    send(4);
+    wait_err(&mut stderr_seen, "rolled back", &err_rx);
+    wait_err(&mut stderr_seen, "dev-count v3 is broken", &err_rx);
+    assert_eq!(next_output(&out_rx)["value"], serde_json::json!({ "key": "alice!", "count": 4 }));
+}

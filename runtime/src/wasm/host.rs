@@ -452,7 +452,7 @@ impl GuestOutput {
         if !state.line.is_empty() {
             state.flush_line();
         }
-        state.recent.trim_end().to_owned()
+        state.recent.trim().to_owned()
     }
 }
 
