@@ -52,6 +52,22 @@ fn new_build_and_test_pass_for_every_template_and_say_what_changed() {
         assert!(ok && err.contains("records match expected.jsonl"), "{template}: {err}");
     }
 
+    // A trap in the guest's own code names its file and line (the crate
+    // keeps line tables in release builds).
+    let stateless = root.path().join("my-stateless");
+    let lib = stateless.join("src/lib.rs");
+    let code = std::fs::read_to_string(&lib).unwrap();
+    let trapping = "let order: Order = rec.json()?;\n        if order.amount == 20 {\n            core::arch::wasm32::unreachable();\n        }";
+    std::fs::write(&lib, code.replace("let order: Order = rec.json()?;", trapping)).unwrap();
+    let (ok, _, err) = weir(&stateless, &["build"]);
+    assert!(ok, "{err}");
+    let (_, out, _) = weir(&stateless, &["test"]);
+    let dead = out.lines().find(|l| l.contains("\"o2\"")).unwrap_or_else(|| panic!("o2 is dead-lettered: {out}"));
+    assert!(
+        dead.contains("unreachable") && (dead.contains("src/lib.rs:38") || dead.contains("src/lib.rs:39")),
+        "the trap names the line: {dead}"
+    );
+
     // A changed output: a readable diff and exit 1; --bless accepts it.
     let dir = root.path().join("my-stateful");
     let expected = std::fs::read_to_string(dir.join("expected.jsonl")).unwrap();

@@ -55,6 +55,9 @@ impl WasmEngine {
         // Deadlines: every call gets an epoch deadline; the ticker advances epochs.
         wasm.epoch_interruption(true);
         wasm.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // A component built with line tables (`weir new` crates are) gets
+        // traps that name the guest's file and line.
+        wasm.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
         if std::env::var("WEIR_WASM_PROFILER").as_deref() == Ok("perfmap") {
             // `perf record` can then name guest functions (/tmp/perf-PID.map).
             wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);

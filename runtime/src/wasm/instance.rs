@@ -207,6 +207,10 @@ impl ProcessorInstance {
             Some(code) => format!("guest trapped: {code}"),
             None => format!("guest trapped: {trap}"),
         };
+        let what = match guest_location(&trap) {
+            Some(at) => format!("{what} at {at}"),
+            None => what,
+        };
         let stderr = self.store.data().stderr.recent();
         let message = if stderr.is_empty() { what } else { format!("{what}; guest stderr: {stderr}") };
         CallFailure { kind: FailureKind::Trap, message, index: None, poisoned: true }
@@ -286,4 +290,16 @@ fn fill_batch(batch: &mut types::Batch, records: &[TaskRecord]) {
             offset: r.offset,
         });
     }
+}
+
+/// `file:line` of the innermost frame of a trap in the guest's own code
+/// (not the standard library or a dependency), when the component carries
+/// line tables.
+fn guest_location(trap: &wasmtime::Error) -> Option<String> {
+    let backtrace = trap.downcast_ref::<wasmtime::WasmBacktrace>()?;
+    backtrace.frames().iter().flat_map(|f| f.symbols()).find_map(|s| {
+        let file = s.file()?;
+        let foreign = file.contains("/rustc/") || file.contains("/.cargo/") || file.contains("/library/");
+        (!foreign).then(|| format!("{file}:{}", s.line().unwrap_or(0)))
+    })
 }
