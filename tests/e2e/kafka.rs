@@ -496,9 +496,14 @@ fn the_broker_unreachable_at_start_is_a_clear_error_and_frozen_mid_run_loses_and
     drop(lonely);
 
     // Mid-run: the broker freezes with records in flight, then comes back.
+    // (Running first: a broker frozen while the group was still forming was
+    // once seen to leave it unassigned for over two minutes after the thaw;
+    // that is another case than this test's, noted in the closing note.)
     let server = kafka_server(&dir.path().join("data"), &kafka);
     server.deploy(&app.spec);
-    kafka.produce(&app.events, &events(10, 3, 0));
+    kafka.produce(&app.events, &events(10, 1, 0));
+    wait_for(Duration::from_secs(60), "the first counts", || (!kafka.consume(&app.counts).is_empty()).then_some(()));
+    kafka.produce(&app.events, &events(10, 2, 1));
     kafka.freeze();
     std::thread::sleep(Duration::from_secs(8));
     kafka.thaw();
