@@ -245,6 +245,18 @@ impl OfflineRunner {
         batch: &mut dyn FnMut() -> usize,
         crash: &mut dyn FnMut() -> bool,
     ) -> Result<(), (String, TaskError)> {
+        self.run_pending(batch, crash)?;
+        self.end_of_input()
+    }
+
+    /// Hands every task its pending input in calls of `batch()` records,
+    /// committing after each (or restarting all when `crash()` says so),
+    /// until no task has input it was not handed.
+    fn run_pending(
+        &mut self,
+        batch: &mut dyn FnMut() -> usize,
+        crash: &mut dyn FnMut() -> bool,
+    ) -> Result<(), (String, TaskError)> {
         loop {
             let mut progressed = false;
             for i in 0..self.tasks.len() {
@@ -265,7 +277,7 @@ impl OfflineRunner {
                 }
             }
             if !progressed {
-                return self.end_of_input();
+                return Ok(());
             }
         }
     }
@@ -337,21 +349,7 @@ impl OfflineRunner {
 
     /// Runs tasks until none has pending input.
     pub fn pump(&mut self) -> Result<(), (String, TaskError)> {
-        loop {
-            let mut progressed = false;
-            for i in 0..self.tasks.len() {
-                let pending = self.undelivered(i);
-                if pending.is_empty() {
-                    continue;
-                }
-                progressed = true;
-                let result = self.tasks[i].process(pending);
-                self.finish(i, result)?;
-            }
-            if !progressed {
-                return Ok(());
-            }
-        }
+        self.run_pending(&mut || usize::MAX, &mut || false)
     }
 
     /// The input is over: tasks still waiting for one of their inputs
