@@ -4,6 +4,7 @@
 extern crate self as weir_sdk;
 
 pub mod codec;
+mod config;
 mod context;
 mod error;
 mod record;
@@ -20,6 +21,7 @@ mod wasm;
 #[global_allocator]
 static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
+pub use config::duration;
 pub use context::{Config, Context, LogLevel, Punctuation};
 pub use error::{Error, Result, ResultExt};
 pub use record::{Emitted, IntoBytes, Record};

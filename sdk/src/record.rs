@@ -247,6 +247,32 @@ pub struct Emitted {
 }
 
 impl Emitted {
+    /// A record for `output` with `value` as JSON, to give its own
+    /// timestamp ([`at`](Self::at)) and headers ([`with_header`](Self::with_header))
+    /// before [`Context::emit_record`](crate::Context::emit_record).
+    /// Without `at`, its timestamp is 0: set it.
+    pub fn new_json<T: serde::Serialize + ?Sized>(output: &str, key: impl IntoBytes, value: &T) -> Result<Self> {
+        Ok(Emitted {
+            output: output.to_owned(),
+            key: key.into_bytes_opt(),
+            value: Some(serde_json::to_vec(value)?),
+            timestamp: 0,
+            headers: Vec::new(),
+        })
+    }
+
+    /// The same record with event time `timestamp` (ms since the epoch).
+    pub fn at(mut self, timestamp: i64) -> Self {
+        self.timestamp = timestamp;
+        self
+    }
+
+    /// The same record with one more header.
+    pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.headers.push((name.to_owned(), value.as_ref().to_vec()));
+        self
+    }
+
     /// The key as UTF-8 text (lossy), for assertions in tests.
     pub fn key_str(&self) -> Option<String> {
         self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned())

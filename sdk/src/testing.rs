@@ -411,6 +411,24 @@ mod tests {
     }
 
     #[test]
+    fn a_json_record_with_its_own_timestamp_and_headers_is_emitted_as_built() {
+        struct Stamp;
+        impl Processor for Stamp {
+            fn process(&mut self, ctx: &mut Context, rec: Record) -> Result<()> {
+                let out = crate::Emitted::new_json("out", rec.key(), &serde_json::json!({ "seen": true }))?
+                    .at(rec.timestamp() + 5)
+                    .with_header("source", "stamp");
+                ctx.emit_record(out)
+            }
+        }
+        let mut d = TestDriver::new(Stamp).with_outputs(["out"]);
+        d.process(Record::new("k", "v").at(10)).unwrap();
+        let e = &d.emitted()[0];
+        assert_eq!((e.timestamp, e.headers.clone()), (15, vec![("source".to_owned(), b"stamp".to_vec())]));
+        assert_eq!(e.json::<serde_json::Value>().unwrap(), serde_json::json!({ "seen": true }));
+    }
+
+    #[test]
     fn undeclared_outputs_ungranted_stores_and_table_writes_fail() {
         struct Misuse;
         impl Processor for Misuse {

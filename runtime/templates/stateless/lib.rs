@@ -17,6 +17,14 @@ pub struct SizedOrder {
     pub size: String,
 }
 
+/// The processor's `config` in app.yaml, typed.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Orders of at least this amount are `large`.
+    pub threshold: i64,
+}
+
 pub struct Route {
     threshold: i64,
 }
@@ -29,7 +37,7 @@ impl Default for Route {
 
 impl Processor for Route {
     fn init(&mut self, _ctx: &mut Context, config: &Config) -> Result<()> {
-        self.threshold = config.parse("threshold")?.unwrap_or(100);
+        self.threshold = config.deserialize::<RouteConfig>()?.threshold;
         Ok(())
     }
 
