@@ -96,7 +96,7 @@ fn sources_changed_at(dir: &Path) -> Option<SystemTime> {
 
 /// Sends JSONL lines to their topics (lines without `"topic"` are skipped
 /// with a message; wall-clock lines mean nothing to a server).
-fn produce_lines(server: &str, lines: &[String]) -> anyhow::Result<()> {
+fn produce_lines(server: &str, lines: &[String]) {
     let mut per_topic: BTreeMap<String, String> = BTreeMap::new();
     for line in lines {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -114,7 +114,6 @@ fn produce_lines(server: &str, lines: &[String]) -> anyhow::Result<()> {
             eprintln!("weir dev: producing to {topic}: {e:#}");
         }
     }
-    Ok(())
 }
 
 /// Prints records appended to `topics` since the last call.
@@ -246,7 +245,7 @@ pub fn run(options: DevOptions) -> anyhow::Result<()> {
         });
     } else {
         let input = std::fs::read_to_string(dir.join("input.jsonl")).unwrap_or_default();
-        produce_lines(&server, &input.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect::<Vec<_>>())?;
+        produce_lines(&server, &input.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect::<Vec<_>>());
     }
     eprintln!("weir dev: watching {} (Ctrl-C stops)", dir.display());
     let mut seen = sources_changed_at(&dir);
@@ -257,7 +256,7 @@ pub fn run(options: DevOptions) -> anyhow::Result<()> {
                 Ok(Some(line)) => batch.push(line),
                 Ok(None) => {
                     // stdin ended: print what the last records gave, then stop.
-                    produce_lines(&server, &batch)?;
+                    produce_lines(&server, &batch);
                     wait_idle(&server, &app);
                     tail.print_new();
                     if let Some(w) = &watch {
@@ -269,7 +268,7 @@ pub fn run(options: DevOptions) -> anyhow::Result<()> {
             }
         }
         if !batch.is_empty() {
-            produce_lines(&server, &batch)?;
+            produce_lines(&server, &batch);
         }
         let now = sources_changed_at(&dir);
         if now != seen {

@@ -15,13 +15,18 @@ fn target_dir() -> PathBuf {
     }
 }
 
-fn run(cmd: &mut Command) -> (bool, String, String) {
-    // The outer build's settings must not reach the nested cargo.
+/// A nested cargo (or weir running cargo) builds into [`target_dir`], with
+/// none of the outer build's settings.
+fn isolated(cmd: &mut Command) -> &mut Command {
     for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS"]
     {
         cmd.env_remove(var);
     }
-    let Output { status, stdout, stderr } = cmd.env("CARGO_TARGET_DIR", target_dir()).output().expect("runs");
+    cmd.env("CARGO_TARGET_DIR", target_dir())
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let Output { status, stdout, stderr } = isolated(cmd).output().expect("runs");
     (status.success(), String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
 }
 
@@ -113,12 +118,7 @@ fn weir_dev_rebuilds_and_swaps_on_every_edit_keeping_state() {
     assert!(weir(root.path(), &["new", "dev-count", "--template", "stateful"]).0);
     let dir = root.path().join("dev-count");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.current_dir(&dir).args(["dev", "--stdin"]).env("CARGO_TARGET_DIR", target_dir());
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS"]
-    {
-        cmd.env_remove(var);
-    }
-    let mut child = cmd
+    let mut child = isolated(cmd.current_dir(&dir).args(["dev", "--stdin"]))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -116,7 +116,16 @@ fn random_input(rng: &mut Rng, n: usize) -> Vec<Input> {
 }
 
 fn record(key: &str, ts: i64) -> Record {
-    Record { key: Some(key.as_bytes().to_vec()), value: Some(b"{}".to_vec()), timestamp: ts, headers: vec![] }
+    record_of(key, "{}", ts)
+}
+
+fn record_of(key: &str, value: &str, ts: i64) -> Record {
+    Record {
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value.as_bytes().to_vec()),
+        timestamp: ts,
+        headers: vec![],
+    }
 }
 
 /// Per (topic, partition, key): the records in order, as `value timestamp`.
@@ -418,12 +427,7 @@ fn timestamps_come_from_a_field_of_the_value_when_the_spec_says_so() {
     let line = |topic: &str, value: &str| InputLine::Record {
         topic: topic.into(),
         partition: None,
-        record: Record {
-            key: Some(b"k0".to_vec()),
-            value: Some(value.as_bytes().to_vec()),
-            timestamp: 0,
-            headers: vec![],
-        },
+        record: record_of("k0", value, 0),
     };
     for (topic, value) in [
         ("clicks", r#"{"at":"2026-12-01T13:45:10Z"}"#),
@@ -512,12 +516,7 @@ fn join_oracle(prefix: &str) -> Outputs {
     all.sort_by_key(|(_, r)| r.2);
     let mut r = OfflineRunner::new(app(&join_spec("join", prefix, "0ms"))).expect("tasks start");
     for (topic, (key, value, ts)) in all {
-        let record = Record {
-            key: Some(key.as_bytes().to_vec()),
-            value: Some(value.as_bytes().to_vec()),
-            timestamp: *ts,
-            headers: vec![],
-        };
+        let record = record_of(key, value, *ts);
         r.feed(InputLine::Record { topic: format!("{prefix}{topic}"), partition: None, record }).unwrap();
     }
     let out = from_lines(&r.outputs(false));
@@ -529,8 +528,7 @@ fn join_oracle(prefix: &str) -> Outputs {
 /// Orders first, the customers half a second later: with `max_task_idle`
 /// the task waits for the table and joins in timestamp order; with 0 it
 /// does not wait (so the test can tell).
-fn orders_then_customers(server: &Server, produce: &dyn Fn(&str, &str), prefix: &str) {
-    let _ = server;
+fn orders_then_customers(produce: &dyn Fn(&str, &str), prefix: &str) {
     produce(&format!("{prefix}orders"), &jsonl(ORDERS));
     std::thread::sleep(Duration::from_millis(500));
     produce(&format!("{prefix}customers"), &jsonl(CUSTOMERS));
@@ -545,7 +543,6 @@ fn a_stream_table_join_waits_for_the_table_and_joins_in_timestamp_order_embedded
         let server = Server::start(&dir.path().join("data"), Options::default());
         server.deploy(&path);
         orders_then_customers(
-            &server,
             &|topic, jsonl| {
                 server.produce(topic, jsonl).unwrap();
             },
@@ -580,7 +577,6 @@ fn a_stream_table_join_waits_for_the_table_and_joins_in_timestamp_order_on_kafka
         (s["tasks"].as_array().is_some_and(|t| !t.is_empty()) && s["state"] == "running").then_some(())
     });
     orders_then_customers(
-        &server,
         &|topic, jsonl| {
             kafka.produce(topic, jsonl);
         },
@@ -603,13 +599,8 @@ fn weir_test_with_max_task_idle_joins_in_timestamp_order() {
     let mut r = OfflineRunner::new(app(&join_spec("join", "", "3s"))).expect("tasks start");
     for (topic, records) in [("orders", ORDERS), ("customers", CUSTOMERS)] {
         for (key, value, ts) in records {
-            let record = Record {
-                key: Some(key.as_bytes().to_vec()),
-                value: Some(value.as_bytes().to_vec()),
-                timestamp: *ts,
-                headers: vec![],
-            };
-            r.feed(InputLine::Record { topic: topic.into(), partition: None, record }).unwrap();
+            r.feed(InputLine::Record { topic: topic.into(), partition: None, record: record_of(key, value, *ts) })
+                .unwrap();
         }
     }
     r.end_of_input().unwrap();

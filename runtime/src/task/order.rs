@@ -51,8 +51,7 @@ impl InputQueues {
         InputQueues { queues: vec![VecDeque::new(); n], by_topic, behind: vec![false; n], idle_since: None }
     }
 
-    /// Buffers a record; `None` when the topic is not an input (the
-    /// record is handed back).
+    /// Buffers a record; hands it back when its topic is not an input.
     pub fn push(&mut self, record: ConsumedRecord) -> Result<(), ConsumedRecord> {
         match self.by_topic.get(&record.topic) {
             Some(&i) => {
