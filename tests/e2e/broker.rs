@@ -51,9 +51,37 @@ impl Kafka {
 
     /// Each partition's log end offset (high watermark) now.
     pub fn ends(&self, topic: &str) -> Vec<(u64, i64)> {
+        self.watermarks(topic, false)
+    }
+
+    /// Waits until no transaction is open on any partition of `topic`: its
+    /// last stable offset (where read_committed reads stop) has reached the
+    /// log end. An instance killed with a transaction open leaves the
+    /// partitions it wrote to unreadable past that point until the broker
+    /// aborts the transaction (the transaction timeout), so a read right
+    /// after a kill would see only a prefix of what is committed.
+    pub fn wait_decided(&self, topic: &str) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let stable = self.watermarks(topic, true);
+            if stable == self.ends(topic) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: a transaction stayed open for 90 s (last stable offsets {stable:?}, ends {:?})",
+                self.ends(topic)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Per partition, the high watermark, or with `stable` the last stable
+    /// offset (librdkafka lists offsets at the consumer's isolation level).
+    fn watermarks(&self, topic: &str, stable: bool) -> Vec<(u64, i64)> {
         use rdkafka::consumer::Consumer;
         let counts = weir::backend::kafka::partition_counts(&self.bootstrap).unwrap();
-        let client: weir::backend::kafka::PlainConsumer = weir::backend::kafka::client_config(&self.bootstrap)
+        let client: weir::backend::kafka::PlainConsumer = weir::backend::kafka::reader_config(&self.bootstrap, stable)
             .create_with_context(weir::backend::kafka::QuietContext)
             .unwrap();
         (0..counts.get(topic).copied().unwrap_or(0))

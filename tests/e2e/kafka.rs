@@ -293,6 +293,7 @@ sinks:
         for r in kafka.consume(&self.events) {
             *sent.entry(r["key"].as_str().unwrap().to_owned()).or_default() += 1;
         }
+        kafka.wait_decided(&self.counts);
         let per_key = counts_per_key(kafka, &self.counts);
         assert_eq!(per_key.keys().collect::<Vec<_>>(), sent.keys().collect::<Vec<_>>(), "every key has counts");
         for (key, counts) in &per_key {
