@@ -10,7 +10,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 
 use crate::jsonl::OutputLine;
-use crate::wasm::{CONTRACT, EngineConfig, WasmEngine};
+use crate::wasm::{EngineConfig, WasmEngine};
 
 /// What `weir new --template` offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -120,6 +120,8 @@ pub struct Built {
     pub path: PathBuf,
     pub bytes: u64,
     pub sha256: String,
+    /// The contract version the component was built against.
+    pub contract: &'static str,
 }
 
 /// The wasm target, installed if missing (saying so).
@@ -176,12 +178,18 @@ pub fn build(dir: &Path) -> anyhow::Result<Built> {
         .load_file(&path)
         .map_err(|e| anyhow::anyhow!("{} is not a weir component this host can run: {e}", path.display()))?;
     let bytes = std::fs::metadata(&path)?.len();
-    Ok(Built { path, bytes, sha256: loaded.sha256().to_owned() })
+    Ok(Built { path, bytes, sha256: loaded.sha256().to_owned(), contract: loaded.contract() })
 }
 
 /// What `weir build` reports.
 pub fn describe(b: &Built) -> String {
-    format!("built {}\n  size     {} bytes\n  sha256   {}\n  contract {CONTRACT}", b.path.display(), b.bytes, b.sha256)
+    format!(
+        "built {}\n  size     {} bytes\n  sha256   {}\n  contract {}",
+        b.path.display(),
+        b.bytes,
+        b.sha256,
+        b.contract
+    )
 }
 
 /// Compares output lines with an expected JSONL file's text, per topic and

@@ -131,6 +131,8 @@ fn run_component(
         partition: 0,
         outputs: vec!["validated".into(), "rejected".into()],
         grants: vec![StoreGrantInfo { name: "stock".into(), index: 0, writable: true }],
+        timers: None,
+        sources: BTreeMap::new(),
     });
     let base = Arc::new(MemoryStore::default());
     let mut stores = TaskStores::new(vec![StoreOverlay::new("stock", base)]);
@@ -144,14 +146,17 @@ fn run_component(
         .enumerate()
         .map(|(i, (k, v))| guest_record(k, v, &Arc::from(ADJUSTMENTS_TOPIC), i))
         .collect();
-    instance.process(&mut stores, time, &adj).map_err(|f| anyhow::anyhow!("{}", f.message))?;
+    instance.process(&mut stores, time, &adj, &vec![0; adj.len()]).map_err(|f| anyhow::anyhow!("{}", f.message))?;
     stores.release_savepoint();
     let input: Vec<TaskRecord> =
         orders.iter().enumerate().map(|(i, (k, v))| guest_record(k, v, &Arc::from("orders-by-product"), i)).collect();
     let mut emitted: BTreeMap<usize, usize> = BTreeMap::new();
+    let stream_times = vec![0; batch];
     let started = Instant::now();
     for chunk in input.chunks(batch) {
-        let ok = instance.process(&mut stores, time, chunk).map_err(|f| anyhow::anyhow!("{}", f.message))?;
+        let ok = instance
+            .process(&mut stores, time, chunk, &stream_times[..chunk.len()])
+            .map_err(|f| anyhow::anyhow!("{}", f.message))?;
         stores.release_savepoint();
         for e in ok.emitted {
             *emitted.entry(e.output).or_default() += 1;

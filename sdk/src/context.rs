@@ -20,6 +20,34 @@ pub enum Punctuation {
     WallClock,
 }
 
+/// The clock a timer follows (see [`Context::set_timer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimeDomain {
+    /// Stream time: fires when the task's stream time reaches the timer's
+    /// time; deterministic and replayable.
+    StreamTime,
+    /// The host's wall clock.
+    WallClock,
+}
+
+/// A due timer, passed to [`Processor::on_timer`](crate::Processor::on_timer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timer {
+    pub domain: TimeDomain,
+    /// The key it was set for.
+    pub key: Vec<u8>,
+    /// The time it was set for (ms since the epoch); also the default
+    /// timestamp of what `on_timer` emits.
+    pub timestamp: i64,
+}
+
+impl Timer {
+    /// The key as UTF-8 text.
+    pub fn key_str(&self) -> Result<&str> {
+        std::str::from_utf8(&self.key).map_err(|e| Error::msg(format!("timer key is not UTF-8: {e}")))
+    }
+}
+
 /// Severity of a log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -40,6 +68,9 @@ pub(crate) trait HostApi {
     fn stream_time(&self) -> i64;
     fn wall_clock_time(&self) -> i64;
     fn schedule(&mut self, kind: Punctuation, interval_ms: u64) -> Result<()>;
+    /// Sets (`set`) or cancels a timer; `input_index` is the index in the
+    /// batch of the record being processed.
+    fn timer(&mut self, set: bool, domain: TimeDomain, key: &[u8], at: i64, input_index: u32) -> Result<()>;
     fn log(&mut self, level: LogLevel, message: &str);
     /// The processor tried to emit to an output it does not declare: the
     /// host is told, so that the call fails as a contract violation (not as
@@ -115,6 +146,9 @@ pub struct Context {
     current_timestamp: i64,
     /// Index in the current batch of the record being processed.
     current_index: u32,
+    /// The stream time of the record being processed, when the host said
+    /// (contract 0.2.0); otherwise [`Context::stream_time`] asks the host.
+    current_stream_time: Option<i64>,
     out: OutputBuffer,
 }
 
@@ -128,6 +162,7 @@ impl Context {
             outputs: outputs.unwrap_or_default(),
             current_timestamp: 0,
             current_index: 0,
+            current_stream_time: None,
             out: OutputBuffer::default(),
         }
     }
@@ -135,6 +170,12 @@ impl Context {
     pub(crate) fn set_current(&mut self, index: u32, timestamp: i64) {
         self.current_index = index;
         self.current_timestamp = timestamp;
+    }
+
+    /// The stream time of the record being processed (`None`: ask the host).
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn set_current_stream_time(&mut self, stream_time: Option<i64>) {
+        self.current_stream_time = stream_time;
     }
 
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
@@ -308,9 +349,33 @@ impl Context {
         self.host.partition()
     }
 
-    /// The task's stream time (largest record timestamp seen).
+    /// The task's stream time: the largest record timestamp seen, the
+    /// current record's included (-1 before the first record). In
+    /// `punctuate` and `on_timer`, the stream time they fire at.
     pub fn stream_time(&self) -> i64 {
-        self.host.stream_time()
+        self.current_stream_time.unwrap_or_else(|| self.host.stream_time())
+    }
+
+    /// Sets a timer for `key` at `at` (ms since the epoch), in `domain`:
+    /// [`Processor::on_timer`](crate::Processor::on_timer) is called with it
+    /// once when it is due. The host keeps timers durably (the processor
+    /// needs `timers: true` in the spec), so they survive restarts and fire
+    /// exactly once. Setting the same (domain, key, time) again is one timer;
+    /// a key may have timers at several times. A stream-time timer fires
+    /// right after the record that makes stream time reach `at` (a time
+    /// already reached: at the next advance of stream time); a wall-clock
+    /// timer, between records once the wall clock reaches `at`. Like store
+    /// writes, a timer set while processing a record that fails is not set.
+    pub fn set_timer(&mut self, domain: TimeDomain, key: impl IntoBytes, at: i64) -> Result<()> {
+        let key = key.as_bytes_opt().unwrap_or_default();
+        self.host.timer(true, domain, key, at, self.current_index)
+    }
+
+    /// Cancels the timer (`domain`, `key`, `at`); nothing happens when there
+    /// is none.
+    pub fn cancel_timer(&mut self, domain: TimeDomain, key: impl IntoBytes, at: i64) -> Result<()> {
+        let key = key.as_bytes_opt().unwrap_or_default();
+        self.host.timer(false, domain, key, at, self.current_index)
     }
 
     /// The host's wall clock in ms (simulated by `weir test` and the harness).

@@ -22,7 +22,7 @@ mod wasm;
 static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
 pub use config::duration;
-pub use context::{Config, Context, LogLevel, Punctuation};
+pub use context::{Config, Context, LogLevel, Punctuation, TimeDomain, Timer};
 pub use error::{Error, Result, ResultExt};
 pub use record::{Emitted, IntoBytes, Record};
 pub use store::Store;
@@ -35,7 +35,8 @@ pub use store::Store;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "processor",
+        world: "weir:processor/processor@0.2.0",
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "__export_weir_world",
         default_bindings_module: "weir_sdk::bindings",
@@ -47,8 +48,8 @@ pub mod bindings {
 pub mod prelude {
     pub use crate::codec::{Binary, Json};
     pub use crate::{
-        Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, ResultExt, Store, bail,
-        export_processor,
+        Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, ResultExt, Store,
+        TimeDomain, Timer, bail, export_processor,
     };
     pub use serde::{Deserialize, Serialize};
 }
@@ -75,6 +76,15 @@ pub trait Processor: 'static {
         let _ = (ctx, kind, timestamp);
         Ok(())
     }
+
+    /// Called once when a timer set with [`Context::set_timer`] is due. An
+    /// error meets the processor's error policy like a failed `punctuate`
+    /// (under `skip` and `dead-letter` the timer is gone; under `fail` the
+    /// task stops and the timer stays).
+    fn on_timer(&mut self, ctx: &mut Context, timer: Timer) -> Result<()> {
+        let _ = (ctx, timer);
+        Ok(())
+    }
 }
 
 /// Exports a [`Processor`] as the component's implementation of the weir
@@ -91,19 +101,27 @@ macro_rules! export_processor {
             impl $crate::bindings::Guest for __WeirGuest {
                 fn init(
                     config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
-                ) -> ::core::result::Result<(), $crate::bindings::weir::processor::types::Error> {
+                ) -> ::core::result::Result<(), $crate::bindings::weir::processor0_1_0::types::Error> {
                     $crate::__private::init(|| ::std::boxed::Box::new($make), config)
                 }
                 fn process(
-                    batch: $crate::bindings::weir::processor::types::Batch,
-                ) -> ::core::result::Result<(), $crate::bindings::weir::processor::types::BatchError> {
-                    $crate::__private::process(batch)
+                    batch: $crate::bindings::weir::processor0_1_0::types::Batch,
+                    context: $crate::bindings::weir::processor0_2_0::batch_info::BatchContext,
+                ) -> ::core::result::Result<(), $crate::bindings::weir::processor0_1_0::types::BatchError> {
+                    $crate::__private::process(batch, context)
                 }
                 fn punctuate(
-                    kind: $crate::bindings::weir::processor::types::Punctuation,
+                    kind: $crate::bindings::weir::processor0_1_0::types::Punctuation,
                     timestamp: i64,
-                ) -> ::core::result::Result<(), $crate::bindings::weir::processor::types::Error> {
+                ) -> ::core::result::Result<(), $crate::bindings::weir::processor0_1_0::types::Error> {
                     $crate::__private::punctuate(kind, timestamp)
+                }
+                fn on_timer(
+                    domain: $crate::bindings::weir::processor0_2_0::timers::TimeDomain,
+                    key: ::std::vec::Vec<u8>,
+                    timestamp: i64,
+                ) -> ::core::result::Result<(), $crate::bindings::weir::processor0_1_0::types::Error> {
+                    $crate::__private::on_timer(domain, key, timestamp)
                 }
             }
     $crate::bindings::__export_weir_world!(__WeirGuest with_types_in $crate::bindings);
@@ -127,6 +145,6 @@ macro_rules! export_processor {
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::wasm::{init, process, punctuate};
+    pub use crate::wasm::{init, on_timer, process, punctuate};
     pub use wit_bindgen;
 }

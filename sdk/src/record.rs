@@ -20,6 +20,9 @@ pub(crate) struct Span {
 pub(crate) struct Shared {
     pub data: Vec<u8>,
     pub topics: Vec<String>,
+    /// The spec name of the source that read each topic (by topic index;
+    /// empty when the host does not say: contract 0.1.0, tests).
+    pub sources: Vec<String>,
     pub headers: Vec<(String, Span)>,
 }
 
@@ -97,7 +100,11 @@ impl Record {
     /// Rebuilds this record into a buffer of its own, then lets `f` change
     /// it (the test helpers below).
     fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
-        let mut shared = Shared { topics: vec![self.topic().to_owned()], ..Shared::default() };
+        let mut shared = Shared {
+            topics: vec![self.topic().to_owned()],
+            sources: vec![self.source().unwrap_or_default().to_owned()],
+            ..Shared::default()
+        };
         let key = self.key().map(|b| shared.push(b));
         let value = self.value().map(|b| shared.push(b));
         let old_value = self.old_value().map(|b| shared.push(b));
@@ -119,6 +126,11 @@ impl Record {
     /// The same record as if read from `topic`.
     pub fn on_topic(self, topic: &str) -> Self {
         self.rebuild(|s| s.topics = vec![topic.to_owned()])
+    }
+
+    /// The same record as if read by the spec's source (or table) `source`.
+    pub fn from_source(self, source: &str) -> Self {
+        self.rebuild(|s| s.sources = vec![source.to_owned()])
     }
 
     /// The same record with one more header.
@@ -169,6 +181,14 @@ impl Record {
     /// The topic of the input record this one derives from.
     pub fn topic(&self) -> &str {
         self.shared.topics.get(self.topic as usize).map_or("", String::as_str)
+    }
+
+    /// The name, in the spec, of the source, table or repartition that read
+    /// the input record this one derives from (`None` when the host does not
+    /// say: a host of contract 0.1.0). Lets a processor fed by several
+    /// sources tell them apart without knowing their topic names.
+    pub fn source(&self) -> Option<&str> {
+        self.shared.sources.get(self.topic as usize).map(String::as_str).filter(|s| !s.is_empty())
     }
 
     /// The partition of that input record.

@@ -34,7 +34,9 @@ use serde::de::DeserializeOwned;
 use crate::codec::{Codec, Json};
 use crate::context::HostApi;
 use crate::store::{RawStore, SharedRawStore};
-use crate::{Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, Store};
+use crate::{
+    Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, Store, TimeDomain, Timer,
+};
 
 /// Runs one processor natively against in-memory stores.
 pub struct TestDriver<P: Processor> {
@@ -56,6 +58,11 @@ struct Shared {
     wall_clock: i64,
     partition: u32,
     logs: Vec<(LogLevel, String)>,
+    /// Pending timers, in firing order: (domain, time, key).
+    timers: std::collections::BTreeSet<(TimeDomain, i64, Vec<u8>)>,
+    /// The timers as they were when the current call began (a failed call
+    /// sets none).
+    timers_before_call: std::collections::BTreeSet<(TimeDomain, i64, Vec<u8>)>,
 }
 
 impl<P: Processor> TestDriver<P> {
@@ -114,7 +121,7 @@ impl<P: Processor> TestDriver<P> {
     pub fn init(&mut self) -> Result<()> {
         self.initialized = true;
         let config = Config::new(self.config.clone());
-        let mark = self.ctx.output().mark();
+        let mark = self.begin_call();
         let result = self.processor.init(&mut self.ctx, &config);
         self.end_call(result, mark)
     }
@@ -125,20 +132,69 @@ impl<P: Processor> TestDriver<P> {
 
     /// Processes one record. Offsets are assigned in order when left at 0;
     /// stream time advances to the record's timestamp. On error, the record's
-    /// writes and emits are rolled back and the error returned.
+    /// writes, timers and emits are rolled back and the error returned. When
+    /// the record advanced stream time, the stream-time timers it made due
+    /// fire right after it, as on weir.
     pub fn process(&mut self, mut record: Record) -> Result<()> {
         self.ensure_init()?;
         let offset = if record.offset() == 0 { self.next_offset } else { record.offset() };
         self.next_offset = offset + 1;
-        {
+        let advanced = {
             let mut shared = self.shared.borrow_mut();
+            let advanced = record.timestamp() > shared.stream_time;
             shared.stream_time = shared.stream_time.max(record.timestamp());
             record.set_position(shared.partition, offset);
-        }
+            advanced
+        };
         self.ctx.set_current(0, record.timestamp());
-        let mark = self.ctx.output().mark();
+        let mark = self.begin_call();
         let result = self.processor.process(&mut self.ctx, record);
-        self.end_call(result, mark)
+        self.end_call(result, mark)?;
+        if advanced {
+            let now = self.shared.borrow().stream_time;
+            self.fire_timers(TimeDomain::StreamTime, now)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `on_timer` for every timer of `domain` due at `now`, in order
+    /// of time, then key; each is gone once fired (also when it failed, as
+    /// under the `skip` and `dead-letter` policies). Timers set by these
+    /// calls at a time already reached wait for the next firing.
+    pub fn fire_timers(&mut self, domain: TimeDomain, now: i64) -> Result<()> {
+        let due: Vec<(TimeDomain, i64, Vec<u8>)> =
+            self.shared.borrow().timers.iter().filter(|(d, at, _)| *d == domain && *at <= now).cloned().collect();
+        let mut first_error = Ok(());
+        for timer in due {
+            self.shared.borrow_mut().timers.remove(&timer);
+            let (domain, timestamp, key) = timer;
+            self.ctx.set_current(0, timestamp);
+            let mark = self.begin_call();
+            let result = self.processor.on_timer(&mut self.ctx, Timer { domain, key, timestamp });
+            if let Err(e) = self.end_call(result, mark)
+                && first_error.is_ok()
+            {
+                first_error = Err(e);
+            }
+        }
+        first_error
+    }
+
+    /// The timers set and not yet fired, in firing order.
+    pub fn timers(&self) -> Vec<Timer> {
+        let shared = self.shared.borrow();
+        shared
+            .timers
+            .iter()
+            .map(|(domain, at, key)| Timer { domain: *domain, key: key.clone(), timestamp: *at })
+            .collect()
+    }
+
+    /// Starts a call: where to roll emits and timers back to.
+    fn begin_call(&mut self) -> (usize, usize, usize) {
+        let mut shared = self.shared.borrow_mut();
+        shared.timers_before_call = shared.timers.clone();
+        self.ctx.output().mark()
     }
 
     /// Processes records in order, stopping at the first error.
@@ -150,7 +206,7 @@ impl<P: Processor> TestDriver<P> {
     pub fn punctuate(&mut self, kind: Punctuation, timestamp: i64) -> Result<()> {
         self.ensure_init()?;
         self.ctx.set_current(0, timestamp);
-        let mark = self.ctx.output().mark();
+        let mark = self.begin_call();
         let result = self.processor.punctuate(&mut self.ctx, kind, timestamp);
         self.end_call(result, mark)
     }
@@ -160,6 +216,8 @@ impl<P: Processor> TestDriver<P> {
         let ok = result.is_ok();
         if !ok {
             self.ctx.output().truncate(mark);
+            let mut shared = self.shared.borrow_mut();
+            shared.timers = std::mem::take(&mut shared.timers_before_call);
         }
         let ended = self.ctx.end_call(ok);
         let names = self.ctx.output_names().to_vec();
@@ -179,9 +237,11 @@ impl<P: Processor> TestDriver<P> {
         ended.map_err(|(store, e)| e.context(format_args!("store `{store}`")))
     }
 
-    /// Sets the simulated wall clock seen by the processor.
-    pub fn set_wall_clock(&mut self, millis: i64) {
+    /// Sets the simulated wall clock seen by the processor, and fires the
+    /// wall-clock timers due by then.
+    pub fn set_wall_clock(&mut self, millis: i64) -> Result<()> {
         self.shared.borrow_mut().wall_clock = millis;
+        self.fire_timers(TimeDomain::WallClock, millis)
     }
 
     /// The schedules the processor has asked for (kind → interval in ms).
@@ -263,6 +323,16 @@ impl HostApi for HarnessHost {
             shared.schedules.remove(&kind);
         } else {
             shared.schedules.insert(kind, interval_ms);
+        }
+        Ok(())
+    }
+    fn timer(&mut self, set: bool, domain: TimeDomain, key: &[u8], at: i64, _input_index: u32) -> Result<()> {
+        let timer = (domain, at, key.to_vec());
+        let mut shared = self.0.borrow_mut();
+        if set {
+            shared.timers.insert(timer);
+        } else {
+            shared.timers.remove(&timer);
         }
         Ok(())
     }

@@ -16,11 +16,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::bindings::weir::processor::{context, emitter, store as host_store, types};
-use crate::context::{HostApi, LogLevel, OutputBuffer, Punctuation};
+use crate::bindings::weir::processor0_1_0::{context, emitter, store as host_store, types};
+use crate::bindings::weir::processor0_2_0::{batch_info, timers};
+use crate::context::{HostApi, LogLevel, OutputBuffer, Punctuation, TimeDomain};
 use crate::record::{Shared, Span};
 use crate::store::{KeyVisitor, RawStore, SharedRawStore};
-use crate::{Config, Context, Error, Processor, Record, Result};
+use crate::{Config, Context, Error, Processor, Record, Result, Timer};
 
 struct Runtime {
     processor: Box<dyn Processor>,
@@ -69,17 +70,19 @@ pub fn init(make: impl FnOnce() -> Box<dyn Processor>, config: Vec<(String, Stri
 }
 
 /// The `process` export.
-pub fn process(batch: types::Batch) -> Result<(), types::BatchError> {
+pub fn process(batch: types::Batch, context: batch_info::BatchContext) -> Result<(), types::BatchError> {
     with_runtime(|rt| {
         let types::Batch { data, topics, headers, records } = batch;
-        let shared =
-            Rc::new(Shared { data, topics, headers: headers.into_iter().map(|h| (h.name, span(h.value))).collect() });
+        let batch_info::BatchContext { stream_times, sources } = context;
+        let headers = headers.into_iter().map(|h| (h.name, span(h.value))).collect();
+        let shared = Rc::new(Shared { data, topics, sources, headers });
         prefetch(&rt.ctx, &shared, &records);
         CURRENT_BATCH.with(|b| *b.borrow_mut() = Some(shared.clone()));
         for (index, r) in records.iter().enumerate() {
             let index = index as u32;
             CURRENT_INDEX.set(index);
             rt.ctx.set_current(index, r.timestamp);
+            rt.ctx.set_current_stream_time(stream_times.get(index as usize).copied());
             let record = Record::view(
                 shared.clone(),
                 r.key.map(span),
@@ -93,10 +96,12 @@ pub fn process(batch: types::Batch) -> Result<(), types::BatchError> {
             );
             CURRENT_KEY.set(r.key.map(span));
             if let Err(error) = rt.processor.process(&mut rt.ctx, record) {
+                rt.ctx.set_current_stream_time(None);
                 abort_call(&mut rt.ctx);
                 return Err(types::BatchError { index, error: to_wit_error(error) });
             }
         }
+        rt.ctx.set_current_stream_time(None);
         CURRENT_KEY.set(None);
         CURRENT_BATCH.with(|b| *b.borrow_mut() = None);
         finish_call(&mut rt.ctx).map_err(|(index, error)| types::BatchError { index, error: to_wit_error(error) })
@@ -114,6 +119,24 @@ pub fn punctuate(kind: types::Punctuation, timestamp: i64) -> Result<(), types::
             types::Punctuation::WallClock => Punctuation::WallClock,
         };
         if let Err(error) = rt.processor.punctuate(&mut rt.ctx, kind, timestamp) {
+            abort_call(&mut rt.ctx);
+            return Err(to_wit_error(error));
+        }
+        finish_call(&mut rt.ctx).map_err(|(_, e)| to_wit_error(e))
+    })
+    .and_then(|r| r)
+}
+
+/// The `on-timer` export.
+pub fn on_timer(domain: timers::TimeDomain, key: Vec<u8>, timestamp: i64) -> Result<(), types::Error> {
+    with_runtime(|rt| {
+        CURRENT_INDEX.set(0);
+        rt.ctx.set_current(0, timestamp);
+        let domain = match domain {
+            timers::TimeDomain::StreamTime => TimeDomain::StreamTime,
+            timers::TimeDomain::WallClock => TimeDomain::WallClock,
+        };
+        if let Err(error) = rt.processor.on_timer(&mut rt.ctx, Timer { domain, key, timestamp }) {
             abort_call(&mut rt.ctx);
             return Err(to_wit_error(error));
         }
@@ -218,6 +241,14 @@ impl HostApi for ComponentHost {
             Punctuation::WallClock => types::Punctuation::WallClock,
         };
         context::schedule(kind, interval_ms).map_err(|e| Error::msg(e.message))
+    }
+    fn timer(&mut self, set: bool, domain: TimeDomain, key: &[u8], at: i64, input_index: u32) -> Result<()> {
+        let domain = match domain {
+            TimeDomain::StreamTime => timers::TimeDomain::StreamTime,
+            TimeDomain::WallClock => timers::TimeDomain::WallClock,
+        };
+        let done = if set { timers::set(domain, key, at, input_index) } else { timers::cancel(domain, key, at) };
+        done.map_err(|e| Error::msg(e.message))
     }
     fn log(&mut self, level: LogLevel, message: &str) {
         let level = match level {

@@ -18,7 +18,7 @@ use super::extract::{ApiQuery, NamePath, check_name};
 use super::{ApiError, ApiResult, blocking, body_error};
 use crate::node::Node;
 use crate::registry::RegistryError;
-use crate::wasm::{CONTRACT, LoadError, LoadedComponent};
+use crate::wasm::{LoadError, LoadedComponent};
 
 pub fn routes() -> Router<Arc<Node>> {
     Router::new()
@@ -54,7 +54,7 @@ fn describe(node: &Node, c: &LoadedComponent) -> Value {
     json!({
         "sha256": c.sha256(),
         "reference": format!("sha256:{}", c.sha256()),
-        "world": format!("{CONTRACT} processor"),
+        "world": format!("{} processor", c.contract()),
         "size": c.size(),
         "exports": c.exports(),
         "imports": c.imports(),

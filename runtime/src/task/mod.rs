@@ -29,6 +29,9 @@
 mod failure;
 mod order;
 mod time;
+mod timers;
+
+pub use timers::timer_key;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -111,6 +114,8 @@ pub struct TaskMetrics {
     pub failures: BTreeMap<&'static str, u64>,
     pub partition_mismatches: u64,
     pub punctuations: u64,
+    /// Timers fired (`on-timer` calls).
+    pub timers_fired: u64,
 }
 
 /// Everything a task's open transaction produced, for the backend to commit
@@ -173,6 +178,12 @@ struct ProcessorSlot {
     /// The guest asks for stream time in `process`: its batches must not
     /// mix stream times (see [`time`]).
     reads_stream_time: bool,
+    /// Index in the task's stores of this processor's timers (see [`timers`]).
+    timers: Option<usize>,
+    /// A timer set in the last batch fell due inside it, at the tick of
+    /// this input sequence number: the batch was rolled back, and is run
+    /// again cut there.
+    cut: Option<u64>,
 }
 
 /// How an input topic is read by this task.
@@ -259,9 +270,21 @@ impl Task {
                 }
             }
         }
+        // Which source, table or repartition reads each topic (0.2.0 guests
+        // see the name of the one their record came through).
+        let sources: BTreeMap<String, String> = topology
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.kind {
+                NodeKind::Source(i) | NodeKind::Table { input: i, .. } => Some((i.topic.clone(), n.name.clone())),
+                NodeKind::Repartition { topic } => Some((topic.clone(), n.name.clone())),
+                NodeKind::Processor(_) => None,
+            })
+            .collect();
         let mut processors = Vec::new();
         for &p in &sub.processors {
             let def = topology.processor(p).expect("processor node");
+            let timers = def.timers.map(|sid| store_slots[&sid]);
             let grants = def
                 .stores
                 .iter()
@@ -274,6 +297,8 @@ impl Task {
                 partition: id.partition,
                 outputs: def.outputs.iter().map(|o| o.name.clone()).collect(),
                 grants,
+                timers,
+                sources: sources.clone(),
             });
             let component = app.components.get(&p).cloned().ok_or_else(|| TaskError::Start {
                 processor: topology.nodes[p].name.clone(),
@@ -290,6 +315,8 @@ impl Task {
                 stream_schedule: None,
                 wall_schedule: None,
                 reads_stream_time: false,
+                timers,
+                cut: None,
             });
         }
 
@@ -594,7 +621,8 @@ impl Task {
     /// with the stream-time punctuations due on the way.
     fn drain(&mut self) -> Result<(), TaskError> {
         for slot in 0..self.processors.len() {
-            let ticks_matter = !self.ticks.is_empty() && self.processors[slot].stream_schedule.is_some();
+            let ticks_matter = !self.ticks.is_empty()
+                && (self.processors[slot].stream_schedule.is_some() || self.processors[slot].timers.is_some());
             if self.processors[slot].inbox.is_empty() && !ticks_matter {
                 continue;
             }
@@ -611,8 +639,10 @@ impl Task {
 
     /// Calls `process` on a batch; on failure, isolates the offending record.
     /// `origins[i]` is where `records[i]` comes from. False when nothing ran:
-    /// the guest asked for stream time in a batch that mixed stream times,
-    /// so the call was rolled back (the processor now gets split batches).
+    /// the guest asked for stream time in a batch that mixed stream times
+    /// (the processor now gets split batches), or a timer it set fell due
+    /// before the batch's last record (the batch is run again cut there), so
+    /// the call was rolled back.
     fn run_batch(&mut self, slot: usize, origins: &[Origin], records: &[TaskRecord]) -> Result<bool, TaskError> {
         if records.is_empty() {
             return Ok(true);
@@ -621,8 +651,18 @@ impl Task {
         let stream_time = origins[origins.len() - 1].stream_time;
         let time = CallTime { stream_time, wall_clock: self.wall_clock };
         let instance = self.processors[slot].instance.as_mut().expect("instance ensured");
-        let outcome = instance.process(&mut self.stores, time, records);
-        if instance.used_stream_time() {
+        let stream_times: Vec<i64> = origins.iter().map(|o| o.stream_time).collect();
+        let outcome = instance.process(&mut self.stores, time, records, &stream_times);
+        let used_stream_time = instance.used_stream_time();
+        if let Ok(ok) = &outcome
+            && let Some(cut) = self.timer_due_inside(origins, &ok.stream_timers_set)
+        {
+            // Run again up to the tick where the timer falls due.
+            self.stores.rollback_to_savepoint();
+            self.processors[slot].cut = Some(cut);
+            return Ok(false);
+        }
+        if used_stream_time {
             self.processors[slot].reads_stream_time = true;
             if origins[0].stream_time != stream_time {
                 self.stores.rollback_to_savepoint();

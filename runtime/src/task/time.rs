@@ -48,7 +48,14 @@ use super::{Task, TaskError, empty_record};
 use crate::record::TaskRecord;
 use crate::state::StateError;
 use crate::topology::ErrorPolicy;
-use crate::wasm::{FailureKind, Punctuation};
+use crate::wasm::{FailureKind, Punctuation, TimeDomain};
+
+/// A call driven by time rather than by a record.
+enum Timed {
+    Punctuation(Punctuation),
+    /// A timer of this domain and key.
+    Timer(TimeDomain, Vec<u8>),
+}
 
 /// A position in the task's logical order (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -145,20 +152,28 @@ impl Task {
         origins: &[Origin],
         records: &[TaskRecord],
     ) -> Result<(), TaskError> {
-        let ticks = if self.processors[slot].stream_schedule.is_some() || self.processors[slot].reads_stream_time {
+        let p = &self.processors[slot];
+        let ticks = if p.stream_schedule.is_some() || p.reads_stream_time || p.timers.is_some() {
             self.ticks.clone()
         } else {
             Vec::new()
         };
         let (mut pos, mut tick) = (0, 0);
         loop {
-            // The next tick after which this processor's schedule must be
-            // looked at: every tick when it reads time (its own calls may
-            // change the schedule), else the first one at which it fires.
+            // The next tick after which this processor's schedule and timers
+            // must be looked at: every tick when it reads time (its own calls
+            // may change the schedule), else the first one at which its
+            // schedule or one of its timers fires, or at which a timer set in
+            // the last batch fell due (that batch was rolled back).
             let next_tick = if self.processors[slot].reads_stream_time {
                 (tick < ticks.len()).then_some(tick)
             } else {
-                first_firing(self.processors[slot].stream_schedule, &ticks[tick..]).map(|i| tick + i)
+                let rest = &ticks[tick..];
+                let cut = self.processors[slot].cut.take();
+                let schedule = first_firing(self.processors[slot].stream_schedule, rest);
+                let timer = self.first_timer_tick(slot, rest)?;
+                let cut = cut.and_then(|input| rest.iter().position(|&(i, _)| i == input));
+                [schedule, timer, cut].into_iter().flatten().min().map(|i| tick + i)
             };
             let end = match next_tick {
                 Some(t) => {
@@ -170,14 +185,21 @@ impl Task {
             let was_reading = self.processors[slot].reads_stream_time;
             pos += self.run_records(slot, &origins[pos..end], &records[pos..end])?;
             if pos < end || self.processors[slot].reads_stream_time != was_reading {
-                // The processor turned out to read time: look again.
+                // The processor turned out to read time, or a timer fell due
+                // inside a batch: look again.
                 continue;
             }
             let last = next_tick.map_or(ticks.len(), |t| t + 1);
             for &(input, time) in &ticks[tick..last] {
+                let point = Seq::punctuation(input, slot);
+                // Timers fire at `next_tick` only: one due at an earlier tick
+                // would have made that tick the next one.
+                if Some(input) == next_tick.map(|t| ticks[t].0) {
+                    self.fire_stream_timers(slot, time, point)?;
+                }
                 let fires = self.processors[slot].stream_schedule.as_mut().is_some_and(|s| s.reach_stream_time(time));
                 if fires {
-                    self.call_punctuate(slot, Punctuation::StreamTime, time, Seq::punctuation(input, slot))?;
+                    self.call_timed(slot, Timed::Punctuation(Punctuation::StreamTime), time, time, point)?;
                 }
             }
             tick = last;
@@ -281,26 +303,62 @@ impl Task {
         }
         let round = self.next_seq;
         self.next_seq += 1;
+        self.fire_wall_timers(now, round)?;
         for slot in 0..self.processors.len() {
             let fires = self.processors[slot].wall_schedule.as_mut().is_some_and(|s| s.reach_wall_clock(now));
             if fires {
-                self.call_punctuate(slot, Punctuation::WallClock, now, Seq::punctuation(round, slot))?;
+                let stream_time = self.stream_time;
+                let point = Seq::punctuation(round, slot);
+                self.call_timed(slot, Timed::Punctuation(Punctuation::WallClock), now, stream_time, point)?;
             }
         }
         self.drain()
     }
 
-    /// Calls `punctuate` on `slot`; its emissions go on at `seq`.
-    fn call_punctuate(&mut self, slot: usize, kind: Punctuation, timestamp: i64, seq: Seq) -> Result<(), TaskError> {
+    /// Calls `on-timer` on `slot` for the timer (`domain`, `key`, `at`) at
+    /// stream time `stream_time`; its emissions go on at `seq`.
+    pub(super) fn call_on_timer(
+        &mut self,
+        slot: usize,
+        domain: TimeDomain,
+        key: Vec<u8>,
+        at: i64,
+        now: i64,
+        seq: Seq,
+    ) -> Result<(), TaskError> {
+        let stream_time = if domain == TimeDomain::StreamTime { now } else { self.stream_time };
+        self.call_timed(slot, Timed::Timer(domain, key), at, stream_time, seq)
+    }
+
+    /// Calls `punctuate` or `on-timer` on `slot` at `timestamp` (what the
+    /// guest's emits default to) and `stream_time`; its emissions go on at
+    /// `seq`.
+    fn call_timed(
+        &mut self,
+        slot: usize,
+        call: Timed,
+        timestamp: i64,
+        stream_time: i64,
+        seq: Seq,
+    ) -> Result<(), TaskError> {
         self.ensure_instance(slot)?;
-        self.metrics.punctuations += 1;
-        let stream_time = match kind {
-            Punctuation::StreamTime => timestamp,
-            Punctuation::WallClock => self.stream_time,
+        let what = match &call {
+            Timed::Punctuation(_) => {
+                self.metrics.punctuations += 1;
+                "punctuate"
+            }
+            Timed::Timer(..) => {
+                self.metrics.timers_fired += 1;
+                "on-timer"
+            }
         };
         let time = crate::wasm::CallTime { stream_time, wall_clock: self.wall_clock };
         let instance = self.processors[slot].instance.as_mut().expect("instance ensured");
-        match instance.punctuate(&mut self.stores, time, kind, timestamp) {
+        let outcome = match call {
+            Timed::Punctuation(kind) => instance.punctuate(&mut self.stores, time, kind, timestamp),
+            Timed::Timer(domain, key) => instance.on_timer(&mut self.stores, time, domain, &key, timestamp),
+        };
+        match outcome {
             Ok(ok) => {
                 self.stores.release_savepoint();
                 self.apply_schedules(slot, &ok.schedules, stream_time);
@@ -326,7 +384,7 @@ impl Task {
                     });
                 }
                 let policy = self.app.topology.processor(self.processors[slot].node).expect("processor").on_error;
-                tracing::warn!(task = %self.name, processor = %name, kind = failure.kind.as_str(), "punctuate failed: {}", failure.message);
+                tracing::warn!(task = %self.name, processor = %name, kind = failure.kind.as_str(), "{what} failed: {}", failure.message);
                 if policy == ErrorPolicy::Fail {
                     return Err(TaskError::PunctuateFailed {
                         processor: name,

@@ -327,6 +327,18 @@ impl<'a> Compiler<'a> {
                     );
                 }
             }
+            let timers = p.timers.then(|| {
+                let store = format!("{name}.timers");
+                let sid = self.add_store(
+                    &mut stores,
+                    &mut store_ids,
+                    &store,
+                    StoreOwner::Processor(id),
+                    format!("{path}.timers"),
+                );
+                store_links.push((id, sid));
+                sid
+            });
             let mut outputs = Vec::new();
             for (output, targets) in &p.outputs {
                 if !valid_name(output) {
@@ -424,6 +436,7 @@ impl<'a> Compiler<'a> {
                     on_error: p.on_error,
                     limits: Limits { memory_bytes, call_timeout },
                     max_batch,
+                    timers,
                 })),
                 to: Vec::new(),
                 subtopology: 0,

@@ -98,6 +98,9 @@ pub struct ProcessorDef {
     pub on_error: ErrorPolicy,
     pub limits: Limits,
     pub max_batch: usize,
+    /// The store of the processor's timers (`timers: true`): keys are
+    /// [`crate::task::timer_key`]s, values empty.
+    pub timers: Option<StoreId>,
 }
 
 /// A store a processor may use, by the name the guest opens it with.

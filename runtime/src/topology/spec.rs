@@ -237,6 +237,10 @@ pub struct ProcessorSpec {
     /// Most records handed to the component per call (default 256).
     #[serde(default)]
     pub max_batch: Option<u32>,
+    /// The processor sets per-key timers (contract 0.2.0): the host keeps
+    /// them in a store of its own, `<processor>.timers`, with a changelog.
+    #[serde(default)]
+    pub timers: bool,
 }
 
 /// One target (`validated`) or several (`[audit, validated]`).

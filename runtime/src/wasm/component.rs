@@ -4,10 +4,10 @@
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
-use super::CONTRACT;
 use super::bindings::ProcessorPre;
 use super::engine::WasmEngine;
 use super::host::GuestState;
+use super::{CONTRACT, CONTRACT_0_1};
 
 /// Why a component cannot be used. Every variant is the uploader's to fix,
 /// except `Internal`.
@@ -24,7 +24,7 @@ pub enum LoadError {
     CoreModule,
     #[error("invalid component: {0}")]
     Invalid(String),
-    #[error("the component does not implement the {CONTRACT} `processor` world: {0}")]
+    #[error("the component does not implement the `processor` world of {CONTRACT} or {CONTRACT_0_1}: {0}")]
     WrongWorld(String),
     #[error("internal error loading component: {0}")]
     Internal(String),
@@ -35,7 +35,7 @@ pub struct LoadedComponent {
     sha256: String,
     size: usize,
     component: Component,
-    pre: ProcessorPre<GuestState>,
+    pre: Pre,
     exports: Vec<String>,
     imports: Vec<String>,
 }
@@ -49,8 +49,16 @@ impl std::fmt::Debug for LoadedComponent {
 const WASM_MAGIC: &[u8] = b"\0asm";
 /// Version field of a core module (a component has layer 1 in the upper half).
 const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
-/// The exports the `processor` world requires.
+/// The exports the `processor` world requires (0.1.0; 0.2.0 adds `on-timer`).
 const REQUIRED_EXPORTS: [&str; 3] = ["init", "process", "punctuate"];
+/// The export only a 0.2.0 component has.
+const V2_EXPORT: &str = "on-timer";
+
+/// A component prepared for instantiation, by the contract it was built against.
+pub(crate) enum Pre {
+    V1(ProcessorPre<GuestState>),
+    V2(super::bindings_v2::ProcessorPre<GuestState>),
+}
 
 impl LoadedComponent {
     pub(crate) fn load(engine: &WasmEngine, bytes: &[u8], sha256: String) -> Result<Self, LoadError> {
@@ -112,10 +120,11 @@ impl LoadedComponent {
         for import in &imports {
             if let Some(rest) = import.strip_prefix("weir:processor/")
                 && let Some((_, version)) = rest.split_once('@')
-                && !CONTRACT.ends_with(&format!("@{version}"))
+                && ![CONTRACT, CONTRACT_0_1].iter().any(|c| c.ends_with(&format!("@{version}")))
             {
                 return Err(LoadError::WrongWorld(format!(
-                    "it was built against weir:processor@{version}, this host implements {CONTRACT}; rebuild it with a matching weir-sdk"
+                    "it was built against weir:processor@{version}, this host implements {CONTRACT} (and runs \
+                     {CONTRACT_0_1}); rebuild it with a matching weir-sdk"
                 )));
             }
         }
@@ -125,7 +134,12 @@ impl LoadedComponent {
                 root_message(&e)
             ))
         })?;
-        let pre = ProcessorPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(root_message(&e)))?;
+        let wrong = |e: wasmtime::Error| LoadError::WrongWorld(root_message(&e));
+        let pre = if exports.iter().any(|e| e == V2_EXPORT) {
+            Pre::V2(super::bindings_v2::ProcessorPre::new(instance_pre).map_err(wrong)?)
+        } else {
+            Pre::V1(ProcessorPre::new(instance_pre).map_err(wrong)?)
+        };
         Ok(LoadedComponent { sha256, size, component, pre, exports, imports })
     }
 
@@ -149,8 +163,16 @@ impl LoadedComponent {
         &self.component
     }
 
-    pub(crate) fn pre(&self) -> &ProcessorPre<GuestState> {
+    pub(crate) fn pre(&self) -> &Pre {
         &self.pre
+    }
+
+    /// The contract the component was built against.
+    pub fn contract(&self) -> &'static str {
+        match self.pre {
+            Pre::V1(_) => CONTRACT_0_1,
+            Pre::V2(_) => CONTRACT,
+        }
     }
 }
 

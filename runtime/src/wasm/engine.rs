@@ -79,6 +79,11 @@ impl WasmEngine {
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         super::bindings::Processor::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)?;
+        // 0.2.0 imports 0.1.0's interfaces unchanged, and adds timers.
+        super::bindings_v2::weir::processor0_2_0::timers::add_to_linker::<GuestState, HasSelf<GuestState>>(
+            &mut linker,
+            |s| s,
+        )?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);

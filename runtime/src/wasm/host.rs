@@ -1,5 +1,5 @@
-//! The host side of the contract's imports (`store`, `emitter`, `context`)
-//! and the per-instance state they work on.
+//! The host side of the contract's imports (`store`, `emitter`, `context`,
+//! and 0.2.0's `timers`) and the per-instance state they work on.
 //!
 //! Host functions never fail because of the guest by trapping: a guest
 //! mistake (unknown store, write to a read-only store, emit to an undeclared
@@ -24,7 +24,8 @@ use wasmtime_wasi::clocks::HostWallClock;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::weir::processor::{context, emitter, store, types};
+use super::bindings::weir::processor0_1_0::{context, emitter, store, types};
+use super::bindings_v2::weir::processor0_2_0::{batch_info, timers};
 use crate::record::Emitted;
 use crate::state::{StateError, TaskStores};
 
@@ -51,6 +52,11 @@ pub struct InstanceInfo {
     pub partition: u32,
     pub outputs: Vec<String>,
     pub grants: Vec<StoreGrantInfo>,
+    /// The task's store of this processor's timers (`timers: true`).
+    pub timers: Option<usize>,
+    /// Spec name of the source or table reading each input topic (0.2.0's
+    /// batch context).
+    pub sources: std::collections::BTreeMap<String, String>,
 }
 
 /// A host fault raised inside a host function; travels as the trap's error.
@@ -87,6 +93,10 @@ pub struct CallState {
     /// executor must not have mixed records of different stream times in
     /// this call (see `task::time`).
     pub used_stream_time: bool,
+    /// Stream-time timers set during the call: (time, index in the batch of
+    /// the record that set it). The executor checks that none fell due
+    /// inside the batch (see `task::timers`).
+    pub stream_timers_set: Vec<(i64, u32)>,
 }
 
 impl GuestState {
@@ -139,6 +149,50 @@ fn fault(e: StateError) -> wasmtime::Error {
 }
 
 impl types::Host for GuestState {}
+
+impl batch_info::Host for GuestState {}
+
+impl timers::Host for GuestState {
+    fn set(
+        &mut self,
+        domain: timers::TimeDomain,
+        key: Vec<u8>,
+        at: i64,
+        input_index: u32,
+    ) -> wasmtime::Result<Result<(), types::Error>> {
+        let Some(index) = self.timer_store() else { return Ok(Err(self.no_timers())) };
+        self.call.stores.get_mut(index).write(crate::task::timer_key(domain, at, &key), Some(Vec::new()));
+        if domain == timers::TimeDomain::StreamTime {
+            self.call.stream_timers_set.push((at, input_index));
+        }
+        Ok(Ok(()))
+    }
+
+    fn cancel(
+        &mut self,
+        domain: timers::TimeDomain,
+        key: Vec<u8>,
+        at: i64,
+    ) -> wasmtime::Result<Result<(), types::Error>> {
+        let Some(index) = self.timer_store() else { return Ok(Err(self.no_timers())) };
+        self.call.stores.get_mut(index).write(crate::task::timer_key(domain, at, &key), None);
+        Ok(Ok(()))
+    }
+}
+
+impl GuestState {
+    fn timer_store(&self) -> Option<usize> {
+        self.info.timers
+    }
+
+    /// Timers without `timers: true` break the contract like an ungranted store.
+    fn no_timers(&mut self) -> types::Error {
+        self.violation(format!(
+            "processor `{}` has no timers: set `timers: true` on it in the spec",
+            self.info.processor
+        ))
+    }
+}
 
 impl store::Host for GuestState {}
 

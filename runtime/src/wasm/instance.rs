@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering;
 
 use wasmtime::Store;
 
-use super::Punctuation;
-use super::bindings::Processor;
-use super::bindings::weir::processor::types;
-use super::component::LoadedComponent;
+use super::bindings::weir::processor0_1_0::types;
+use super::bindings_v2::weir::processor0_2_0::batch_info::BatchContext;
+use super::component::{LoadedComponent, Pre};
 use super::engine::WasmEngine;
 use super::host::{GuestState, HostFault, InstanceInfo, MemoryLimitExceeded};
+use super::{Punctuation, TimeDomain};
 use crate::record::{Emitted, TaskRecord};
 use crate::state::TaskStores;
 use crate::topology::Limits;
@@ -28,6 +28,9 @@ pub struct CallOk {
     pub emitted: Vec<Emitted>,
     /// Schedules requested during the call: (kind, interval ms; 0 cancels).
     pub schedules: Vec<(Punctuation, u64)>,
+    /// Stream-time timers set during the call: (time, index in the batch
+    /// of the record that set it).
+    pub stream_timers_set: Vec<(i64, u32)>,
 }
 
 /// The result of a call.
@@ -83,15 +86,23 @@ pub struct InstantiateError {
     pub message: String,
 }
 
+/// The exports of an instance, by contract version.
+enum Bindings {
+    V1(super::bindings::Processor),
+    V2(super::bindings_v2::Processor),
+}
+
 /// One instance of a processor component, for one processor in one task.
 pub struct ProcessorInstance {
     store: Store<GuestState>,
-    bindings: Processor,
+    bindings: Bindings,
     component: Arc<LoadedComponent>,
     timeout_ticks: u64,
     timeout: std::time::Duration,
     /// Reused between calls: the flat batch handed to `process`.
     batch: types::Batch,
+    /// Reused between calls: 0.2.0's batch context.
+    context: BatchContext,
 }
 
 impl ProcessorInstance {
@@ -108,31 +119,95 @@ impl ProcessorInstance {
         store.limiter(|s| &mut s.limits);
         let timeout_ticks = WasmEngine::ticks_for(limits.call_timeout);
         store.set_epoch_deadline(timeout_ticks);
-        let bindings = component.pre().instantiate(&mut store).map_err(|e| InstantiateError {
+        let bindings = match component.pre() {
+            Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
+            Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
+        }
+        .map_err(|e| InstantiateError {
             processor: processor.clone(),
             message: describe_instantiate_error(&e, engine),
         })?;
         let batch = types::Batch { data: Vec::new(), topics: Vec::new(), headers: Vec::new(), records: Vec::new() };
-        Ok(ProcessorInstance { store, bindings, component, timeout_ticks, timeout: limits.call_timeout, batch })
+        let context = BatchContext { stream_times: Vec::new(), sources: Vec::new() };
+        Ok(ProcessorInstance {
+            store,
+            bindings,
+            component,
+            timeout_ticks,
+            timeout: limits.call_timeout,
+            batch,
+            context,
+        })
     }
 
     pub fn component(&self) -> &Arc<LoadedComponent> {
         &self.component
     }
 
-    /// Calls `init` with the processor's config.
-    pub fn init(&mut self, stores: &mut TaskStores, time: CallTime, config: &[(String, String)]) -> CallOutcome {
-        self.call(stores, time, |b, s| Ok(b.call_init(s, config)?.map_err(|e| (None, e.message))))
+    /// True when the component was built against contract 0.2.0: it gets
+    /// each record's stream time and may set timers.
+    pub fn has_record_stream_time(&self) -> bool {
+        matches!(self.bindings, Bindings::V2(_))
     }
 
-    /// Calls `process` with a batch of records.
-    pub fn process(&mut self, stores: &mut TaskStores, time: CallTime, records: &[TaskRecord]) -> CallOutcome {
+    /// Calls `init` with the processor's config.
+    pub fn init(&mut self, stores: &mut TaskStores, time: CallTime, config: &[(String, String)]) -> CallOutcome {
+        self.call(stores, time, |b, s| {
+            let result = match b {
+                Bindings::V1(b) => b.call_init(s, config)?,
+                Bindings::V2(b) => b.call_init(s, config)?,
+            };
+            Ok(result.map_err(|e| (None, e.message)))
+        })
+    }
+
+    /// Calls `process` with a batch of records; `stream_times[i]` is the
+    /// stream time at which `records[i]` is processed (a 0.1.0 guest asks
+    /// for the call's: `time.stream_time`).
+    pub fn process(
+        &mut self,
+        stores: &mut TaskStores,
+        time: CallTime,
+        records: &[TaskRecord],
+        stream_times: &[i64],
+    ) -> CallOutcome {
         let mut batch = std::mem::replace(&mut self.batch, encode_batch(&[]));
         fill_batch(&mut batch, records);
-        let outcome = self
-            .call(stores, time, |b, s| Ok(b.call_process(s, &batch)?.map_err(|e| (Some(e.index), e.error.message))));
+        let mut context =
+            std::mem::replace(&mut self.context, BatchContext { stream_times: Vec::new(), sources: Vec::new() });
+        if let Bindings::V2(_) = self.bindings {
+            context.stream_times.clear();
+            context.stream_times.extend_from_slice(stream_times);
+            let sources = &self.store.data().info.sources;
+            context.sources.clear();
+            context.sources.extend(batch.topics.iter().map(|t| sources.get(t).cloned().unwrap_or_default()));
+        }
+        let outcome = self.call(stores, time, |b, s| {
+            let result = match b {
+                Bindings::V1(b) => b.call_process(s, &batch)?,
+                Bindings::V2(b) => b.call_process(s, &batch, &context)?,
+            };
+            Ok(result.map_err(|e| (Some(e.index), e.error.message)))
+        });
         self.batch = batch;
+        self.context = context;
         outcome
+    }
+
+    /// Calls `on-timer` (0.2.0 components only: a 0.1.0 one cannot set
+    /// timers, so the executor never has one to fire for it).
+    pub fn on_timer(
+        &mut self,
+        stores: &mut TaskStores,
+        time: CallTime,
+        domain: TimeDomain,
+        key: &[u8],
+        at: i64,
+    ) -> CallOutcome {
+        self.call(stores, time, |b, s| match b {
+            Bindings::V1(_) => Ok(Err((None, "a 0.1.0 component has no timers".to_owned()))),
+            Bindings::V2(b) => Ok(b.call_on_timer(s, domain, &key.to_vec(), at)?.map_err(|e| (None, e.message))),
+        })
     }
 
     /// True when the last call asked for stream time or set a stream-time
@@ -149,19 +224,26 @@ impl ProcessorInstance {
         kind: Punctuation,
         timestamp: i64,
     ) -> CallOutcome {
-        self.call(stores, time, |b, s| Ok(b.call_punctuate(s, kind, timestamp)?.map_err(|e| (None, e.message))))
+        self.call(stores, time, |b, s| {
+            let result = match b {
+                Bindings::V1(b) => b.call_punctuate(s, kind, timestamp)?,
+                Bindings::V2(b) => b.call_punctuate(s, kind, timestamp)?,
+            };
+            Ok(result.map_err(|e| (None, e.message)))
+        })
     }
 
     fn call(
         &mut self,
         stores: &mut TaskStores,
         time: CallTime,
-        f: impl FnOnce(&Processor, &mut Store<GuestState>) -> wasmtime::Result<Result<(), (Option<u32>, String)>>,
+        f: impl FnOnce(&Bindings, &mut Store<GuestState>) -> wasmtime::Result<Result<(), (Option<u32>, String)>>,
     ) -> CallOutcome {
         let data = self.store.data_mut();
         data.call.stores = std::mem::take(stores);
         data.call.stream_time = time.stream_time;
         data.call.used_stream_time = false;
+        data.call.stream_timers_set.clear();
         data.wall_clock.store(time.wall_clock, Ordering::Relaxed);
         data.stderr.clear_recent();
         self.store.set_epoch_deadline(self.timeout_ticks);
@@ -172,10 +254,11 @@ impl ProcessorInstance {
         *stores = std::mem::take(&mut data.call.stores);
         let emitted = std::mem::take(&mut data.call.emitted);
         let schedules = std::mem::take(&mut data.call.schedules);
+        let stream_timers_set = std::mem::take(&mut data.call.stream_timers_set);
         let violation = data.call.violation.take();
         match result {
             Ok(Ok(())) => match violation {
-                None => Ok(CallOk { emitted, schedules }),
+                None => Ok(CallOk { emitted, schedules, stream_timers_set }),
                 Some(message) => {
                     Err(CallFailure { kind: FailureKind::ContractViolation, message, index: None, poisoned: false })
                 }

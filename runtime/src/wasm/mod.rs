@@ -36,11 +36,12 @@ pub use engine::{EngineConfig, WasmEngine};
 pub use host::{GuestState, InstanceInfo, StoreGrantInfo};
 pub use instance::{CallFailure, CallOk, CallOutcome, CallTime, FailureKind, InstantiateError, ProcessorInstance};
 
-/// Generated from `wit/`: the host side of the contract.
+/// Generated from `wit/deps/processor-0.1.0`: the host side of contract
+/// 0.1.0, whose interfaces 0.2.0 imports unchanged.
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "processor",
+        world: "weir:processor/processor@0.1.0",
         imports: { default: trappable },
         with: {
             "weir:processor/store.store": super::host::StoreHandle,
@@ -48,7 +49,27 @@ pub mod bindings {
     });
 }
 
-pub use bindings::weir::processor::types::Punctuation;
+/// Generated from `wit/processor.wit`: what contract 0.2.0 adds (timers,
+/// the batch context, the `on-timer` export).
+pub mod bindings_v2 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "weir:processor/processor@0.2.0",
+        imports: { default: trappable },
+        with: {
+            "weir:processor/types@0.1.0": super::bindings::weir::processor0_1_0::types,
+            "weir:processor/store@0.1.0": super::bindings::weir::processor0_1_0::store,
+            "weir:processor/emitter@0.1.0": super::bindings::weir::processor0_1_0::emitter,
+            "weir:processor/context@0.1.0": super::bindings::weir::processor0_1_0::context,
+        },
+    });
+}
 
-/// The contract version this host implements.
-pub const CONTRACT: &str = "weir:processor@0.1.0";
+pub use bindings::weir::processor0_1_0::types::Punctuation;
+pub use bindings_v2::weir::processor0_2_0::timers::TimeDomain;
+
+/// The contract version this host implements (and builds components
+/// against); it also runs components of [`CONTRACT_0_1`].
+pub const CONTRACT: &str = "weir:processor@0.2.0";
+/// The previous contract, still run unchanged.
+pub const CONTRACT_0_1: &str = "weir:processor@0.1.0";

@@ -77,7 +77,7 @@ impl Processor for Misbehave {
 
 #[cfg(target_arch = "wasm32")]
 fn emit_undeclared() -> Result<()> {
-    use weir_sdk::bindings::weir::processor::{emitter, types};
+    use weir_sdk::bindings::weir::processor0_1_0::{emitter, types};
     // Straight to the host with an output index the spec does not declare,
     // so the host's own check is what is tested.
     let batch = types::OutputBatch {
