@@ -21,6 +21,7 @@ const GUESTS: &[&str] = &[
     "wrong-world",
     "passthrough",
     "windowed-count",
+    "inactivity",
 ];
 
 fn main() {

@@ -17,3 +17,4 @@ mod sandbox;
 mod serve_cli;
 mod server;
 mod time;
+mod timers;

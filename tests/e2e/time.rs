@@ -11,9 +11,9 @@
 //! close, records arrive late, and stream time jumps over punctuation
 //! intervals.
 //!
-//! Not covered here: two input topics read by one task. Their interleaving
-//! follows arrival until timestamp-ordered processing across a task's inputs
-//! exists (issue [time] item 2).
+//! The same property covers durable timers (a processor that sets and
+//! cancels a stream-time timer on every record, closing a key's activity
+//! when it fires) and a component built against contract 0.1.0.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,16 +39,37 @@ use crate::server::{Options, Rng, Server, write_spec};
 /// ever asking for stream time: its batches are only cut where its
 /// punctuation falls due, and its one task's output shows exactly where the
 /// ticks fall between the records.
+///
+/// `sessions` runs the inactivity guest (durable stream-time timers, set
+/// and cancelled on every record); `legacy_windows` runs the windowed count
+/// as built against contract 0.1.0 (the pinned copy), which asks the host
+/// for stream time instead of getting it per record.
 fn windows_spec(name: &str, prefix: &str, max_batch: u32) -> String {
+    let pinned = pinned_0_1_0().display().to_string();
     format!(
         r#"
 name: {name}
-topics: {{ {prefix}clicks: 3, {prefix}views: 2, {prefix}pings: 1, {prefix}click-counts: 2, {prefix}view-counts: 2, {prefix}click-late: 1, {prefix}view-late: 1, {prefix}ticks: 1 }}
+topics: {{ {prefix}clicks: 3, {prefix}views: 2, {prefix}pings: 1, {prefix}sessions: 2, {prefix}legacy: 2, {prefix}click-counts: 2, {prefix}view-counts: 2, {prefix}click-late: 1, {prefix}view-late: 1, {prefix}ticks: 1, {prefix}closed: 2, {prefix}legacy-counts: 2, {prefix}legacy-late: 1 }}
 sources:
   clicks: {{ topic: {prefix}clicks, to: [click_windows] }}
   views: {{ topic: {prefix}views, to: [view_windows] }}
   pings: {{ topic: {prefix}pings, to: [pinger] }}
+  sessions: {{ topic: {prefix}sessions, to: [inactivity] }}
+  legacy: {{ topic: {prefix}legacy, to: [legacy_windows] }}
 processors:
+  inactivity:
+    component: "{{guests}}/inactivity.wasm"
+    config: {{ gap_ms: 20000 }}
+    stores: [activity]
+    timers: true
+    outputs: {{ closed: closed }}
+    max_batch: {max_batch}
+  legacy_windows:
+    component: "{pinned}"
+    config: {{ size_ms: 30000, grace_ms: 10000, close_every_ms: 10000, store: legacy_windows }}
+    stores: [legacy_windows]
+    outputs: {{ counts: legacy_counts, late: legacy_late }}
+    max_batch: {max_batch}
   click_windows:
     component: "{{guests}}/windowed_count.wasm"
     config: {{ size_ms: 60000, grace_ms: 10000, close_every_ms: 10000, store: click_windows }}
@@ -70,8 +91,11 @@ processors:
     config: {{ stream_every: 5000 }}
     outputs: {{ out: ticks }}
     max_batch: {max_batch}
-stores: {{ click_windows: {{}}, view_windows: {{}} }}
+stores: {{ click_windows: {{}}, view_windows: {{}}, activity: {{}}, legacy_windows: {{}} }}
 sinks:
+  closed: {{ topic: {prefix}closed }}
+  legacy_counts: {{ topic: {prefix}legacy-counts }}
+  legacy_late: {{ topic: {prefix}legacy-late }}
   click_counts: {{ topic: {prefix}click-counts }}
   click_late: {{ topic: {prefix}click-late }}
   view_counts: {{ topic: {prefix}view-counts }}
@@ -83,7 +107,16 @@ sinks:
 
 /// Output topics of [`windows_spec`].
 fn outputs(prefix: &str) -> Vec<String> {
-    ["click-counts", "view-counts", "click-late", "view-late", "ticks"].iter().map(|t| format!("{prefix}{t}")).collect()
+    ["click-counts", "view-counts", "click-late", "view-late", "ticks", "closed", "legacy-counts", "legacy-late"]
+        .iter()
+        .map(|t| format!("{prefix}{t}"))
+        .collect()
+}
+
+/// The windowed-count guest as built against contract 0.1.0, kept as a
+/// binary (see tests/pinned/contract-0.1.0/README.md).
+fn pinned_0_1_0() -> std::path::PathBuf {
+    weir_tests::workspace_dir().join("tests/pinned/contract-0.1.0/windowed_count.wasm")
 }
 
 fn app(spec: &str) -> Arc<AppRuntime> {
@@ -105,9 +138,11 @@ fn random_input(rng: &mut Rng, n: usize) -> Vec<Input> {
         .map(|_| {
             clock += rng.below(6_000) as i64;
             let ts = clock - rng.below(25_000) as i64;
-            let topic = match rng.below(4) {
+            let topic = match rng.below(7) {
                 0 => "views",
                 1 => "pings",
+                2 => "sessions",
+                3 => "legacy",
                 _ => "clicks",
             };
             (topic, format!("k{}", rng.below(6)), ts)
@@ -172,11 +207,25 @@ fn reference(app: &Arc<AppRuntime>, prefix: &str, input: &[Input]) -> Outputs {
     from_lines(&r.outputs(false))
 }
 
-/// How many window counts and late records an output holds.
-fn counts_and_late(out: &Outputs) -> (usize, usize, usize) {
+/// The entries on which two outputs differ, to read a failure by.
+fn differences(got: &Outputs, expected: &Outputs) -> String {
+    let keys: std::collections::BTreeSet<_> = got.keys().chain(expected.keys()).collect();
+    let mut out = String::new();
+    for k in keys {
+        let (g, e) = (got.get(k), expected.get(k));
+        if g != e {
+            out.push_str(&format!("{k:?}\n  got      {g:?}\n  expected {e:?}\n"));
+        }
+    }
+    out
+}
+
+/// How many window counts, late records, ticks and closed sessions (timer
+/// firings) an output holds.
+fn counts_and_late(out: &Outputs) -> (usize, usize, usize, usize) {
     let sum = |what: &str| out.iter().filter(|((t, _, _), _)| t.ends_with(what)).map(|(_, v)| v.len()).sum();
     let ticks = out.iter().filter(|((t, _, _), _)| t.ends_with("ticks")).flat_map(|(_, v)| v);
-    (sum("-counts"), sum("-late"), ticks.filter(|v| v.contains("punctuation")).count())
+    (sum("-counts"), sum("-late"), ticks.filter(|v| v.contains("punctuation")).count(), sum("closed"))
 }
 
 /// A batch size: mostly small, sometimes up to 1000.
@@ -186,6 +235,18 @@ fn batch_size(rng: &mut Rng) -> usize {
         5..=7 => 1 + rng.below(100) as usize,
         _ => 1 + rng.below(1000) as usize,
     }
+}
+
+/// The pinned component really is a 0.1.0 build (the property tests run it
+/// beside the 0.2.0 build of the same source), and both load.
+#[test]
+fn a_component_built_against_contract_0_1_0_still_loads_as_such() {
+    let engine = engine();
+    let pinned = engine.load_file(&pinned_0_1_0()).expect("the 0.1.0 component loads");
+    assert_eq!(pinned.contract(), weir::wasm::CONTRACT_0_1);
+    assert!(!pinned.exports().iter().any(|e| e == "on-timer"), "{:?}", pinned.exports());
+    let current = engine.load_file(&weir_tests::guests_dir().join("windowed_count.wasm")).expect("loads");
+    assert_eq!(current.contract(), weir::wasm::CONTRACT);
 }
 
 /// The issue's case: records that a poll hands over in one batch must not
@@ -200,7 +261,7 @@ fn one_big_batch_gives_what_one_record_at_a_time_gives() {
     let input: Vec<Input> =
         (0..36).map(|i| ("clicks", format!("k{}", i % 3), 1_000_000 + i * 20_000)).collect::<Vec<_>>();
     let expected = reference(&app, "", &input);
-    let (counts, late, _) = counts_and_late(&expected);
+    let (counts, late, _, _) = counts_and_late(&expected);
     assert!(counts > 0 && late == 0, "in-order input: windows close, nothing is late: {expected:#?}");
 
     let mut r = OfflineRunner::new(app).expect("tasks start");
@@ -218,16 +279,17 @@ fn one_big_batch_gives_what_one_record_at_a_time_gives() {
 fn batching_and_crashes_never_change_output() {
     let mut rng = Rng::new("batching_and_crashes_never_change_output");
     let apps = [app(&windows_spec("windows", "", 1000)), app(&windows_spec("windows", "", 3))];
-    let (mut total_counts, mut total_late, mut total_ticks, mut crashes) = (0, 0, 0, 0);
+    let (mut total_counts, mut total_late, mut total_ticks, mut total_closed, mut crashes) = (0, 0, 0, 0, 0);
     for round in 0..40 {
         let app = &apps[round % 2];
         let n = 1 + rng.below(400) as usize;
         let input = random_input(&mut rng, n);
         let expected = reference(app, "", &input);
-        let (counts, late, ticks) = counts_and_late(&expected);
+        let (counts, late, ticks, closed) = counts_and_late(&expected);
         total_counts += counts;
         total_late += late;
         total_ticks += ticks;
+        total_closed += closed;
 
         let mut r = OfflineRunner::new(app.clone()).expect("tasks start");
         for (topic, key, ts) in &input {
@@ -243,17 +305,21 @@ fn batching_and_crashes_never_change_output() {
         })
         .unwrap_or_else(|(task, e)| panic!("{task}: {e}"));
         crashes += crashed;
-        assert_eq!(
-            from_lines(&r.outputs(false)),
-            expected,
-            "round {round}: {} records, {crashed} crashes",
-            input.len()
+        let got = from_lines(&r.outputs(false));
+        assert!(
+            got == expected,
+            "round {round}: {} records, {crashed} crashes:\n{}",
+            input.len(),
+            differences(&got, &expected)
         );
     }
-    eprintln!("40 rounds: {total_counts} window counts, {total_late} late, {total_ticks} ticks, {crashes} crashes");
+    eprintln!(
+        "40 rounds: {total_counts} window counts, {total_late} late, {total_ticks} ticks, {total_closed} timers fired, \
+         {crashes} crashes"
+    );
     assert!(
-        total_counts > 100 && total_late > 10 && total_ticks > 100 && crashes > 10,
-        "the inputs exercise closing, lateness, punctuation and crashes"
+        total_counts > 100 && total_late > 3 && total_ticks > 100 && total_closed > 50 && crashes > 10,
+        "the inputs exercise closing, lateness, punctuation, timers and crashes"
     );
 }
 
@@ -312,11 +378,11 @@ fn serve_embedded_matches_weir_test_however_input_is_batched_and_killed() {
         got.extend(from_values(&topic, &server.consume_all(&topic)));
     }
     eprintln!(
-        "embedded: {} records, {kills} kills, {:?} (counts, late, ticks)",
+        "embedded: {} records, {kills} kills, {:?} (counts, late, ticks, timers fired)",
         input.len(),
         counts_and_late(&expected)
     );
-    assert_eq!(got, expected, "kills: {kills}");
+    assert!(got == expected, "kills: {kills}:\n{}", differences(&got, &expected));
 }
 
 #[test]
@@ -342,8 +408,12 @@ fn kafka_matches_weir_test_however_input_is_batched_and_killed() {
     for topic in outputs(&prefix) {
         got.extend(from_values(&topic, &kafka.consume(&topic)));
     }
-    eprintln!("kafka: {} records, {kills} kills, {:?} (counts, late, ticks)", input.len(), counts_and_late(&expected));
-    assert_eq!(got, expected, "kills: {kills}");
+    eprintln!(
+        "kafka: {} records, {kills} kills, {:?} (counts, late, ticks, timers fired)",
+        input.len(),
+        counts_and_late(&expected)
+    );
+    assert!(got == expected, "kills: {kills}:\n{}", differences(&got, &expected));
 }
 
 /// Restarts `server` (SIGKILL) after its first records are committed, then
@@ -605,4 +675,37 @@ fn weir_test_with_max_task_idle_joins_in_timestamp_order() {
     }
     r.end_of_input().unwrap();
     assert_eq!(from_lines(&r.outputs(false)), expected);
+}
+
+/// Timers alone, many short rounds: every record of a key moves its timer
+/// (cancel + set), so timers fall due inside batches, right after them and
+/// across drains and crashes.
+#[test]
+fn timers_fire_at_the_same_point_however_input_is_batched_and_crashed() {
+    let mut rng = Rng::new("timers_fire_at_the_same_point_however_input_is_batched_and_crashed");
+    let apps = [app(&windows_spec("windows", "", 1000)), app(&windows_spec("windows", "", 3))];
+    let (mut fired, mut crashes) = (0, 0);
+    for round in 0..200 {
+        let app = &apps[round % 2];
+        let n = 1 + rng.below(60) as usize;
+        let input: Vec<Input> = random_input(&mut rng, n).into_iter().map(|(_, k, ts)| ("sessions", k, ts)).collect();
+        let expected = reference(app, "", &input);
+        fired += counts_and_late(&expected).3;
+        let mut r = OfflineRunner::new(app.clone()).expect("tasks start");
+        for (topic, key, ts) in &input {
+            r.append_input(topic, None, record(key, *ts));
+        }
+        let mut batch_rng = Rng::seeded(rng.next());
+        let mut crash_rng = Rng::seeded(rng.next());
+        r.pump_with(&mut || batch_size(&mut batch_rng), &mut || {
+            let crash = crash_rng.below(6) == 0;
+            crashes += usize::from(crash);
+            crash
+        })
+        .unwrap_or_else(|(task, e)| panic!("{task}: {e}"));
+        let got = from_lines(&r.outputs(false));
+        assert!(got == expected, "round {round}: {input:?}\n{}", differences(&got, &expected));
+    }
+    eprintln!("200 rounds: {fired} timers fired, {crashes} crashes");
+    assert!(fired > 500 && crashes > 50, "timers fire and crashes happen");
 }

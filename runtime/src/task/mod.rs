@@ -184,6 +184,9 @@ struct ProcessorSlot {
     /// this input sequence number: the batch was rolled back, and is run
     /// again cut there.
     cut: Option<u64>,
+    /// A batch failed: records from the first to the last of these places
+    /// run one per call, to find the failing one.
+    isolate: Option<(Seq, Seq)>,
 }
 
 /// How an input topic is read by this task.
@@ -317,6 +320,7 @@ impl Task {
                 reads_stream_time: false,
                 timers,
                 cut: None,
+                isolate: None,
             });
         }
 
@@ -638,11 +642,12 @@ impl Task {
     }
 
     /// Calls `process` on a batch; on failure, isolates the offending record.
-    /// `origins[i]` is where `records[i]` comes from. False when nothing ran:
-    /// the guest asked for stream time in a batch that mixed stream times
-    /// (the processor now gets split batches), or a timer it set fell due
-    /// before the batch's last record (the batch is run again cut there), so
-    /// the call was rolled back.
+    /// `origins[i]` is where `records[i]` comes from. False when nothing ran
+    /// and the caller must run the records again: the guest asked for stream
+    /// time in a batch that mixed stream times (the processor now gets split
+    /// batches), a timer it set fell due before the batch's last record (the
+    /// batch is run again cut there), or the batch failed (its records are
+    /// run again one by one where the failure may be).
     fn run_batch(&mut self, slot: usize, origins: &[Origin], records: &[TaskRecord]) -> Result<bool, TaskError> {
         if records.is_empty() {
             return Ok(true);
@@ -655,12 +660,15 @@ impl Task {
         let outcome = instance.process(&mut self.stores, time, records, &stream_times);
         let used_stream_time = instance.used_stream_time();
         if let Ok(ok) = &outcome
-            && let Some(cut) = self.timer_due_inside(origins, &ok.stream_timers_set)
+            && let Some((input, inside)) = self.timer_falling_due(origins, &ok.stream_timers_set)
         {
-            // Run again up to the tick where the timer falls due.
-            self.stores.rollback_to_savepoint();
-            self.processors[slot].cut = Some(cut);
-            return Ok(false);
+            // The timer fires at that tick: the caller stops there.
+            self.processors[slot].cut = Some(input);
+            if inside {
+                // Records after the tick ran before it: run again, cut there.
+                self.stores.rollback_to_savepoint();
+                return Ok(false);
+            }
         }
         if used_stream_time {
             self.processors[slot].reads_stream_time = true;
@@ -709,22 +717,19 @@ impl Task {
                     self.record_failed(slot, &records[0], &failure)?;
                     return Ok(true);
                 }
-                match failure.index.map(|i| i as usize) {
+                // Run the batch again, the blamed record alone (the guest
+                // named it) or every record alone (a trap does not say which
+                // record caused it); the failing one then meets the policy
+                // in a call of its own. Through the caller, so that the
+                // runs stop where punctuations and timers fall due.
+                let (first, last) = match failure.index.map(|i| i as usize) {
                     Some(i) if i < records.len() && failure.kind == FailureKind::GuestError => {
-                        // The guest named the record: redo the ones before it,
-                        // apply the policy to it, go on after it.
-                        self.run_all(slot, &origins[..i], &records[..i])?;
-                        self.record_failed(slot, &records[i], &failure)?;
-                        self.run_all(slot, &origins[i + 1..], &records[i + 1..])?;
+                        (origins[i].seq, origins[i].seq)
                     }
-                    _ => {
-                        // A trap does not say which record caused it: replay one by one.
-                        for i in 0..records.len() {
-                            self.run_all(slot, &origins[i..=i], &records[i..=i])?;
-                        }
-                    }
-                }
-                Ok(true)
+                    _ => (origins[0].seq, origins[origins.len() - 1].seq),
+                };
+                self.processors[slot].isolate = Some((first, last));
+                Ok(false)
             }
         }
     }

@@ -158,7 +158,7 @@ impl Task {
         } else {
             Vec::new()
         };
-        let (mut pos, mut tick) = (0, 0);
+        let (mut pos, mut tick): (usize, usize) = (0, 0);
         loop {
             // The next tick after which this processor's schedule and timers
             // must be looked at: every tick when it reads time (its own calls
@@ -171,7 +171,10 @@ impl Task {
                 let rest = &ticks[tick..];
                 let cut = self.processors[slot].cut.take();
                 let schedule = first_firing(self.processors[slot].stream_schedule, rest);
-                let timer = self.first_timer_tick(slot, rest)?;
+                // Ticks before the last record run are past: a timer due
+                // there was set after them (else it would have fired).
+                let past = pos.checked_sub(1).map_or(0, |last| origins[last].seq.input);
+                let timer = self.first_timer_tick(slot, rest, past)?;
                 let cut = cut.and_then(|input| rest.iter().position(|&(i, _)| i == input));
                 [schedule, timer, cut].into_iter().flatten().min().map(|i| tick + i)
             };
@@ -184,9 +187,10 @@ impl Task {
             };
             let was_reading = self.processors[slot].reads_stream_time;
             pos += self.run_records(slot, &origins[pos..end], &records[pos..end])?;
-            if pos < end || self.processors[slot].reads_stream_time != was_reading {
-                // The processor turned out to read time, or a timer fell due
-                // inside a batch: look again.
+            let reading_changed = self.processors[slot].reads_stream_time != was_reading;
+            if pos < end || reading_changed || self.processors[slot].cut.is_some() {
+                // The processor turned out to read time, or a timer set in
+                // its last batch falls due before what comes next: look again.
                 continue;
             }
             let last = next_tick.map_or(ticks.len(), |t| t + 1);
@@ -210,9 +214,11 @@ impl Task {
     }
 
     /// Runs records in batches of up to `max_batch` (of one stream time each
-    /// when the processor reads time). Returns how many ran: fewer than given
-    /// when the processor turned out to read time in a batch that mixed
-    /// stream times (that batch was rolled back; the caller looks again).
+    /// when the processor reads time, of one record each where a failed
+    /// batch is being isolated). Returns how many ran: fewer than given when
+    /// a batch had to be rolled back ([`Task::run_batch`] says why) or a
+    /// timer set in it falls due before the next records; the caller looks
+    /// again.
     pub(super) fn run_records(
         &mut self,
         slot: usize,
@@ -223,26 +229,31 @@ impl Task {
         let mut done = 0;
         while done < records.len() {
             let mut end = (done + max).min(records.len());
+            if let Some((first, last)) = self.processors[slot].isolate {
+                let at = origins[done].seq;
+                if at > last {
+                    self.processors[slot].isolate = None;
+                } else if at >= first {
+                    end = done + 1;
+                } else {
+                    end = done + origins[done..end].partition_point(|o| o.seq < first);
+                }
+            }
             if self.processors[slot].reads_stream_time {
                 let time = origins[done].stream_time;
                 end = done + origins[done..end].iter().take_while(|o| o.stream_time == time).count();
             }
+            let cut_before = self.processors[slot].cut.is_some();
             if !self.run_batch(slot, &origins[done..end], &records[done..end])? {
                 return Ok(done);
             }
             done = end;
+            if !cut_before && self.processors[slot].cut.is_some() {
+                // A timer set in this batch falls due before the next records.
+                return Ok(done);
+            }
         }
         Ok(done)
-    }
-
-    /// Like [`run_records`](Self::run_records), until every record ran (for
-    /// the replays that isolate a failed record).
-    pub(super) fn run_all(&mut self, slot: usize, origins: &[Origin], records: &[TaskRecord]) -> Result<(), TaskError> {
-        let mut done = 0;
-        while done < records.len() {
-            done += self.run_records(slot, &origins[done..], &records[done..])?;
-        }
-        Ok(())
     }
 
     /// Applies the schedules a call of `slot` requested, at stream time `now`.

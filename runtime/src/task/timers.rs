@@ -21,7 +21,8 @@
 //! will set. After the call it checks, from the index of the record that
 //! set each one: when a timer falls due at a tick *inside* the batch (one
 //! that comes before the batch's last record), the call is rolled back and
-//! run again cut at that tick ([`Task::timer_due_inside`]). Timers usually
+//! run again cut at that tick ([`Task::timer_falling_due`]); when it falls due
+//! after the batch but before the next records, the next batch stops there. Timers usually
 //! lie further ahead than one batch spans, so this is rare.
 //!
 //! **Wall-clock timers** fire between calls once the task's wall clock has
@@ -89,23 +90,29 @@ impl Task {
         Ok(first.first().and_then(|(k, _)| decode(k)).map(|(at, _)| at))
     }
 
-    /// Index in `ticks` of the first tick at which a stored timer of `slot`
-    /// fires.
-    pub(super) fn first_timer_tick(&self, slot: usize, ticks: &[(u64, i64)]) -> Result<Option<usize>, TaskError> {
+    /// Index in `ticks` of the first tick, of an input from `from` on, at
+    /// which a stored timer of `slot` fires.
+    pub(super) fn first_timer_tick(
+        &self,
+        slot: usize,
+        ticks: &[(u64, i64)],
+        from: u64,
+    ) -> Result<Option<usize>, TaskError> {
         let Some(earliest) = self.earliest_stream_timer(slot)? else { return Ok(None) };
-        Ok(ticks.iter().position(|&(_, time)| time >= earliest))
+        Ok(ticks.iter().position(|&(input, time)| input >= from && time >= earliest))
     }
 
     /// For stream-time timers a `process` call set (time, index of the
-    /// record that set it): the input sequence number of the first tick at
-    /// which one falls due before the batch's last record, if any.
-    pub(super) fn timer_due_inside(&self, origins: &[super::time::Origin], set: &[(i64, u32)]) -> Option<u64> {
+    /// record that set it): the input sequence number of the first tick of
+    /// this drain at which one falls due, and whether that tick lies inside
+    /// the batch (before its last record).
+    pub(super) fn timer_falling_due(&self, origins: &[super::time::Origin], set: &[(i64, u32)]) -> Option<(u64, bool)> {
         let last = origins.last()?.seq;
         set.iter()
             .filter_map(|&(at, index)| {
                 let from = origins.get(index as usize)?.seq.input;
                 let &(input, _) = self.ticks.iter().find(|&&(input, time)| input >= from && time >= at)?;
-                (Seq { input, after: 1 } < last).then_some(input)
+                Some((input, Seq { input, after: 1 } < last))
             })
             .min()
     }

@@ -157,7 +157,23 @@ pub fn create_topics(brokers: &str, topics: &[TopicRequest]) -> Result<(), Strin
             Err((name, code)) => return Err(format!("creating topic `{name}`: {code}")),
         }
     }
-    Ok(())
+    // The controller answers before every broker's metadata has the new
+    // topics: wait until it does, so that whoever asked can use them at once.
+    let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let known = partition_counts(brokers)?;
+        let missing: Vec<&str> =
+            topics.iter().filter(|t| !known.contains_key(&t.name)).map(|t| t.name.as_str()).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "topics {missing:?} were created but are not in {brokers}'s metadata after {ADMIN_TIMEOUT:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Partition counts of the topics that exist, from the cluster's metadata.
