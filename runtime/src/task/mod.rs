@@ -698,7 +698,12 @@ impl Task {
             }
             Err(failure) => {
                 self.stores.rollback_to_savepoint();
-                *self.metrics.failures.entry(failure.kind.as_str()).or_default() += 1;
+                let swap_failed = failure.poisoned && self.is_new_version(slot);
+                if records.len() == 1 || failure.kind == FailureKind::HostFault || swap_failed {
+                    // Counted once, in the call that is the record's own (a
+                    // failed batch is run again, the failing record alone).
+                    *self.metrics.failures.entry(failure.kind.as_str()).or_default() += 1;
+                }
                 if failure.poisoned {
                     // A trapped instance cannot be entered again.
                     self.processors[slot].instance = None;
@@ -706,7 +711,7 @@ impl Task {
                 if failure.kind == FailureKind::HostFault {
                     return Err(TaskError::State(StateError { store: "(host)".into(), message: failure.message }));
                 }
-                if failure.poisoned && self.is_new_version(slot) {
+                if swap_failed {
                     return Err(TaskError::SwapFailed {
                         processor: self.processors[slot].name.clone(),
                         kind: failure.kind.as_str(),
