@@ -17,6 +17,8 @@ const GUESTS: &[&str] = &[
     "customer-position",
     "sellable-inventory",
     "enrichment",
+    "page-views",
+    "sessions",
     "misbehave",
     "wrong-world",
     "passthrough",

@@ -4,7 +4,11 @@
 //! which makes `range` and `prefix` scans meaningful: text and bytes as they
 //! are (so a key `"c1"` in a store is the same bytes as a Kafka key `c1`, and
 //! interactive queries can address it by its text), integers big-endian with
-//! the sign bit flipped. Values use a [`Codec`]: [`Json`] by default (readable
+//! the sign bit flipped, tuples `(A, B)` and `(A, B, C)` component by
+//! component (every component but the last self-delimiting: text and bytes
+//! with their zero bytes escaped and a two-byte end mark, so a tuple sorts by
+//! its first component, then the next, and a prefix scan on the first
+//! component finds all its tuples). Values use a [`Codec`]: [`Json`] by default (readable
 //! through interactive queries), or [`Binary`] (postcard, compact and fast).
 
 use serde::Serialize;
@@ -16,6 +20,12 @@ use crate::{Error, Result};
 pub trait KeyEncode {
     /// Appends the encoded key to `out`.
     fn encode_key(&self, out: &mut Vec<u8>);
+
+    /// Appends the key as a component of a tuple key, followed by more
+    /// components: self-delimiting (fixed-width types are already).
+    fn encode_key_part(&self, out: &mut Vec<u8>) {
+        self.encode_key(out);
+    }
 
     /// The encoded key as a new vector.
     fn to_key_bytes(&self) -> Vec<u8> {
@@ -35,9 +45,52 @@ pub trait KeyEncode {
 pub trait KeyDecode: Sized {
     /// Decodes the whole of `bytes`.
     fn decode_key(bytes: &[u8]) -> Result<Self>;
+
+    /// Decodes a component written by [`KeyEncode::encode_key_part`] at the
+    /// start of `bytes`; returns it and the bytes after it.
+    fn decode_key_part(bytes: &[u8]) -> Result<(Self, &[u8])>;
+}
+
+/// Ends an escaped text or bytes component of a tuple key.
+const PART_END: [u8; 2] = [0x00, 0x01];
+
+/// Writes `bytes` as a self-delimiting component: each zero byte as
+/// `00 ff`, then `00 01` (order is kept: the end mark sorts below any
+/// continuation).
+fn encode_part(bytes: &[u8], out: &mut Vec<u8>) {
+    for &b in bytes {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    out.extend_from_slice(&PART_END);
+}
+
+fn decode_part(bytes: &[u8]) -> Result<(Vec<u8>, &[u8])> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1)) {
+            (0, Some(0xff)) => {
+                out.push(0);
+                i += 2;
+            }
+            (0, Some(0x01)) => return Ok((out, &bytes[i + 2..])),
+            (0, _) => return Err(Error::msg("tuple key component is badly escaped")),
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Err(Error::msg("tuple key component has no end mark"))
 }
 
 impl KeyEncode for str {
+    fn encode_key_part(&self, out: &mut Vec<u8>) {
+        encode_part(self.as_bytes(), out);
+    }
     fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
         std::borrow::Cow::Borrowed(self.as_bytes())
     }
@@ -46,6 +99,9 @@ impl KeyEncode for str {
     }
 }
 impl KeyEncode for String {
+    fn encode_key_part(&self, out: &mut Vec<u8>) {
+        encode_part(self.as_bytes(), out);
+    }
     fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
         std::borrow::Cow::Borrowed(self.as_bytes())
     }
@@ -57,8 +113,15 @@ impl KeyDecode for String {
     fn decode_key(bytes: &[u8]) -> Result<Self> {
         String::from_utf8(bytes.to_vec()).map_err(|e| Error::msg(format!("store key is not UTF-8: {e}")))
     }
+    fn decode_key_part(bytes: &[u8]) -> Result<(Self, &[u8])> {
+        let (part, rest) = decode_part(bytes)?;
+        Ok((String::decode_key(&part)?, rest))
+    }
 }
 impl KeyEncode for [u8] {
+    fn encode_key_part(&self, out: &mut Vec<u8>) {
+        encode_part(self, out);
+    }
     fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
         std::borrow::Cow::Borrowed(self)
     }
@@ -67,6 +130,9 @@ impl KeyEncode for [u8] {
     }
 }
 impl KeyEncode for Vec<u8> {
+    fn encode_key_part(&self, out: &mut Vec<u8>) {
+        encode_part(self, out);
+    }
     fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
         std::borrow::Cow::Borrowed(self)
     }
@@ -77,6 +143,9 @@ impl KeyEncode for Vec<u8> {
 impl KeyDecode for Vec<u8> {
     fn decode_key(bytes: &[u8]) -> Result<Self> {
         Ok(bytes.to_vec())
+    }
+    fn decode_key_part(bytes: &[u8]) -> Result<(Self, &[u8])> {
+        decode_part(bytes)
     }
 }
 
@@ -100,10 +169,52 @@ macro_rules! int_keys {
                 let value = (raw ^ ((<$t>::MIN as $u) & (1 << (<$u>::BITS - 1)))) as $t;
                 Ok(value)
             }
+            fn decode_key_part(bytes: &[u8]) -> Result<(Self, &[u8])> {
+                if bytes.len() < size_of::<$t>() {
+                    return Err(Error::msg(format!("tuple key component has {} bytes, expected {}", bytes.len(), size_of::<$t>())));
+                }
+                let (head, rest) = bytes.split_at(size_of::<$t>());
+                Ok((<$t>::decode_key(head)?, rest))
+            }
         }
     )*};
 }
 int_keys!(i64 => u64, i32 => u32, u64 => u64, u32 => u32);
+
+/// Tuple keys: every component but the last as a part, the last as it is.
+macro_rules! tuple_keys {
+    ($($name:ident),+ ; $last:ident) => {
+        #[allow(non_snake_case)]
+        impl<$($name: KeyEncode,)+ $last: KeyEncode> KeyEncode for ($($name,)+ $last) {
+            fn encode_key(&self, out: &mut Vec<u8>) {
+                let ($($name,)+ $last) = self;
+                $($name.encode_key_part(out);)+
+                $last.encode_key(out);
+            }
+            fn encode_key_part(&self, out: &mut Vec<u8>) {
+                let ($($name,)+ $last) = self;
+                $($name.encode_key_part(out);)+
+                $last.encode_key_part(out);
+            }
+        }
+        #[allow(non_snake_case)]
+        impl<$($name: KeyDecode,)+ $last: KeyDecode> KeyDecode for ($($name,)+ $last) {
+            fn decode_key(bytes: &[u8]) -> Result<Self> {
+                let rest = bytes;
+                $(let ($name, rest) = $name::decode_key_part(rest)?;)+
+                Ok(($($name,)+ $last::decode_key(rest)?))
+            }
+            fn decode_key_part(bytes: &[u8]) -> Result<(Self, &[u8])> {
+                let rest = bytes;
+                $(let ($name, rest) = $name::decode_key_part(rest)?;)+
+                let ($last, rest) = $last::decode_key_part(rest)?;
+                Ok((($($name,)+ $last), rest))
+            }
+        }
+    };
+}
+tuple_keys!(A; B);
+tuple_keys!(A, B; C);
 
 /// A value encoding for stores.
 pub trait Codec {
@@ -167,6 +278,32 @@ mod tests {
     fn text_keys_are_raw_bytes() {
         assert_eq!("c1".to_key_bytes(), b"c1");
         assert_eq!(String::decode_key(b"c1").unwrap(), "c1");
+    }
+
+    #[test]
+    fn tuple_keys_sort_by_component_and_round_trip() {
+        let keys: Vec<(String, i64)> = vec![
+            ("a".into(), -1),
+            ("a".into(), 5),
+            ("a\0".into(), 0),
+            ("a\0b".into(), 0),
+            ("ab".into(), i64::MIN),
+            ("b".into(), 0),
+        ];
+        let encoded: Vec<Vec<u8>> = keys.iter().map(KeyEncode::to_key_bytes).collect();
+        let mut sorted = encoded.clone();
+        sorted.sort();
+        assert_eq!(encoded, sorted, "byte order is (text, number) order");
+        for (k, e) in keys.iter().zip(&encoded) {
+            assert_eq!(&<(String, i64)>::decode_key(e).unwrap(), k);
+        }
+        // The last component is as it is: (i64, text) is the text's own bytes after 8.
+        let window = (7i64, "page-1".to_owned()).to_key_bytes();
+        assert_eq!(&window[8..], b"page-1");
+        assert_eq!(<(i64, String)>::decode_key(&window).unwrap(), (7, "page-1".to_owned()));
+        let three = ("x".to_owned(), 3u32, "y".to_owned());
+        assert_eq!(<(String, u32, String)>::decode_key(&three.to_key_bytes()).unwrap(), three);
+        assert!(<(String, i64)>::decode_key(b"no end mark").is_err());
     }
 
     #[test]

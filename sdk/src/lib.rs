@@ -9,6 +9,7 @@ mod context;
 mod error;
 mod record;
 mod store;
+pub mod windows;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
@@ -47,6 +48,7 @@ pub mod bindings {
 /// Everything a processor usually needs, plus serde's derives.
 pub mod prelude {
     pub use crate::codec::{Binary, Json};
+    pub use crate::windows::{Emit, SessionAggregate, SessionWindows, TimeWindows, WindowResult, WindowedAggregate};
     pub use crate::{
         Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, ResultExt, Store,
         TimeDomain, Timer, bail, export_processor,

@@ -92,6 +92,19 @@ impl Kafka {
             .collect()
     }
 
+    /// A topic's configuration as the broker describes it.
+    pub fn topic_config(&self, topic: &str) -> std::collections::BTreeMap<String, String> {
+        use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            weir::backend::kafka::client_config(&self.bootstrap).create().unwrap();
+        let described = futures::executor::block_on(
+            admin.describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new()),
+        )
+        .unwrap();
+        let resource = described.into_iter().next().unwrap().unwrap();
+        resource.entries.into_iter().filter_map(|e| e.value.map(|v| (e.name, v))).collect()
+    }
+
     pub fn topic_exists(&self, topic: &str) -> bool {
         weir::backend::kafka::partition_counts(&self.bootstrap).unwrap().contains_key(topic)
     }

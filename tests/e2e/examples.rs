@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
-const EXAMPLES: &[&str] = &["enrichment", "reservation", "customer-position", "sellable-inventory", "key-count"];
+const EXAMPLES: &[&str] =
+    &["enrichment", "reservation", "customer-position", "sellable-inventory", "key-count", "page-views", "sessions"];
 
 pub fn run_weir_test(example: &str) -> (String, String, bool) {
     let dir = weir_tests::workspace_dir().join("guest-examples").join(example);
@@ -76,6 +77,16 @@ fn sellable_inventory_matches_expected() {
 #[test]
 fn key_count_matches_expected() {
     check_golden("key-count");
+}
+
+#[test]
+fn page_views_matches_expected() {
+    check_golden("page-views");
+}
+
+#[test]
+fn sessions_matches_expected() {
+    check_golden("sessions");
 }
 
 #[test]

@@ -235,6 +235,25 @@ fn key_count_on_kafka_matches_expected() {
     run_example("key-count");
 }
 
+/// Windows on Kafka: the same closed windows as `weir test`, and the window
+/// store's changelog is compacted and deleted after the windows' retention
+/// plus a day.
+#[test]
+fn page_views_on_kafka_matches_expected_and_its_window_changelog_expires() {
+    let (kafka, _server, _dir) = run_example("page-views");
+    let config = kafka.topic_config("page-views-views-changelog");
+    assert_eq!(config.get("cleanup.policy").map(String::as_str), Some("compact,delete"), "{config:?}");
+    let day = 24 * 60 * 60 * 1000;
+    assert_eq!(config.get("retention.ms"), Some(&(11 * 60 * 1000 + day).to_string()), "{config:?}");
+    let plain = kafka.topic_config("page-views-count.timers-changelog");
+    assert_eq!(plain.get("cleanup.policy").map(String::as_str), Some("compact"), "{plain:?}");
+}
+
+#[test]
+fn sessions_on_kafka_matches_expected() {
+    run_example("sessions");
+}
+
 /// A key-count application with names of its own (safe on the shared broker).
 pub struct KeyCountApp {
     pub name: String,
@@ -469,7 +488,12 @@ fn a_co_partitioning_mismatch_with_the_broker_is_refused_at_deploy() {
     let app = KeyCountApp::new(dir.path(), "");
     weir::backend::kafka::create_topics(
         &kafka.bootstrap,
-        &[weir::backend::kafka::TopicRequest { name: app.events.clone(), partitions: 2, compact: false }],
+        &[weir::backend::kafka::TopicRequest {
+            name: app.events.clone(),
+            partitions: 2,
+            compact: false,
+            retention_ms: None,
+        }],
     )
     .unwrap();
     let server = kafka_server(&dir.path().join("data"), kafka);

@@ -99,3 +99,47 @@ fn a_failing_on_timer_meets_the_error_policy_and_its_timer_does_not_fire_again()
     let fired: u64 = r.tasks().iter().map(|t| t.metrics().timers_fired).sum();
     assert_eq!(fired, 2, "bad and good; x's were cancelled by the records that closed them");
 }
+
+/// The host's purge of window stores, seen on its own: with a retention
+/// shorter than the windows live (the SDK's close timers would delete them
+/// later), entries older than the retention are gone after each commit.
+#[test]
+fn a_window_store_keeps_no_window_older_than_its_retention() {
+    let yaml = r#"
+name: purge
+topics: { views: 1, counts: 1, late: 1 }
+sources:
+  views: { topic: views, to: [count] }
+processors:
+  count:
+    component: "{guests}/page_views.wasm"
+    stores: [views]
+    timers: true
+    outputs: { counts: counts, late: late }
+stores:
+  views: { retention: 2m }
+sinks:
+  counts: { topic: counts }
+  late: { topic: late }
+"#;
+    let mut r = runner(yaml);
+    let mut kept = 0;
+    for minute in 0..40 {
+        let record = Record {
+            key: Some(b"/home".to_vec()),
+            value: Some(b"{}".to_vec()),
+            timestamp: minute * 60_000,
+            headers: vec![],
+        };
+        r.feed(InputLine::Record { topic: "views".into(), partition: None, record }).unwrap();
+        let task = &r.tasks()[0];
+        let oldest_kept = task.stream_time() - 2 * 60_000;
+        let entries = task.store_entries("views").unwrap();
+        kept += entries.len();
+        for (k, _) in entries {
+            let start = i64::from_be_bytes(k[..8].try_into().unwrap()) ^ i64::MIN;
+            assert!(start > oldest_kept, "minute {minute}: window at {start} is past the retention");
+        }
+    }
+    assert!(kept > 0, "windows younger than the retention are kept");
+}

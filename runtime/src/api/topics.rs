@@ -103,7 +103,12 @@ pub async fn create(
                     format!("topic `{}` exists with {found} partition(s), not {}", t.name, t.partitions),
                 ));
             }
-            let request = kafka::TopicRequest { name: t.name.clone(), partitions: t.partitions, compact: false };
+            let request = kafka::TopicRequest {
+                name: t.name.clone(),
+                partitions: t.partitions,
+                compact: false,
+                retention_ms: None,
+            };
             kafka::create_topics(brokers, &[request]).map_err(broker_error)?;
             Ok((StatusCode::CREATED, Json(json!({ "name": t.name, "partitions": t.partitions }))))
         })

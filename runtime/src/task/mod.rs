@@ -383,6 +383,15 @@ impl Task {
         &self.name
     }
 
+    /// The entries of one of this task's stores, its pending writes
+    /// included, in key order (for tests and diagnosis).
+    pub fn store_entries(&self, store: &str) -> Result<crate::state::Entries, StateError> {
+        let Some(slot) = (0..self.store_ids.len()).find(|s| self.stores.get(*s).name() == store) else {
+            return Ok(Vec::new());
+        };
+        self.stores.get(slot).range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, usize::MAX)
+    }
+
     pub fn metrics(&self) -> &TaskMetrics {
         &self.metrics
     }
@@ -801,6 +810,7 @@ impl Task {
     /// Takes what the open transaction produced, for the backend to commit.
     /// Store changes stay in the task until [`commit_succeeded`](Self::commit_succeeded).
     pub fn prepare_commit(&mut self) -> TaskCommit<'_> {
+        self.purge_expired_windows();
         let topology = &self.app.topology;
         let changes = self
             .store_ids

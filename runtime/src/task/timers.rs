@@ -56,7 +56,9 @@ fn domain_byte(domain: TimeDomain) -> u8 {
     }
 }
 
-fn order_preserving(at: i64) -> [u8; 8] {
+/// `at` as 8 bytes whose byte order is numeric order (the SDK's `i64` key
+/// encoding).
+pub(super) fn order_preserving(at: i64) -> [u8; 8] {
     ((at as u64) ^ (1 << 63)).to_be_bytes()
 }
 
@@ -66,7 +68,41 @@ fn decode(k: &[u8]) -> Option<(i64, &[u8])> {
     Some(((u64::from_be_bytes(time) ^ (1 << 63)) as i64, &k[9..]))
 }
 
+/// Most expired window entries deleted per commit (the rest go at the next).
+const MAX_PURGE_PER_COMMIT: usize = 10_000;
+
 impl Task {
+    /// Deletes the entries of window stores (`retention:` in the spec)
+    /// whose window started at or before stream time minus the retention:
+    /// they are closed (the SDK's windows never read them again) and their
+    /// close timer has fired. Done at commit, through the store overlay, so
+    /// the changelog gets the deletes with the rest of the transaction.
+    pub(super) fn purge_expired_windows(&mut self) {
+        if self.stream_time < 0 {
+            return;
+        }
+        for (slot, sid) in self.store_ids.clone().into_iter().enumerate() {
+            let Some(retention) = self.app.topology.stores[sid].retention else { continue };
+            let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            let Some(bound) = self.stream_time.checked_sub(retention).and_then(|b| b.checked_add(1)) else { continue };
+            let end = order_preserving(bound);
+            let store = self.stores.get(slot);
+            let expired = match store.range(Bound::Unbounded, Bound::Excluded(&end), MAX_PURGE_PER_COMMIT) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    // Left for the next commit: expired entries are only garbage.
+                    tracing::warn!(task = %self.name, store = store.name(), error = %e, "cannot scan a window store for expired windows");
+                    continue;
+                }
+            };
+            let store = self.stores.get_mut(slot);
+            for (k, _) in expired {
+                store.write(k, None);
+            }
+        }
+        self.stores.release_savepoint();
+    }
+
     /// Due timers in the timer store `store` in `domain` at `now`: (time,
     /// key), in order.
     fn due_timers(&self, store: usize, domain: TimeDomain, now: i64) -> Result<Vec<(i64, Vec<u8>)>, TaskError> {

@@ -775,7 +775,19 @@ impl<'a> Compiler<'a> {
             self.problem(path, format!("store name `{name}` is also declared under stores:"));
         }
         ids.insert(name.to_owned(), stores.len());
-        stores.push(StoreDef { name: name.to_owned(), owner, changelog: None, subtopology: None });
+        let text = self.spec.stores.get(name).and_then(|s| s.retention.clone());
+        let retention = text.and_then(|text| match parse_duration(&text) {
+            Ok(d) if d.as_millis() > 0 => Some(d),
+            Ok(_) => {
+                self.problem(format!("stores.{name}.retention"), "must be at least 1ms");
+                None
+            }
+            Err(e) => {
+                self.problem(format!("stores.{name}.retention"), e);
+                None
+            }
+        });
+        stores.push(StoreDef { name: name.to_owned(), owner, changelog: None, subtopology: None, retention });
         stores.len() - 1
     }
 }

@@ -151,6 +151,8 @@ pub struct StoreDef {
     pub changelog: Option<String>,
     /// The sub-topology whose tasks own partitions of this store (none for global).
     pub subtopology: Option<usize>,
+    /// A window store's retention (see [`spec::StoreSpec::retention`]).
+    pub retention: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]

@@ -211,7 +211,16 @@ pub struct GlobalTableSpec {
 /// A processor-owned key-value store.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct StoreSpec {}
+pub struct StoreSpec {
+    /// Makes it a window store (a duration, e.g. `70s`: the windows' size
+    /// plus grace): keys start with an 8-byte window start (the SDK's
+    /// `WindowedAggregate` writes them so), entries whose window started
+    /// more than `retention` before stream time are deleted by the host, and
+    /// on Kafka the changelog is compacted and deleted after the retention
+    /// plus a day (Kafka Streams' default margin).
+    #[serde(default)]
+    pub retention: Option<String>,
+}
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -130,6 +130,9 @@ pub struct TopicRequest {
     pub partitions: u32,
     /// `cleanup.policy=compact` (changelogs).
     pub compact: bool,
+    /// With `compact`: `cleanup.policy=compact,delete` and this
+    /// `retention.ms` (window stores' changelogs).
+    pub retention_ms: Option<u64>,
 }
 
 /// Creates topics that do not exist yet; existing ones are left as they are
@@ -140,11 +143,17 @@ pub fn create_topics(brokers: &str, topics: &[TopicRequest]) -> Result<(), Strin
     }
     let admin: AdminClient<DefaultClientContext> =
         client_config(brokers).create().map_err(|e| format!("cannot create an admin client for {brokers}: {e}"))?;
+    let retentions: Vec<Option<String>> = topics.iter().map(|t| t.retention_ms.map(|ms| ms.to_string())).collect();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| {
+        .zip(&retentions)
+        .map(|(t, retention)| {
             let topic = NewTopic::new(&t.name, t.partitions as i32, TopicReplication::Fixed(-1));
-            if t.compact { topic.set("cleanup.policy", "compact") } else { topic }
+            match (t.compact, retention) {
+                (true, Some(ms)) => topic.set("cleanup.policy", "compact,delete").set("retention.ms", ms),
+                (true, None) => topic.set("cleanup.policy", "compact"),
+                (false, _) => topic,
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));

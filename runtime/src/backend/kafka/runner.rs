@@ -69,6 +69,9 @@ pub enum KafkaStartError {
 /// Creates every topic the application uses that does not exist, after
 /// checking those that do against the partition counts the application
 /// needs (co-partitioning is validated against the broker's real counts).
+/// Kept in a window store's changelog beyond the windows' retention: one day.
+const WINDOW_CHANGELOG_MARGIN_MS: u64 = 24 * 60 * 60 * 1000;
+
 pub fn create_topics(brokers: &str, topology: &Topology) -> Result<(), KafkaStartError> {
     let existing = super::partition_counts(brokers).map_err(KafkaStartError::Broker)?;
     let mut problems = Vec::new();
@@ -83,6 +86,16 @@ pub fn create_topics(brokers: &str, topology: &Topology) -> Result<(), KafkaStar
                 name: topic.clone(),
                 partitions: *partitions,
                 compact: changelogs.contains(&topic.as_str()),
+                // A window store's changelog also forgets what is older
+                // than its windows live (Kafka Streams adds a day too).
+                retention_ms: topology
+                    .stores
+                    .iter()
+                    .find(|s| s.changelog.as_deref() == Some(topic.as_str()))
+                    .and_then(|s| s.retention)
+                    .map(|r| {
+                        u64::try_from(r.as_millis()).unwrap_or(u64::MAX).saturating_add(WINDOW_CHANGELOG_MARGIN_MS)
+                    }),
             }),
         }
     }
@@ -91,7 +104,7 @@ pub fn create_topics(brokers: &str, topology: &Topology) -> Result<(), KafkaStar
     }
     let directory = super::directory::topic(&topology.name);
     if !existing.contains_key(&directory) {
-        missing.push(TopicRequest { name: directory, partitions: 1, compact: true });
+        missing.push(TopicRequest { name: directory, partitions: 1, compact: true, retention_ms: None });
     }
     super::create_topics(brokers, &missing).map_err(KafkaStartError::Broker)
 }
