@@ -228,8 +228,8 @@ sinks: { out: { topic: out } }
 "#;
 
 /// A tumbling-window count (60 s windows, 10 s grace, emitted on close) by
-/// the hand-written test guest `windowed-count`: it reads stream time in
-/// `process`, so its batches are cut wherever stream time moves.
+/// the hand-written test guest `windowed-count` (it reads stream time in
+/// `process` and closes windows from a punctuation).
 const WINDOWED_SPEC: &str = r#"
 name: bench
 topics: { in: {P}, out: {P}, late: {P} }
@@ -241,6 +241,23 @@ processors:
     stores: [windows]
     outputs: { counts: out, late: late }
 stores: { windows: {} }
+sinks: { out: { topic: out }, late: { topic: late } }
+"#;
+
+/// The same count through the SDK's windows (the page-views example as a
+/// tumbling window): a window store, one close timer per window.
+const SDK_WINDOWED_SPEC: &str = r#"
+name: bench
+topics: { in: {P}, out: {P}, late: {P} }
+sources: { in: { topic: in, to: [w] } }
+processors:
+  w:
+    component: "{G}/page_views.wasm"
+    config: { size: 60s, advance: 60s, grace: 10s }
+    stores: [views]
+    timers: true
+    outputs: { counts: out, late: late }
+stores: { views: { retention: 70s } }
 sinks: { out: { topic: out }, late: { topic: late } }
 "#;
 
@@ -274,7 +291,7 @@ pub fn embedded(settings: EmbeddedBench) -> anyhow::Result<()> {
     let fill = |spec: &str| {
         spec.replace("{P}", &settings.partitions.to_string()).replace("{G}", &settings.guests.display().to_string())
     };
-    let windowed = settings.guests.join("windowed_count.wasm").exists();
+    let windowed = ["windowed_count.wasm", "page_views.wasm"].iter().all(|g| settings.guests.join(g).exists());
     let mut scenarios = vec![
         ("raw", Scenario::Raw),
         ("passthrough", Scenario::App { spec: fill(PASSTHROUGH_SPEC), input: "text", outputs: &["out"] }),
@@ -288,8 +305,15 @@ pub fn embedded(settings: EmbeddedBench) -> anyhow::Result<()> {
         // Records 1 ms apart in event time: every record moves stream time.
         scenarios
             .push(("windowed", Scenario::App { spec: fill(WINDOWED_SPEC), input: "events-in-time", outputs: &[] }));
+        scenarios.push((
+            "sdk-windows",
+            Scenario::App { spec: fill(SDK_WINDOWED_SPEC), input: "events-in-time", outputs: &[] },
+        ));
     } else {
-        println!("(windowed left out: no windowed_count.wasm in {}; build the test guests)", settings.guests.display());
+        println!(
+            "(windowed left out: no windowed_count.wasm or page_views.wasm in {}; run cargo guests)",
+            settings.guests.display()
+        );
     }
     println!(
         "embedded backend, exactly-once, {} partitions, {} workers, commit interval {:?}; throughput over {} records, latency at {}/s",
@@ -308,8 +332,10 @@ pub fn embedded(settings: EmbeddedBench) -> anyhow::Result<()> {
         }
         results.insert(*name, f);
     }
-    if let Some(w) = results.get("windowed") {
-        println!("ratio windowed/key-count {:.2}", w.per_second / results["key-count"].per_second);
+    for name in ["windowed", "sdk-windows"] {
+        if let Some(w) = results.get(name) {
+            println!("ratio {name}/key-count {:.2}", w.per_second / results["key-count"].per_second);
+        }
     }
     println!("ratio {:.2}", results["passthrough"].per_second / results["raw"].per_second);
     Ok(())
