@@ -19,6 +19,7 @@ const GUESTS: &[&str] = &[
     "enrichment",
     "page-views",
     "sessions",
+    "order-payment",
     "misbehave",
     "wrong-world",
     "passthrough",

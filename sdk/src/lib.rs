@@ -7,6 +7,7 @@ pub mod codec;
 mod config;
 mod context;
 mod error;
+pub mod join;
 mod record;
 mod store;
 pub mod windows;
@@ -48,6 +49,7 @@ pub mod bindings {
 /// Everything a processor usually needs, plus serde's derives.
 pub mod prelude {
     pub use crate::codec::{Binary, Json};
+    pub use crate::join::{JoinKind, JoinWindows, StreamJoin};
     pub use crate::windows::{Emit, SessionAggregate, SessionWindows, TimeWindows, WindowResult, WindowedAggregate};
     pub use crate::{
         Config, Context, Emitted, Error, LogLevel, Processor, Punctuation, Record, Result, ResultExt, Store,

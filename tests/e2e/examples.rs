@@ -6,8 +6,16 @@
 use std::path::Path;
 use std::process::Command;
 
-const EXAMPLES: &[&str] =
-    &["enrichment", "reservation", "customer-position", "sellable-inventory", "key-count", "page-views", "sessions"];
+const EXAMPLES: &[&str] = &[
+    "enrichment",
+    "reservation",
+    "customer-position",
+    "sellable-inventory",
+    "key-count",
+    "page-views",
+    "sessions",
+    "order-payment",
+];
 
 pub fn run_weir_test(example: &str) -> (String, String, bool) {
     let dir = weir_tests::workspace_dir().join("guest-examples").join(example);
@@ -87,6 +95,11 @@ fn page_views_matches_expected() {
 #[test]
 fn sessions_matches_expected() {
     check_golden("sessions");
+}
+
+#[test]
+fn order_payment_matches_expected() {
+    check_golden("order-payment");
 }
 
 #[test]

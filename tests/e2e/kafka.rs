@@ -254,6 +254,11 @@ fn sessions_on_kafka_matches_expected() {
     run_example("sessions");
 }
 
+#[test]
+fn order_payment_on_kafka_matches_expected() {
+    run_example("order-payment");
+}
+
 /// A key-count application with names of its own (safe on the shared broker).
 pub struct KeyCountApp {
     pub name: String,

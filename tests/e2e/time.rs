@@ -40,7 +40,8 @@ use crate::server::{Options, Rng, Server, write_spec};
 /// punctuation falls due, and its one task's output shows exactly where the
 /// ticks fall between the records.
 ///
-/// `sessions` runs the inactivity guest (durable stream-time timers, set
+/// `page_views` is a hopping-window count through the SDK's windows (a
+/// window store, a close timer per window). `sessions` runs the inactivity guest (durable stream-time timers, set
 /// and cancelled on every record); `legacy_windows` runs the windowed count
 /// as built against contract 0.1.0 (the pinned copy), which asks the host
 /// for stream time instead of getting it per record.
@@ -49,14 +50,22 @@ fn windows_spec(name: &str, prefix: &str, max_batch: u32) -> String {
     format!(
         r#"
 name: {name}
-topics: {{ {prefix}clicks: 3, {prefix}views: 2, {prefix}pings: 1, {prefix}sessions: 2, {prefix}legacy: 2, {prefix}click-counts: 2, {prefix}view-counts: 2, {prefix}click-late: 1, {prefix}view-late: 1, {prefix}ticks: 1, {prefix}closed: 2, {prefix}legacy-counts: 2, {prefix}legacy-late: 1 }}
+topics: {{ {prefix}clicks: 3, {prefix}views: 2, {prefix}pings: 1, {prefix}sessions: 2, {prefix}legacy: 2, {prefix}click-counts: 2, {prefix}view-counts: 2, {prefix}click-late: 1, {prefix}view-late: 1, {prefix}ticks: 1, {prefix}closed: 2, {prefix}legacy-counts: 2, {prefix}legacy-late: 1, {prefix}pages: 2, {prefix}page-counts: 2, {prefix}page-late: 1 }}
 sources:
   clicks: {{ topic: {prefix}clicks, to: [click_windows] }}
   views: {{ topic: {prefix}views, to: [view_windows] }}
   pings: {{ topic: {prefix}pings, to: [pinger] }}
   sessions: {{ topic: {prefix}sessions, to: [inactivity] }}
   legacy: {{ topic: {prefix}legacy, to: [legacy_windows] }}
+  pages: {{ topic: {prefix}pages, to: [page_views] }}
 processors:
+  page_views:
+    component: "{{guests}}/page_views.wasm"
+    config: {{ size: 60s, advance: 20s, grace: 10s }}
+    stores: [views]
+    timers: true
+    outputs: {{ counts: page_counts, late: page_late }}
+    max_batch: {max_batch}
   inactivity:
     component: "{{guests}}/inactivity.wasm"
     config: {{ gap_ms: 20000 }}
@@ -91,11 +100,13 @@ processors:
     config: {{ stream_every: 5000 }}
     outputs: {{ out: ticks }}
     max_batch: {max_batch}
-stores: {{ click_windows: {{}}, view_windows: {{}}, activity: {{}}, legacy_windows: {{}} }}
+stores: {{ click_windows: {{}}, view_windows: {{}}, activity: {{}}, legacy_windows: {{}}, views: {{ retention: 70s }} }}
 sinks:
   closed: {{ topic: {prefix}closed }}
   legacy_counts: {{ topic: {prefix}legacy-counts }}
   legacy_late: {{ topic: {prefix}legacy-late }}
+  page_counts: {{ topic: {prefix}page-counts }}
+  page_late: {{ topic: {prefix}page-late }}
   click_counts: {{ topic: {prefix}click-counts }}
   click_late: {{ topic: {prefix}click-late }}
   view_counts: {{ topic: {prefix}view-counts }}
@@ -107,10 +118,21 @@ sinks:
 
 /// Output topics of [`windows_spec`].
 fn outputs(prefix: &str) -> Vec<String> {
-    ["click-counts", "view-counts", "click-late", "view-late", "ticks", "closed", "legacy-counts", "legacy-late"]
-        .iter()
-        .map(|t| format!("{prefix}{t}"))
-        .collect()
+    [
+        "click-counts",
+        "view-counts",
+        "click-late",
+        "view-late",
+        "ticks",
+        "closed",
+        "legacy-counts",
+        "legacy-late",
+        "page-counts",
+        "page-late",
+    ]
+    .iter()
+    .map(|t| format!("{prefix}{t}"))
+    .collect()
 }
 
 /// The windowed-count guest as built against contract 0.1.0, kept as a
@@ -138,11 +160,12 @@ fn random_input(rng: &mut Rng, n: usize) -> Vec<Input> {
         .map(|_| {
             clock += rng.below(6_000) as i64;
             let ts = clock - rng.below(25_000) as i64;
-            let topic = match rng.below(7) {
+            let topic = match rng.below(8) {
                 0 => "views",
                 1 => "pings",
                 2 => "sessions",
                 3 => "legacy",
+                4 => "pages",
                 _ => "clicks",
             };
             (topic, format!("k{}", rng.below(6)), ts)
@@ -709,3 +732,4 @@ fn timers_fire_at_the_same_point_however_input_is_batched_and_crashed() {
     eprintln!("200 rounds: {fired} timers fired, {crashes} crashes");
     assert!(fired > 500 && crashes > 50, "timers fire and crashes happen");
 }
+
