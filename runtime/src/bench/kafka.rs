@@ -79,6 +79,27 @@ stores: { counts: {} }
 sinks: { out: { topic: out-{S} } }
 "#;
 
+/// A tumbling-window count (60 s, 10 s grace, emitted on close) through
+/// the SDK's windows: the page-views example configured as a tumbling window.
+const WINDOWED_COUNT: &str = r#"
+name: bench-{S}
+topics: { in-{S}: {P}, out-{S}: {P}, late-{S}: {P} }
+sources: { in: { topic: in-{S}, to: [count] } }
+processors:
+  count:
+    component: "{G}/page_views.wasm"
+    config: { size: 60s, advance: 60s, grace: 10s }
+    stores: [views]
+    timers: true
+    outputs: { counts: out, late: late }
+stores: { views: { retention: 70s } }
+sinks: { out: { topic: out-{S} }, late: { topic: late-{S} } }
+"#;
+
+/// Window size and grace of [`WINDOWED_COUNT`] (and of the peer's twin).
+const WINDOW_MS: i64 = 60_000;
+const GRACE_MS: i64 = 10_000;
+
 const RESERVATION: &str = r#"
 name: bench-{S}
 topics: { in-{S}: {P}, adjustments-{S}: {P}, validated-{S}: {P}, rejected-{S}: {P} }
@@ -112,7 +133,9 @@ struct Scenario {
     runner: Runner,
     /// The weir spec; its topics are every runner's topics.
     spec: &'static str,
-    /// `text` (keyed events) or `orders` (reservation orders, after stock).
+    /// `text` (keyed events), `orders` (reservation orders, after stock) or
+    /// `events-in-time` (keyed events 1 ms apart in event time: windowed,
+    /// one output per closed window rather than per record).
     input: &'static str,
     outputs: &'static [&'static str],
 }
@@ -128,7 +151,7 @@ struct Figures {
 }
 
 pub fn run(settings: KafkaBench) -> anyhow::Result<()> {
-    for guest in ["passthrough", "key_count", "reservation"] {
+    for guest in ["passthrough", "key_count", "reservation", "page_views"] {
         let path = settings.guests.join(format!("{guest}.wasm"));
         anyhow::ensure!(path.exists(), "{} not found: run `cargo guests` first, or pass --guests DIR", path.display());
     }
@@ -149,6 +172,7 @@ pub fn run(settings: KafkaBench) -> anyhow::Result<()> {
         scenario("passthrough", Runner::Weir, PASSTHROUGH, "text", OUT),
         scenario("key-count", Runner::Weir, KEY_COUNT, "text", OUT),
         scenario("reservation", Runner::Weir, RESERVATION, "orders", VALIDATED_REJECTED),
+        scenario("windowed", Runner::Weir, WINDOWED_COUNT, "events-in-time", OUT),
     ];
     if settings.kafka_streams.is_some() {
         scenarios.push(scenario("ks-key-count", Runner::KafkaStreams("bench-key-count"), KEY_COUNT, "text", OUT));
@@ -158,6 +182,13 @@ pub fn run(settings: KafkaBench) -> anyhow::Result<()> {
             RESERVATION,
             "orders",
             VALIDATED_REJECTED,
+        ));
+        scenarios.push(scenario(
+            "ks-windowed",
+            Runner::KafkaStreams("bench-windowed-count"),
+            WINDOWED_COUNT,
+            "events-in-time",
+            OUT,
         ));
     }
     if !settings.only.is_empty() {
@@ -201,6 +232,8 @@ pub fn run(settings: KafkaBench) -> anyhow::Result<()> {
     };
     println!("ratio weir/kafka-streams key-count {}", ratio("key-count", "ks-key-count"));
     println!("ratio weir/kafka-streams reservation {}", ratio("reservation", "ks-reservation"));
+    println!("ratio weir/kafka-streams windowed {}", ratio("windowed", "ks-windowed"));
+    println!("ratio windowed/key-count {}", ratio("windowed", "key-count"));
     println!("ratio passthrough/raw {}", ratio("passthrough", "raw"));
     Ok(())
 }
@@ -259,6 +292,21 @@ fn run_scenario(settings: &KafkaBench, scenario: &Scenario) -> anyhow::Result<Fi
     for chunk in (0..settings.records).collect::<Vec<_>>().chunks(50_000) {
         produce(&input, chunk.iter().map(|i| bench_record(scenario.input, *i, now_ms)).collect())?;
     }
+    let windowed = scenario.input == "events-in-time";
+    // Windowed: how many (key, window) results the input makes, and a record
+    // per partition far enough ahead in event time to close every window.
+    let expected = if windowed {
+        let records: Vec<_> = (0..settings.records).map(|i| bench_record(scenario.input, i, now_ms)).collect();
+        let last = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
+        let windows: std::collections::BTreeSet<(Vec<u8>, i64)> = records
+            .iter()
+            .map(|r| (r.key.clone().unwrap_or_default(), r.timestamp - r.timestamp.rem_euclid(WINDOW_MS)))
+            .collect();
+        produce(&input, closers(settings.partitions, last + 2 * (WINDOW_MS + GRACE_MS)))?;
+        windows.len()
+    } else {
+        settings.records
+    };
     producer.flush(Duration::from_secs(300))?;
 
     // Outputs, as a downstream exactly-once consumer sees them.
@@ -287,8 +335,19 @@ fn run_scenario(settings: &KafkaBench, scenario: &Scenario) -> anyhow::Result<Fi
     let mut seen = 0usize;
     let first = read_outputs(&reader, &mut seen, 1, None, deadline, &mut processor)?;
     let startup_s = first.duration_since(started).as_secs_f64();
-    let last = read_outputs(&reader, &mut seen, settings.records, None, deadline, &mut processor)?;
-    let per_second = (settings.records - 1) as f64 / last.duration_since(first).as_secs_f64().max(1e-9);
+    let last = read_outputs(&reader, &mut seen, expected, None, deadline, &mut processor)?;
+    let elapsed = last.duration_since(first).as_secs_f64().max(1e-9);
+    if windowed {
+        // The first result comes when the first window closes, after the
+        // records of its first 70 s of event time (1 ms apart): the records
+        // processed from then to the last result.
+        let before_first = (WINDOW_MS + GRACE_MS) as f64;
+        let per_second = (settings.records as f64 - before_first).max(1.0) / elapsed;
+        let rss_mib = processor.peak_rss_mib();
+        processor.stop()?;
+        return Ok(Figures { startup_s, per_second, p50_ms: f64::NAN, p99_ms: f64::NAN, rss_mib });
+    }
+    let per_second = (settings.records - 1) as f64 / elapsed;
 
     // Latency: a steady trickle well below capacity.
     let per_tick = (settings.latency_rate / 100).max(1);
@@ -321,6 +380,28 @@ fn run_scenario(settings: &KafkaBench, scenario: &Scenario) -> anyhow::Result<Fi
     latencies.sort_by(f64::total_cmp);
     let pick = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(f64::NAN);
     Ok(Figures { startup_s, per_second, p50_ms: pick(0.5), p99_ms: pick(0.99), rss_mib })
+}
+
+/// One record per partition at event time `at`: past the close of every
+/// window of the input.
+fn closers(partitions: u32, at: i64) -> Vec<crate::record::Record> {
+    let mut found = std::collections::BTreeMap::new();
+    for i in 0.. {
+        let key = format!("close-{i}");
+        found.entry(partition_for(Some(key.as_bytes()), partitions, 0)).or_insert(key);
+        if found.len() as u32 == partitions {
+            break;
+        }
+    }
+    found
+        .into_values()
+        .map(|key| crate::record::Record {
+            key: Some(key.into_bytes()),
+            value: Some(b"close".to_vec()),
+            timestamp: at,
+            headers: Vec::new(),
+        })
+        .collect()
 }
 
 /// Reads outputs until `until` were seen (recording each one's latency

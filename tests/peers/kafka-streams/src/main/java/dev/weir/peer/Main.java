@@ -16,6 +16,7 @@ public final class Main {
     private static final String USAGE = String.join("\n",
             "usage: java -cp 'target/kafka-streams-peer.jar:target/libs/*' dev.weir.peer.Main MODE ...",
             "  bench-key-count   --bootstrap H:P --application-id ID --input T --output T",
+            "  bench-windowed-count  (the same flags: 60 s tumbling windows, 10 s grace, emitted on close)",
             "                    [--commit-interval-ms 100] [--threads 2] [--state-dir DIR]",
             "  bench-reservation --bootstrap H:P --application-id ID --orders T --adjustments T",
             "                    --validated T --rejected T [--commit-interval-ms 100] [--threads 2] [--state-dir DIR]",
@@ -58,6 +59,8 @@ public final class Main {
         switch (mode) {
             case "bench-key-count":
                 return Bench.run(KeyCount.topology(f.require("input"), f.require("output")), f);
+            case "bench-windowed-count":
+                return Bench.run(WindowedCount.topology(f.require("input"), f.require("output")), f);
             case "bench-reservation":
                 return Bench.run(Reservation.topology(f.require("orders"), f.require("adjustments"),
                         f.require("validated"), f.require("rejected")), f);
