@@ -732,4 +732,3 @@ fn timers_fire_at_the_same_point_however_input_is_batched_and_crashed() {
     eprintln!("200 rounds: {fired} timers fired, {crashes} crashes");
     assert!(fired > 500 && crashes > 50, "timers fire and crashes happen");
 }
-

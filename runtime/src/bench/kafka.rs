@@ -228,7 +228,7 @@ pub fn run(settings: KafkaBench) -> anyhow::Result<()> {
     }
     let ratio = |a: &str, b: &str| match (results.get(a), results.get(b)) {
         (Some(a), Some(b)) => format!("{:.2}", a.per_second / b.per_second),
-        _ => "not measured (no --kafka-streams peer)".to_owned(),
+        _ => "not measured (a side was not run: --only, or no --kafka-streams peer)".to_owned(),
     };
     println!("ratio weir/kafka-streams key-count {}", ratio("key-count", "ks-key-count"));
     println!("ratio weir/kafka-streams reservation {}", ratio("reservation", "ks-reservation"));
