@@ -253,3 +253,58 @@ impl StreamJoin {
 fn missing(store: &str, id: &(String, i64, i64)) -> Error {
     Error::msg(format!("join store `{store}` has a timer for ({}, {}, {}) but no record", id.0, id.1, id.2))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Processor;
+    use crate::testing::TestDriver;
+
+    struct Join(StreamJoin);
+
+    fn pair(l: Option<&String>, r: Option<&String>) -> String {
+        format!("{}+{}", l.map_or("-", String::as_str), r.map_or("-", String::as_str))
+    }
+
+    impl Processor for Join {
+        fn process(&mut self, ctx: &mut Context, rec: Record) -> Result<()> {
+            match rec.source() {
+                Some("left") => self.0.add_left::<String, String, String>(ctx, &rec, &pair),
+                _ => self.0.add_right::<String, String, String>(ctx, &rec, &pair),
+            }
+        }
+        fn on_timer(&mut self, ctx: &mut Context, timer: Timer) -> Result<()> {
+            self.0.on_timer::<String, String, String>(ctx, &timer, &pair)?;
+            Ok(())
+        }
+    }
+
+    fn side(source: &str, key: &str, value: &str, ts: i64) -> Record {
+        Record::from_json(key, &value).at(ts).from_source(source)
+    }
+
+    /// Pairs and unmatched records of one run of `kind`, in emit order.
+    fn run(kind: JoinKind) -> Vec<String> {
+        let windows = JoinWindows::of(Duration::from_secs(10)).grace(Duration::from_secs(2));
+        let join = StreamJoin::new("l", "r", windows, kind).to("out");
+        let mut d = TestDriver::new(Join(join)).with_store("l").with_store("r").with_outputs(["out"]);
+        for r in [
+            side("left", "k", "l1", 0),
+            side("right", "k", "r1", 10_000), // exactly the window: joins l1
+            side("right", "j", "r2", 11_000), // no left j
+            side("left", "k", "l2", 21_000),  // 11 s after r1: joins nothing
+            side("right", "z", "tick", 40_000),
+            side("left", "k", "late", 1_000), // closes at 13 s: late
+        ] {
+            d.process(r).unwrap();
+        }
+        d.emitted_to("out").iter().map(|e| e.json::<String>().unwrap()).collect()
+    }
+
+    #[test]
+    fn inner_left_and_outer_joins_differ_only_in_their_unmatched_records() {
+        assert_eq!(run(JoinKind::Inner), vec!["l1+r1"]);
+        assert_eq!(run(JoinKind::Left), vec!["l1+r1", "l2+-"]);
+        assert_eq!(run(JoinKind::Outer), vec!["l1+r1", "-+r2", "l2+-"]);
+    }
+}

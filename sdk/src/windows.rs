@@ -447,4 +447,70 @@ mod tests {
         assert_eq!(odd.starts(55).collect::<Vec<_>>(), vec![20, 40]);
         assert_eq!(tumbling.grace(Duration::from_secs(10)).closes_at(60_000), 130_000);
     }
+
+    use crate::testing::TestDriver;
+    use crate::{Processor, Record};
+
+    /// Counts per key in 60 s tumbling windows, 10 s grace, emitting on every update.
+    struct OnUpdate(WindowedAggregate);
+
+    impl Processor for OnUpdate {
+        fn process(&mut self, ctx: &mut Context, rec: Record) -> Result<()> {
+            self.0.add(ctx, &rec, |n: Option<u64>, _| Ok(n.unwrap_or(0) + 1))?;
+            Ok(())
+        }
+        fn on_timer(&mut self, ctx: &mut Context, timer: Timer) -> Result<()> {
+            self.0.on_timer::<u64>(ctx, &timer)?;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn on_update_emits_every_change_and_nothing_at_close_and_late_records_are_counted() {
+        let windows = TimeWindows::tumbling(Duration::from_secs(60)).grace(Duration::from_secs(10));
+        let agg = WindowedAggregate::new("w", windows).emit(Emit::OnUpdate).to("out");
+        let mut d = TestDriver::new(OnUpdate(agg)).with_store("w").with_outputs(["out"]);
+        d.process(Record::new("a", "x").at(1_000)).unwrap();
+        d.process(Record::new("a", "x").at(2_000)).unwrap();
+        d.process(Record::new("b", "x").at(80_000)).unwrap(); // closes [0, 60s): nothing more for it
+        d.process(Record::new("a", "x").at(3_000)).unwrap(); // late: dropped, counted
+        let out: Vec<(String, i64, u64)> = d
+            .emitted_to("out")
+            .iter()
+            .map(|e| e.json::<WindowResult<u64>>().unwrap())
+            .map(|r| (r.key, r.start, r.value))
+            .collect();
+        assert_eq!(out, vec![("a".into(), 0, 1), ("a".into(), 0, 2), ("b".into(), 60_000, 1)]);
+        assert_eq!(d.emitted_to("out")[1].timestamp, 2_000, "an update has its record's time");
+        assert!(d.timers().iter().all(|t| t.timestamp == 130_000), "only b's window is left: {:?}", d.timers());
+    }
+
+    struct Sessions(SessionAggregate);
+
+    impl Processor for Sessions {
+        fn process(&mut self, ctx: &mut Context, rec: Record) -> Result<()> {
+            self.0.add(ctx, &rec, |a: u64, b: u64| Ok(a + b), |n: Option<u64>, _| Ok(n.unwrap_or(0) + 1))?;
+            Ok(())
+        }
+        fn on_timer(&mut self, ctx: &mut Context, timer: Timer) -> Result<()> {
+            self.0.on_timer::<u64>(ctx, &timer)?;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn sessions_split_at_the_gap_merge_across_it_and_close_after_gap_plus_grace() {
+        let windows = SessionWindows::with_gap(Duration::from_secs(10)).grace(Duration::from_secs(5));
+        let mut d = TestDriver::new(Sessions(SessionAggregate::new("s", windows).to("out")))
+            .with_store("s")
+            .with_outputs(["out"]);
+        d.process(Record::new("a", "x").at(0)).unwrap();
+        d.process(Record::new("a", "x").at(10_000)).unwrap(); // exactly the gap: a new session
+        d.process(Record::new("a", "x").at(5_000)).unwrap(); // within the gap of both: merged
+        d.process(Record::new("z", "x").at(24_999)).unwrap();
+        assert!(d.emitted_to("out").is_empty(), "closes at 10 s + 10 s + 5 s");
+        d.process(Record::new("z", "x").at(25_000)).unwrap();
+        let out: Vec<WindowResult<u64>> = d.emitted_to("out").iter().map(|e| e.json().unwrap()).collect();
+        assert_eq!(out, vec![WindowResult { key: "a".into(), start: 0, end: 10_000, value: 3 }]);
+    }
 }

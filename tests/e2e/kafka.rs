@@ -356,7 +356,7 @@ fn owned_tasks(server: &Server, app: &str) -> Vec<String> {
 }
 
 /// Waits until the instances' running tasks are all 4, split as `split` says.
-fn wait_tasks(servers: &[&Server], app: &str, what: &str, split: impl Fn(&[usize]) -> bool) {
+pub fn wait_tasks(servers: &[&Server], app: &str, what: &str, split: impl Fn(&[usize]) -> bool) {
     wait_for(Duration::from_secs(90), what, || {
         let owned: Vec<usize> = servers.iter().map(|s| owned_tasks(s, app).len()).collect();
         (owned.iter().sum::<usize>() == 4 && split(&owned)).then_some(())

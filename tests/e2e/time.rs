@@ -30,7 +30,7 @@ use weir::topology::{Topology, parse_spec};
 
 use crate::broker::{shared, unique};
 use crate::common::engine;
-use crate::kafka::{kafka_server_with, wait_drained};
+use crate::kafka::{kafka_server_with, wait_drained, wait_tasks};
 use crate::server::{Options, Rng, Server, write_spec};
 
 /// Two windowed counts, one per input topic; clicks' counts go through a
@@ -731,4 +731,61 @@ fn timers_fire_at_the_same_point_however_input_is_batched_and_crashed() {
     }
     eprintln!("200 rounds: {fired} timers fired, {crashes} crashes");
     assert!(fired > 500 && crashes > 50, "timers fire and crashes happen");
+}
+
+/// Timers move with their tasks: two instances share an application whose
+/// every record sets and cancels a durable timer; one joins mid-stream, the
+/// other is killed (SIGKILL) later, and the closed activities are exactly
+/// those `weir test` gives, none lost or repeated.
+#[test]
+fn timers_move_with_their_tasks_when_instances_join_and_die_on_kafka() {
+    let kafka = shared();
+    let mut rng = Rng::new("timers_move_with_their_tasks_when_instances_join_and_die_on_kafka");
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("timers");
+    let spec = format!(
+        r#"
+name: {name}
+topics: {{ {name}-sessions: 4, {name}-closed: 4 }}
+sources:
+  sessions: {{ topic: {name}-sessions, to: [inactivity] }}
+processors:
+  inactivity:
+    component: "{{guests}}/inactivity.wasm"
+    stores: [activity]
+    timers: true
+    outputs: {{ closed: closed }}
+stores: {{ activity: {{}} }}
+sinks:
+  closed: {{ topic: {name}-closed }}
+"#
+    );
+    let input: Vec<Input> = random_input(&mut rng, 900).into_iter().map(|(_, k, ts)| ("sessions", k, ts)).collect();
+    let expected = reference(&app(&spec), &format!("{name}-"), &input);
+    let path = write_spec(dir.path(), "timers.yaml", &spec);
+    let one_worker = [("WEIR_WORKERS", "1")];
+    let produce = |records: &[Input]| {
+        let jsonl: String = records
+            .iter()
+            .map(|(_, key, ts)| format!("{{\"key\":\"{key}\",\"value\":{{}},\"timestamp\":{ts}}}\n"))
+            .collect();
+        kafka.produce(&format!("{name}-sessions"), &jsonl);
+    };
+    let mut a = kafka_server_with(&dir.path().join("a"), kafka, &one_worker);
+    a.deploy(&path);
+    produce(&input[..300]);
+    let b = kafka_server_with(&dir.path().join("b"), kafka, &one_worker);
+    b.deploy(&path);
+    wait_tasks(&[&a, &b], &name, "tasks over both instances", |o| o.iter().all(|n| *n > 0));
+    produce(&input[300..600]);
+    std::thread::sleep(Duration::from_millis(500));
+    a.kill();
+    wait_tasks(&[&b], &name, "the survivor to own every task", |_| true);
+    produce(&input[600..]);
+    wait_drained(kafka, &[&b], &name, &[&format!("{name}-sessions")]);
+    kafka.wait_decided(&format!("{name}-closed"));
+    let got = from_values(&format!("{name}-closed"), &kafka.consume(&format!("{name}-closed")));
+    let expected: Outputs = expected.into_iter().filter(|((t, _, _), _)| t.ends_with("-closed")).collect();
+    eprintln!("timers on kafka: {} records, {} closed activities", input.len(), counts_and_late(&expected).3);
+    assert!(got == expected, "{}", differences(&got, &expected));
 }
