@@ -15,7 +15,9 @@
 //! Output line: `{"topic","partition","key","value","timestamp","headers"}`:
 //! keys and values as JSON when the bytes are a JSON document, else as a
 //! string when they are UTF-8, else as `{"b64": "..."}`; headers as a list of
-//! `[name, value]` pairs rendered the same way.
+//! `[name, value]` pairs, each value as a string when it is UTF-8 (a header
+//! `"1"` stays the text `"1"`: headers are text, not JSON), else as
+//! `{"b64": "..."}`.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -151,6 +153,14 @@ pub fn render_bytes(bytes: Option<&[u8]>) -> Value {
     }
 }
 
+/// A header value: its text when UTF-8, else `{"b64": ...}`.
+fn render_header(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Value::String(s.to_owned()),
+        Err(_) => serde_json::json!({ "b64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+    }
+}
+
 /// One output line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OutputLine {
@@ -170,7 +180,7 @@ impl OutputLine {
             key: render_bytes(record.key.as_deref()),
             value: render_bytes(record.value.as_deref()),
             timestamp: record.timestamp,
-            headers: record.headers.iter().map(|(n, v)| (n.clone(), render_bytes(Some(v)))).collect(),
+            headers: record.headers.iter().map(|(n, v)| (n.clone(), render_header(v))).collect(),
         }
     }
 
@@ -203,6 +213,19 @@ mod tests {
         };
         assert_eq!(record.key, Some(vec![0xff, 0]));
         assert_eq!(record.value, None);
+    }
+
+    #[test]
+    fn header_values_print_as_text_not_as_json() {
+        let headers = vec![
+            ("n".to_owned(), b"1".to_vec()),
+            ("j".to_owned(), br#"{"a":1}"#.to_vec()),
+            ("b".to_owned(), vec![0xff]),
+        ];
+        let r = Record { key: None, value: None, timestamp: 0, headers };
+        let line = OutputLine::new("t", 0, &r).to_json();
+        assert!(line.contains(r#"["n","1"]"#) && line.contains(r#"["j","{\"a\":1}"]"#), "{line}");
+        assert!(line.contains(r#"["b",{"b64":"/w=="}]"#), "{line}");
     }
 
     #[test]
