@@ -4,7 +4,7 @@
 //! which makes `range` and `prefix` scans meaningful: text and bytes as they
 //! are (so a key `"c1"` in a store is the same bytes as a Kafka key `c1`, and
 //! interactive queries can address it by its text), integers big-endian with
-//! the sign bit flipped, tuples `(A, B)` and `(A, B, C)` component by
+//! the sign bit flipped, tuples of two to four keys component by
 //! component (every component but the last self-delimiting: text and bytes
 //! with their zero bytes escaped and a two-byte end mark, so a tuple sorts by
 //! its first component, then the next, and a prefix scan on the first
@@ -215,6 +215,7 @@ macro_rules! tuple_keys {
 }
 tuple_keys!(A; B);
 tuple_keys!(A, B; C);
+tuple_keys!(A, B, C; D);
 
 /// A value encoding for stores.
 pub trait Codec {

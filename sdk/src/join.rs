@@ -5,17 +5,21 @@
 //! same partition, which weir checks); it tells them apart by
 //! [`Record::source`] and hands each record to [`StreamJoin::add_left`] or
 //! [`StreamJoin::add_right`]. Each side keeps its records in a store of its
-//! own, keyed by (key, timestamp, offset), for as long as a record of the
+//! own, keyed by (key, timestamp, offset, n), for as long as a record of the
 //! other side can still join it; one stream-time timer per record removes it
 //! then and, for left and outer joins, emits it unmatched if nothing joined
-//! it (Kafka Streams emits unmatched records at the same point, since 3.1).
+//! it.
 //!
 //! **The rules**: a left record at `l` and a right record at `r` of the same
 //! key join when `|l - r| <= window`; a record is late, and joins nothing,
-//! when `timestamp + window + grace <= stream time`; a record's window closes
-//! at `timestamp + window + grace`. A joined result is emitted as soon as
-//! its second record arrives, with the larger of the two timestamps; an
-//! unmatched one when its record's window closes, with its timestamp.
+//! when `timestamp + window + grace <= stream time` (every record it could
+//! join has been let go by then). A record is let go, and a left (outer:
+//! any) record that joined nothing is emitted unmatched, when stream time
+//! reaches `timestamp + 2 × window + grace`: until then a partner up to
+//! `window` later than it may still arrive without being late. (Weir's
+//! rule; Kafka Streams keeps records as long, before + after + grace.) A
+//! joined result is emitted as soon as its second record arrives, with the
+//! larger of the two timestamps; an unmatched one with its own.
 
 use std::time::Duration;
 
@@ -44,10 +48,21 @@ impl JoinWindows {
         JoinWindows { grace: i64::try_from(grace.as_millis()).unwrap_or(i64::MAX), ..self }
     }
 
-    fn closes_at(&self, timestamp: i64) -> i64 {
+    /// From then on a record at `timestamp` is late.
+    fn late_at(&self, timestamp: i64) -> i64 {
         timestamp.saturating_add(self.window).saturating_add(self.grace)
     }
+
+    /// When a record at `timestamp` is let go: no partner can come after.
+    fn closes_at(&self, timestamp: i64) -> i64 {
+        self.late_at(timestamp).saturating_add(self.window)
+    }
 }
+
+/// A waiting record's place in its store: key, timestamp, offset of its
+/// input record, and a number telling apart records with all three equal
+/// (derived from one input record, or emitted by a punctuation).
+type RecordId = (String, i64, i64, u32);
 
 /// Which records without a partner are emitted (when their window closes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,7 +181,7 @@ impl StreamJoin {
         O: Serialize,
     {
         let ts = record.timestamp();
-        if self.windows.closes_at(ts) <= ctx.stream_time() {
+        if self.windows.late_at(ts) <= ctx.stream_time() {
             match &self.late_output {
                 Some(output) => ctx.forward(output, record)?,
                 None => self.late += 1,
@@ -175,9 +190,9 @@ impl StreamJoin {
         }
         let key = record.key_str()?.to_owned();
         let value: M = record.json()?;
-        let from = (key.clone(), ts - self.windows.window, i64::MIN);
-        let to = (key.clone(), ts + self.windows.window, i64::MAX);
-        let others = ctx.store::<(String, i64, i64), Pending<T>>(theirs);
+        let from = (key.clone(), ts - self.windows.window, i64::MIN, 0);
+        let to = (key.clone(), ts + self.windows.window + 1, i64::MIN, 0);
+        let others = ctx.store::<RecordId, Pending<T>>(theirs);
         let mut matched = false;
         for (k, mut other) in others.range(Some(&from), Some(&to))? {
             let joined = Emitted::new_json(&self.output, key.as_str(), &pair(&value, &other.value))?;
@@ -188,8 +203,12 @@ impl StreamJoin {
             }
             matched = true;
         }
-        let id = (key, ts, record.offset());
-        ctx.store::<(String, i64, i64), Pending<M>>(mine).put(&id, &Pending { value, matched })?;
+        let ours = ctx.store::<RecordId, Pending<M>>(mine);
+        let mut id = (key, ts, record.offset(), 0);
+        while ours.get(&id)?.is_some() {
+            id.3 += 1;
+        }
+        ours.put(&id, &Pending { value, matched })?;
         ctx.set_timer(TimeDomain::StreamTime, self.timer_key(side, &id), self.windows.closes_at(ts))
     }
 
@@ -208,7 +227,7 @@ impl StreamJoin {
         let unmatched = self.unmatched_output.clone().unwrap_or_else(|| self.output.clone());
         match side {
             Side::Left => {
-                let store = ctx.store::<(String, i64, i64), Pending<L>>(&self.left_store);
+                let store = ctx.store::<RecordId, Pending<L>>(&self.left_store);
                 let pending = store.get(&id)?.ok_or_else(|| missing(&self.left_store, &id))?;
                 store.delete(&id)?;
                 if !pending.matched && self.kind != JoinKind::Inner {
@@ -217,7 +236,7 @@ impl StreamJoin {
                 }
             }
             Side::Right => {
-                let store = ctx.store::<(String, i64, i64), Pending<R>>(&self.right_store);
+                let store = ctx.store::<RecordId, Pending<R>>(&self.right_store);
                 let pending = store.get(&id)?.ok_or_else(|| missing(&self.right_store, &id))?;
                 store.delete(&id)?;
                 if !pending.matched && self.kind == JoinKind::Outer {
@@ -229,7 +248,7 @@ impl StreamJoin {
         Ok(true)
     }
 
-    fn timer_key(&self, side: Side, id: &(String, i64, i64)) -> Vec<u8> {
+    fn timer_key(&self, side: Side, id: &RecordId) -> Vec<u8> {
         let mut k = TIMER_PREFIX.to_vec();
         let store = if side == Side::Left { &self.left_store } else { &self.right_store };
         k.extend_from_slice(store.as_bytes());
@@ -238,7 +257,7 @@ impl StreamJoin {
         k
     }
 
-    fn parse_timer_key(&self, key: &[u8]) -> Option<(Side, (String, i64, i64))> {
+    fn parse_timer_key(&self, key: &[u8]) -> Option<(Side, RecordId)> {
         let rest = key.strip_prefix(TIMER_PREFIX)?;
         let (side, rest) =
             if let Some(r) = rest.strip_prefix(self.left_store.as_bytes()).and_then(|r| r.strip_prefix(&[0])) {
@@ -246,12 +265,12 @@ impl StreamJoin {
             } else {
                 (Side::Right, rest.strip_prefix(self.right_store.as_bytes())?.strip_prefix(&[0])?)
             };
-        Some((side, <(String, i64, i64)>::decode_key(rest).ok()?))
+        Some((side, RecordId::decode_key(rest).ok()?))
     }
 }
 
-fn missing(store: &str, id: &(String, i64, i64)) -> Error {
-    Error::msg(format!("join store `{store}` has a timer for ({}, {}, {}) but no record", id.0, id.1, id.2))
+fn missing(store: &str, id: &RecordId) -> Error {
+    Error::msg(format!("join store `{store}` has a timer for ({}, {}, {}, {}) but no record", id.0, id.1, id.2, id.3))
 }
 
 #[cfg(test)]
@@ -290,11 +309,11 @@ mod tests {
         let mut d = TestDriver::new(Join(join)).with_store("l").with_store("r").with_outputs(["out"]);
         for r in [
             side("left", "k", "l1", 0),
-            side("right", "k", "r1", 10_000), // exactly the window: joins l1
-            side("right", "j", "r2", 11_000), // no left j
-            side("left", "k", "l2", 21_000),  // 11 s after r1: joins nothing
-            side("right", "z", "tick", 40_000),
-            side("left", "k", "late", 1_000), // closes at 13 s: late
+            side("right", "k", "r1", 10_000),   // exactly the window: joins l1
+            side("right", "j", "r2", 11_000),   // no left j
+            side("left", "k", "l2", 21_000),    // 11 s after r1: joins nothing
+            side("right", "z", "tick", 50_000), // lets go of every record (l2 at 21 + 20 + 2 s)
+            side("left", "k", "late", 1_000),   // late from 13 s on
         ] {
             d.process(r).unwrap();
         }

@@ -21,9 +21,10 @@
 //! - a session is the records of a key with gaps of less than `gap` between
 //!   them (a record at distance `gap` or more starts a new session; one
 //!   within `gap` of two sessions merges them); it closes when stream time
-//!   reaches `end + gap + grace` (weir's rule: no record can extend it after
+//!   reaches `end + gap + grace` (no record on time can extend it after
 //!   `end + gap`, and grace admits late ones); a record is late when
-//!   `timestamp + gap + grace <= stream time`;
+//!   `timestamp + grace < stream time`, as in Kafka Streams (a record that
+//!   much out of order could belong to a session already closed);
 //! - a closed window's result is emitted once, to the aggregate's output,
 //!   keyed by the record key, valued `{"key", "start", "end", "value"}`
 //!   ([`WindowResult`]), timestamped `end - 1` (sessions: `end`).
@@ -363,7 +364,7 @@ impl SessionAggregate {
     {
         let key = record.key_str()?.to_owned();
         let ts = record.timestamp();
-        if self.windows.closes_at(ts) <= ctx.stream_time() {
+        if ts.saturating_add(self.windows.grace) < ctx.stream_time() {
             match &self.late {
                 Late::To(output) => ctx.forward(output, record)?,
                 Late::Drop => self.dropped += 1,

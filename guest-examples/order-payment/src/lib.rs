@@ -1,8 +1,9 @@
 //! Orders joined with their payments: a payment within 30 minutes of its
 //! order (before or after: clocks disagree) pays it; each pair goes to
 //! `paid` as soon as both are there; an order that no payment joined goes to
-//! `unpaid` when its window closes (30 minutes after it, plus 5 minutes of
-//! grace). Orders and payments are keyed by order id and arrive on two
+//! `unpaid` once no payment can join it any more (stream time 30 + 30 + 5
+//! minutes after the order: a payment up to 30 minutes after it may come up
+//! to 35 minutes late). Orders and payments are keyed by order id and arrive on two
 //! co-partitioned topics. Kafka Streams' `orders.leftJoin(payments, joiner,
 //! JoinWindows.ofTimeDifferenceAndGrace(30m, 5m))`.
 
@@ -91,8 +92,8 @@ mod tests {
         d.process(payment("o3", 5, 30)).unwrap(); // before its order
         d.process(order("o3", 5, 31)).unwrap();
         assert_eq!(d.emitted_to("paid").len(), 2);
-        assert!(d.emitted_to("unpaid").is_empty(), "o2's window closes at 36 min");
-        d.process(payment("x", 1, 36)).unwrap();
+        assert!(d.emitted_to("unpaid").is_empty(), "o2 is let go at 66 min");
+        d.process(payment("x", 1, 66)).unwrap();
         let unpaid: Vec<Outcome> = d.emitted_to("unpaid").iter().map(|e| e.json().unwrap()).collect();
         assert_eq!(unpaid, vec![Outcome { customer: "c".into(), amount: 20, paid: None }]);
         assert_eq!(d.emitted_to("unpaid")[0].timestamp, MIN, "at the order's time");

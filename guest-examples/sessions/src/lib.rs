@@ -1,8 +1,8 @@
 //! User sessions: a user's activity with gaps shorter than 30 minutes is one
 //! session; each session is emitted once, when it closes (30 minutes after
 //! its last event, plus 5 minutes of grace), to `sessions` as `{"key":
-//! user, "start", "end", "value": {"events", "pages"}}`. Events that arrive
-//! too late for any session go to `late`. Kafka Streams'
+//! user, "start", "end", "value": {"events", "pages"}}`. Events more than 5
+//! minutes behind stream time are late and go to `late`. Kafka Streams'
 //! `windowedBy(SessionWindows.ofInactivityGapAndGrace(30m, 5m))`
 //! `.aggregate(...).suppress(untilWindowCloses(unbounded()))`.
 //!
@@ -83,7 +83,7 @@ mod tests {
         let mut d = TestDriver::new(Sessions::default()).with_store("sessions").with_outputs(["sessions", "late"]);
         d.process(view("u", "/a", 0)).unwrap();
         d.process(view("u", "/b", 33)).unwrap(); // 33 min later: a second session
-        d.process(view("u", "/c", 15)).unwrap(); // within 30 min of both: one session
+        d.process(view("u", "/c", 28)).unwrap(); // within 30 min of both, 5 min late: one session
         assert!(d.emitted_to("sessions").is_empty(), "the first closes at 0 + 30 + 5 min");
         d.process(view("v", "/x", 200)).unwrap(); // closes u's session (33 + 30 + 5 <= 200)
         let out: Vec<WindowResult<Activity>> = d.emitted_to("sessions").iter().map(|e| e.json().unwrap()).collect();

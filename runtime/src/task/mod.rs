@@ -555,6 +555,14 @@ impl Task {
                 }
             }
         }
+        // No processor may see a table update before it has processed every
+        // earlier record, nor may a punctuation or timer due at this record's
+        // tick fire before them: drain first, before stream time moves.
+        if let Some((_, true)) = table
+            && self.processors.iter().any(|p| !p.inbox.is_empty())
+        {
+            self.drain()?;
+        }
         if guest.timestamp > self.stream_time {
             self.stream_time = guest.timestamp;
             self.ticks.push((seq, self.stream_time));
@@ -587,7 +595,7 @@ impl Task {
                     self.push(t, origin, guest.clone());
                 }
             }
-            Some((store, has_readers)) => {
+            Some((store, _)) => {
                 let Some(key) = guest.key.clone() else {
                     return self.apply_policy(
                         &node_def.name,
@@ -597,11 +605,6 @@ impl Task {
                         "table records need a key",
                     );
                 };
-                // No processor may see this update before it has processed
-                // every earlier record: drain first.
-                if has_readers && self.processors.iter().any(|p| !p.inbox.is_empty()) {
-                    self.drain()?;
-                }
                 let old = self.stores.get(store).get(&key)?;
                 self.stores.get_mut(store).write(key, guest.value.clone());
                 self.stores.release_savepoint();
@@ -669,7 +672,7 @@ impl Task {
         let outcome = instance.process(&mut self.stores, time, records, &stream_times);
         let used_stream_time = instance.used_stream_time();
         if let Ok(ok) = &outcome
-            && let Some((input, inside)) = self.timer_falling_due(origins, &ok.stream_timers_set)
+            && let Some((input, inside)) = self.timer_falling_due(slot, origins, &ok.stream_timers_set)
         {
             // The timer fires at that tick: the caller stops there.
             self.processors[slot].cut = Some(input);
@@ -985,6 +988,9 @@ impl Task {
         self.positions.clear();
         for p in &mut self.processors {
             p.inbox.clear();
+            // Places in the abandoned run's order.
+            p.cut = None;
+            p.isolate = None;
         }
         if let Some(q) = &mut self.queues {
             q.clear(); // The driver re-delivers from the committed positions.

@@ -165,11 +165,12 @@ impl Task {
             // may change the schedule), else the first one at which its
             // schedule or one of its timers fires, or at which a timer set in
             // the last batch fell due (that batch was rolled back).
+            let cut = self.processors[slot].cut.take();
             let next_tick = if self.processors[slot].reads_stream_time {
+                // Every tick is looked at: a cut falls on one of them.
                 (tick < ticks.len()).then_some(tick)
             } else {
                 let rest = &ticks[tick..];
-                let cut = self.processors[slot].cut.take();
                 let schedule = first_firing(self.processors[slot].stream_schedule, rest);
                 // Ticks before the last record run are past: a timer due
                 // there was set after them (else it would have fired).

@@ -82,9 +82,19 @@ impl Task {
             return;
         }
         for (slot, sid) in self.store_ids.clone().into_iter().enumerate() {
-            let Some(retention) = self.app.topology.stores[sid].retention else { continue };
+            let def = &self.app.topology.stores[sid];
+            let Some(retention) = def.retention else { continue };
             let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-            let Some(bound) = self.stream_time.checked_sub(retention).and_then(|b| b.checked_add(1)) else { continue };
+            // Not past a timer of the owner still due (more fell due at once
+            // than fire at one point): it may close one of these windows.
+            let mut now = self.stream_time;
+            if let crate::topology::StoreOwner::Processor(node) = def.owner
+                && let Some(owner) = self.processors.iter().position(|p| p.node == node)
+                && let Ok(Some(earliest)) = self.earliest_stream_timer(owner)
+            {
+                now = now.min(earliest.saturating_sub(1));
+            }
+            let Some(bound) = now.checked_sub(retention).and_then(|b| b.checked_add(1)) else { continue };
             let end = order_preserving(bound);
             let store = self.stores.get(slot);
             let expired = match store.range(Bound::Unbounded, Bound::Excluded(&end), MAX_PURGE_PER_COMMIT) {
@@ -142,13 +152,18 @@ impl Task {
     /// record that set it): the input sequence number of the first tick of
     /// this drain at which one falls due, and whether that tick lies inside
     /// the batch (before its last record).
-    pub(super) fn timer_falling_due(&self, origins: &[super::time::Origin], set: &[(i64, u32)]) -> Option<(u64, bool)> {
+    pub(super) fn timer_falling_due(
+        &self,
+        slot: usize,
+        origins: &[super::time::Origin],
+        set: &[(i64, u32)],
+    ) -> Option<(u64, bool)> {
         let last = origins.last()?.seq;
         set.iter()
             .filter_map(|&(at, index)| {
                 let from = origins.get(index as usize)?.seq.input;
                 let &(input, _) = self.ticks.iter().find(|&&(input, time)| input >= from && time >= at)?;
-                Some((input, Seq { input, after: 1 } < last))
+                Some((input, Seq::punctuation(input, slot) < last))
             })
             .min()
     }
@@ -170,6 +185,9 @@ impl Task {
     fn fire_timers(&mut self, slot: usize, domain: TimeDomain, now: i64, seq: Seq) -> Result<(), TaskError> {
         let Some(store) = self.processors[slot].timers else { return Ok(()) };
         for (at, key) in self.due_timers(store, domain, now)? {
+            if self.stores.get(store).get(&timer_key(domain, at, &key))?.is_none() {
+                continue; // Cancelled by an `on-timer` that fired before it.
+            }
             self.call_on_timer(slot, domain, key.clone(), at, now, seq)?;
             // Gone whether the call succeeded or its failure was skipped by
             // the error policy (a failure under `fail` aborted the task's

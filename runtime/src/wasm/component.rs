@@ -134,8 +134,16 @@ impl LoadedComponent {
                 root_message(&e)
             ))
         })?;
+        let v2 = exports.iter().any(|e| e == V2_EXPORT);
+        if !v2 && let Some(newer) = imports.iter().find(|i| i.starts_with("weir:processor/") && !i.ends_with("@0.1.0"))
+        {
+            return Err(LoadError::WrongWorld(format!(
+                "it imports {newer} but does not export `{V2_EXPORT}`: a {CONTRACT} component exports it, a \
+                 {CONTRACT_0_1} one imports only 0.1.0 interfaces"
+            )));
+        }
         let wrong = |e: wasmtime::Error| LoadError::WrongWorld(root_message(&e));
-        let pre = if exports.iter().any(|e| e == V2_EXPORT) {
+        let pre = if v2 {
             Pre::V2(super::bindings_v2::ProcessorPre::new(instance_pre).map_err(wrong)?)
         } else {
             Pre::V1(ProcessorPre::new(instance_pre).map_err(wrong)?)
