@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::{KeyDecode, KeyEncode};
+use crate::windows::LateRecords;
 use crate::{Context, Emitted, Error, Record, Result, TimeDomain, Timer};
 
 const TIMER_PREFIX: &[u8] = b"\xffweir.join\x00";
@@ -97,8 +98,7 @@ pub struct StreamJoin {
     kind: JoinKind,
     output: String,
     unmatched_output: Option<String>,
-    late_output: Option<String>,
-    late: u64,
+    late: LateRecords,
 }
 
 type Joiner<'a, L, R, O> = &'a dyn Fn(Option<&L>, Option<&R>) -> O;
@@ -114,8 +114,7 @@ impl StreamJoin {
             kind,
             output: "joined".to_owned(),
             unmatched_output: None,
-            late_output: None,
-            late: 0,
+            late: LateRecords::default(),
         }
     }
 
@@ -131,12 +130,12 @@ impl StreamJoin {
 
     /// Late records go, unchanged, to `output` (default: dropped and counted).
     pub fn late_to(self, output: &str) -> Self {
-        StreamJoin { late_output: Some(output.to_owned()), ..self }
+        StreamJoin { late: LateRecords::to(output), ..self }
     }
 
     /// Late records dropped by this instance (not kept across restarts).
     pub fn late(&self) -> u64 {
-        self.late
+        self.late.dropped()
     }
 
     /// A left record, its value read as `L`: joins it with the right
@@ -182,10 +181,7 @@ impl StreamJoin {
     {
         let ts = record.timestamp();
         if self.windows.late_at(ts) <= ctx.stream_time() {
-            match &self.late_output {
-                Some(output) => ctx.forward(output, record)?,
-                None => self.late += 1,
-            }
+            self.late.take(ctx, record)?;
             return Ok(());
         }
         let key = record.key_str()?.to_owned();

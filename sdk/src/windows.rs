@@ -130,13 +130,36 @@ pub enum Emit {
     OnUpdate,
 }
 
-/// What happens to a record that is late for every window.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Late {
-    /// Forwarded unchanged to this output.
-    To(String),
-    /// Dropped; counted in [`WindowedAggregate::late`].
-    Drop,
+/// What happens to a record too late for any window (or join): forwarded
+/// unchanged to an output, or dropped and counted. Shared by the windows and
+/// [`StreamJoin`](crate::join::StreamJoin).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LateRecords {
+    /// `None`: dropped.
+    output: Option<String>,
+    /// Dropped by this instance (not kept across restarts).
+    dropped: u64,
+}
+
+impl LateRecords {
+    pub(crate) fn to(output: &str) -> Self {
+        LateRecords { output: Some(output.to_owned()), dropped: 0 }
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Deals with one late record.
+    pub(crate) fn take(&mut self, ctx: &mut Context, record: &Record) -> Result<()> {
+        match &self.output {
+            Some(output) => ctx.forward(output, record),
+            None => {
+                self.dropped += 1;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A window's result, as emitted.
@@ -166,8 +189,7 @@ pub struct WindowedAggregate {
     windows: TimeWindows,
     emit: Emit,
     output: String,
-    late: Late,
-    dropped: u64,
+    late: LateRecords,
 }
 
 impl WindowedAggregate {
@@ -179,8 +201,7 @@ impl WindowedAggregate {
             windows,
             emit: Emit::OnClose,
             output: "windows".to_owned(),
-            late: Late::Drop,
-            dropped: 0,
+            late: LateRecords::default(),
         }
     }
 
@@ -196,12 +217,12 @@ impl WindowedAggregate {
 
     /// Late records go, unchanged, to `output`.
     pub fn late_to(self, output: &str) -> Self {
-        WindowedAggregate { late: Late::To(output.to_owned()), ..self }
+        WindowedAggregate { late: LateRecords::to(output), ..self }
     }
 
     /// Late records dropped by this instance (not kept across restarts).
     pub fn late(&self) -> u64 {
-        self.dropped
+        self.late.dropped()
     }
 
     pub fn windows(&self) -> &TimeWindows {
@@ -240,10 +261,7 @@ impl WindowedAggregate {
             added += 1;
         }
         if added == 0 {
-            match &self.late {
-                Late::To(output) => ctx.forward(output, record)?,
-                Late::Drop => self.dropped += 1,
-            }
+            self.late.take(ctx, record)?;
             return Ok(Added::Late);
         }
         Ok(Added::Windows(added))
@@ -314,8 +332,7 @@ pub struct SessionAggregate {
     windows: SessionWindows,
     emit: Emit,
     output: String,
-    late: Late,
-    dropped: u64,
+    late: LateRecords,
 }
 
 impl SessionAggregate {
@@ -327,8 +344,7 @@ impl SessionAggregate {
             windows,
             emit: Emit::OnClose,
             output: "sessions".to_owned(),
-            late: Late::Drop,
-            dropped: 0,
+            late: LateRecords::default(),
         }
     }
 
@@ -341,12 +357,12 @@ impl SessionAggregate {
     }
 
     pub fn late_to(self, output: &str) -> Self {
-        SessionAggregate { late: Late::To(output.to_owned()), ..self }
+        SessionAggregate { late: LateRecords::to(output), ..self }
     }
 
     /// Late records dropped by this instance (not kept across restarts).
     pub fn late(&self) -> u64 {
-        self.dropped
+        self.late.dropped()
     }
 
     /// Adds `record` to its key's session: merges every session within
@@ -365,10 +381,7 @@ impl SessionAggregate {
         let key = record.key_str()?.to_owned();
         let ts = record.timestamp();
         if ts.saturating_add(self.windows.grace) < ctx.stream_time() {
-            match &self.late {
-                Late::To(output) => ctx.forward(output, record)?,
-                Late::Drop => self.dropped += 1,
-            }
+            self.late.take(ctx, record)?;
             return Ok(Added::Late);
         }
         let store = ctx.store::<(String, i64), Session<V>>(&self.store);
