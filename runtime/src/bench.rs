@@ -3,6 +3,7 @@
 //! shared and noisy: absolute numbers mean little, ratios travel.
 
 pub mod kafka;
+pub mod restore;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -551,6 +552,7 @@ fn raw_loop(
                 changes: Vec::new(),
                 positions: std::mem::take(&mut positions),
                 stream_time: None,
+                proves_probation: false,
             };
             backend.commit("raw", commit, &std::collections::HashMap::new()).expect("commit");
             last_commit = Instant::now();

@@ -212,6 +212,32 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2_000)]
         latency_rate: usize,
     },
+    /// Restore of a store of --keys keys: on Kafka (--brokers) from its
+    /// changelog with an empty data dir, from a local checkpoint with a
+    /// --tail-percent tail, and by Kafka Streams from the same changelog
+    /// (--kafka-streams); on the embedded backend, a restart on a data dir
+    /// with that store. Last lines `ratio checkpoint/full restore` and
+    /// `ratio weir/kafka-streams restore`.
+    Restore {
+        /// Bootstrap servers of a Kafka cluster (without: the embedded backend only).
+        #[arg(long, env = "WEIR_BROKERS", hide_env_values = true)]
+        brokers: Option<String>,
+        /// Directory of the built guest components.
+        #[arg(long, default_value = "target/wasm32-wasip2/guest")]
+        guests: PathBuf,
+        /// The built Kafka Streams peer (tests/peers/kafka-streams).
+        #[arg(long)]
+        kafka_streams: Option<PathBuf>,
+        /// Keys in the store.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: usize,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Keys written again to the changelog before the checkpoint restore, in percent.
+        #[arg(long, default_value_t = 1.0)]
+        tail_percent: f64,
+    },
     /// Throughput (steady state), start-up, latency and memory on a Kafka
     /// cluster, exactly-once: raw rdkafka consume→produce, weir's
     /// passthrough, key-count and reservation, and the same two in Kafka
@@ -424,6 +450,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCommand::Embedded { guests, records, latency_rate } => {
                 let settings = crate::bench::EmbeddedBench { guests, records, latency_rate, ..Default::default() };
                 crate::bench::embedded(settings)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            BenchCommand::Restore { brokers, guests, kafka_streams, keys, value_bytes, tail_percent } => {
+                crate::bench::restore::run(crate::bench::restore::RestoreBench {
+                    brokers: brokers.filter(|b| !b.is_empty()),
+                    guests,
+                    keys: keys.max(1),
+                    value_bytes,
+                    tail_percent,
+                    partitions: 4,
+                    workers: 2,
+                    kafka_streams,
+                })?;
                 Ok(ExitCode::SUCCESS)
             }
             BenchCommand::Kafka { brokers, guests, kafka_streams, records, latency_rate, latency_seconds, only } => {

@@ -50,8 +50,14 @@ impl Histogram {
 pub struct AppMetrics {
     /// One `Task::process` call (a batch of input, through every processor).
     pub process: Histogram,
-    /// One commit (a write batch; on Kafka the whole transaction).
+    /// One commit (a write batch; on Kafka the whole transaction, from its
+    /// start until the worker took its answer).
     pub commit: Histogram,
+    /// On Kafka: how long commits held processing up (preparing one, and
+    /// waiting for its answer when something could not go on without it).
+    pub commit_blocked: Histogram,
+    /// On Kafka: input records processed while a commit was in flight.
+    pub processed_during_commit: std::sync::atomic::AtomicU64,
     /// On Kafka: from the commit's first send until the broker acknowledged
     /// every output and changelog record of it.
     pub commit_deliveries: Histogram,
@@ -168,6 +174,23 @@ pub fn render(apps: &[(AppStatus, std::sync::Arc<AppMetrics>)]) -> String {
     let _ = writeln!(out, "# HELP weir_commit_seconds one commit\n# TYPE weir_commit_seconds histogram");
     for (s, m) in apps {
         m.commit.render(&mut out, "weir_commit_seconds", &format!("app=\"{}\"", escape(&s.name)));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP weir_commit_blocked_seconds Kafka: processing held up by a commit (preparing it, waiting for its answer)\n\
+         # TYPE weir_commit_blocked_seconds histogram"
+    );
+    for (s, m) in apps {
+        m.commit_blocked.render(&mut out, "weir_commit_blocked_seconds", &format!("app=\"{}\"", escape(&s.name)));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP weir_processed_during_commit_total Kafka: input records processed while a commit was in flight\n\
+         # TYPE weir_processed_during_commit_total counter"
+    );
+    for (s, m) in apps {
+        let n = m.processed_during_commit.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "weir_processed_during_commit_total{{app=\"{}\"}} {n}", escape(&s.name));
     }
     let _ = writeln!(
         out,

@@ -813,6 +813,43 @@ fn at_least_once_on_kafka_loses_nothing_across_a_clean_restart_and_a_kill() {
     }
 }
 
+/// A metric of `weir serve`'s `/metrics` for `app`, summed over its series.
+fn metric(server: &Server, name: &str, app: &str) -> f64 {
+    let text = ureq::get(&format!("{}/metrics", server.url)).call().unwrap().into_body().read_to_string().unwrap();
+    let series = format!("{name}{{app=\"{app}\"");
+    text.lines().filter(|l| l.starts_with(&series)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// Commits run in the background while the worker goes on processing: a
+/// large input is processed partly while commits are in flight (the metric
+/// says so), and under both guarantees every count is still exactly 1..n:
+/// the records processed meanwhile read the frozen writes of the commit in
+/// flight under their own, and their outputs wait for its answer.
+#[test]
+fn processing_goes_on_while_a_commit_is_in_flight_and_counts_stay_exactly_1_to_n() {
+    let kafka = shared();
+    for guarantee in ["exactly-once", "at-least-once"] {
+        let dir = tempfile::tempdir().unwrap();
+        let app = KeyCountApp::new(dir.path(), &format!("processing_guarantee: {guarantee}"));
+        let server = kafka_server(&dir.path().join("data"), kafka);
+        server.deploy(&app.spec);
+        let (keys, rounds) = (40, 1000);
+        kafka.produce(&app.events, &events(keys, rounds, 0));
+        app.wait_drained(kafka, &[&server]);
+        assert_eq!(app.assert_exactly_once(kafka), keys * rounds, "{guarantee}");
+        let overlapped = metric(&server, "weir_processed_during_commit_total", &app.name);
+        let commits = metric(&server, "weir_commit_seconds_count", &app.name);
+        let blocked = metric(&server, "weir_commit_blocked_seconds_sum", &app.name);
+        let committing = metric(&server, "weir_commit_seconds_sum", &app.name);
+        eprintln!(
+            "{guarantee}: {commits} commits, {overlapped} of {} records processed while one was in flight; \
+             commits took {committing:.3} s, held processing up {blocked:.3} s",
+            keys * rounds
+        );
+        assert!(overlapped > 0.0, "{guarantee}: no record was processed while a commit was in flight");
+    }
+}
+
 /// Wall-clock punctuation runs on Kafka with no input at all (the worker
 /// moves its tasks' clocks on every poll, records or not).
 #[test]

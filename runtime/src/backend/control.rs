@@ -13,6 +13,12 @@ use crate::metrics::AppMetrics;
 use crate::status::SwapRecord;
 use crate::task::AppRuntime;
 
+/// Every task runs the update's version: applied if they all passed too.
+fn mark_switched(r: &mut SwapRecord) {
+    r.state = if r.passed >= r.tasks { "applied" } else { "switched" }.into();
+    r.switched_ms = Some(now_us() / 1000);
+}
+
 /// How long an update may keep tasks switching before it is rolled back:
 /// an update always finishes, rolls back or times out.
 pub const SWITCH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,9 +79,20 @@ impl Control {
     }
 
     /// How many tasks this instance runs (an update is switched when all
-    /// of them are): fixed on the embedded backend, moving on Kafka.
+    /// of them are): fixed on the embedded backend, moving on Kafka. An
+    /// update still switching counts the tasks there are now: one begun in
+    /// the middle of a rebalance must wait for the tasks still to come
+    /// (they start on the new version and count as switched then).
     pub fn set_tasks(&self, tasks: usize) {
         self.tasks.store(tasks, Ordering::Release);
+        let mut swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = swaps.last_mut().filter(|r| r.state == "switching") {
+            r.tasks = tasks;
+            // Fewer tasks now (they moved away): those left may all have switched.
+            if tasks > 0 && r.switched >= r.tasks {
+                mark_switched(r);
+            }
+        }
     }
 
     pub fn generation(&self) -> u64 {
@@ -168,8 +185,7 @@ impl Control {
             r.switched += 1;
             r.max_pause_ms = r.max_pause_ms.max(pause.as_secs_f64() * 1000.0);
             if r.switched >= r.tasks {
-                r.state = if r.passed >= r.tasks { "applied" } else { "switched" }.into();
-                r.switched_ms = Some(now_us() / 1000);
+                mark_switched(r);
             }
         });
     }

@@ -455,25 +455,13 @@ impl Processor {
         let spec = dir.join("app.yaml");
         std::fs::write(&spec, yaml)?;
         let log = dir.join("weir.log");
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--http", "127.0.0.1:0", "--brokers", &settings.brokers])
-            .arg("--commit-interval")
-            .arg(format!("{}ms", settings.commit_interval.as_millis()))
-            .env("WEIR_WORKERS", settings.workers.to_string())
-            .env("WEIR_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-        let Some(url) = line.trim().strip_prefix("listening ").map(str::to_owned) else {
-            let _ = child.kill();
-            anyhow::bail!("weir serve did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        };
+        let (child, url) = spawn_weir_serve(
+            Some(&settings.brokers),
+            settings.workers,
+            settings.commit_interval,
+            &dir.join("data"),
+            &log,
+        )?;
         let processor = Processor::Child { what: "weir serve", child, log };
         crate::client::deploy(&spec, &url)?;
         Ok(processor)
@@ -547,23 +535,61 @@ impl Processor {
                     t.join().map_err(|_| anyhow::anyhow!("raw loop panicked"))??;
                 }
             }
-            Processor::Child { mut child, .. } => {
-                // SAFETY: a signal to our own child.
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while child.try_wait()?.is_none() {
-                    if Instant::now() > deadline {
-                        child.kill()?;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
+            Processor::Child { mut child, .. } => stop_child(&mut child)?,
         }
         Ok(())
     }
 }
 
-fn peer_jar(peer: &Path) -> PathBuf {
+/// Starts `weir serve` (this binary; on Kafka with `brokers`) on
+/// `data_dir`, logging to `log`; answers the child and its API URL once it
+/// listens.
+pub(super) fn spawn_weir_serve(
+    brokers: Option<&str>,
+    workers: usize,
+    commit_interval: Duration,
+    data_dir: &Path,
+    log: &Path,
+) -> anyhow::Result<(Child, String)> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("serve").arg("--data-dir").arg(data_dir).args(["--http", "127.0.0.1:0"]);
+    if let Some(brokers) = brokers {
+        command.args(["--brokers", brokers]);
+    }
+    let mut child = command
+        .arg("--commit-interval")
+        .arg(format!("{}ms", commit_interval.as_millis()))
+        .env("WEIR_WORKERS", workers.to_string())
+        .env("WEIR_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    let Some(url) = line.trim().strip_prefix("listening ").map(str::to_owned) else {
+        let _ = child.kill();
+        anyhow::bail!("weir serve did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+    };
+    Ok((child, url))
+}
+
+/// Stops a child with SIGTERM (a clean stop: final commit, checkpoints,
+/// LeaveGroup), killing it after 30 s.
+pub(super) fn stop_child(child: &mut Child) -> anyhow::Result<()> {
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            child.kill()?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+pub(super) fn peer_jar(peer: &Path) -> PathBuf {
     peer.join("target").join("kafka-streams-peer.jar")
 }
 

@@ -1,8 +1,10 @@
 //! The open transaction's writes over committed state, with per-call savepoints.
 //!
-//! Three layers, read top-down: the current call's writes (`staging`), the
-//! transaction's writes (`pending`), committed state (`base`). A successful
-//! call moves its staging into pending; a failed call drops it. Point
+//! Four layers, read top-down: the current call's writes (`staging`), the
+//! open transaction's writes (`pending`), the writes of a transaction being
+//! committed (`committing`: a backend that commits in the background freezes
+//! pending there and processing goes on above it), committed state (`base`).
+//! A successful call moves its staging into pending; a failed call drops it. Point
 //! operations are hash lookups (the hot path of every processor); range scans,
 //! which are rare, sort the matching pending entries on demand.
 
@@ -21,6 +23,9 @@ pub struct StoreOverlay {
     pending: Map,
     /// Writes of the current call, not yet kept.
     staging: Map,
+    /// Writes of the transaction being committed (frozen by [`Self::freeze`]),
+    /// until the backend says it committed them or gave them up.
+    committing: Map,
     /// Read-only stores (global tables) refuse writes.
     read_only: bool,
 }
@@ -41,7 +46,14 @@ fn in_bounds(key: &[u8], start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
 
 impl StoreOverlay {
     pub fn new(name: impl Into<String>, base: SharedStore) -> Self {
-        StoreOverlay { name: name.into(), base, pending: Map::default(), staging: Map::default(), read_only: false }
+        StoreOverlay {
+            name: name.into(),
+            base,
+            pending: Map::default(),
+            staging: Map::default(),
+            committing: Map::default(),
+            read_only: false,
+        }
     }
 
     /// A store nobody in the task may write (a global table's).
@@ -61,7 +73,7 @@ impl StoreOverlay {
         if let Some(v) = self.staging.get(key) {
             return Ok(v.clone());
         }
-        match self.pending.get(key) {
+        match self.pending.get(key).or_else(|| self.committing.get(key)) {
             Some(v) => Ok(v.clone()),
             None => self.base.get(key),
         }
@@ -69,7 +81,7 @@ impl StoreOverlay {
 
     /// Appends the value of `key` to `out`; false when there is none.
     pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StateError> {
-        let layered = self.staging.get(key).or_else(|| self.pending.get(key));
+        let layered = self.staging.get(key).or_else(|| self.pending.get(key)).or_else(|| self.committing.get(key));
         match layered {
             Some(Some(v)) => {
                 out.extend_from_slice(v);
@@ -98,6 +110,11 @@ impl StoreOverlay {
             .staging
             .iter()
             .chain(self.pending.iter().filter(|(k, _)| !self.staging.contains_key(*k)))
+            .chain(
+                self.committing
+                    .iter()
+                    .filter(|(k, _)| !self.staging.contains_key(*k) && !self.pending.contains_key(*k)),
+            )
             .filter(|(k, _)| in_bounds(k, start, end))
             .collect();
         overlay.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -152,20 +169,37 @@ impl StoreOverlay {
         self.staging.clear();
     }
 
-    /// The pending writes (last value per key) in key order, for the commit.
-    pub fn pending(&self) -> Vec<(&Vec<u8>, &Option<Vec<u8>>)> {
-        let mut writes: Vec<_> = self.pending.iter().collect();
+    /// Freezes the open transaction's writes for a commit: they move to the
+    /// committing layer, and later writes start a new pending set above it.
+    /// The backend then calls [`Self::committed`] or [`Self::discard`].
+    pub fn freeze(&mut self) {
+        debug_assert!(self.committing.is_empty(), "a commit of {} is already in flight", self.name);
+        debug_assert!(self.staging.is_empty(), "freeze of {} inside a call", self.name);
+        std::mem::swap(&mut self.pending, &mut self.committing);
+    }
+
+    /// The frozen writes (last value per key) in key order, for the commit.
+    pub fn committing(&self) -> Vec<(&Vec<u8>, &Option<Vec<u8>>)> {
+        let mut writes: Vec<_> = self.committing.iter().collect();
         writes.sort_unstable_by(|a, b| a.0.cmp(b.0));
         writes
     }
 
-    /// Forgets pending writes: after the backend committed them (they are
-    /// now in committed state) or aborted the transaction.
-    pub fn clear_pending(&mut self) {
-        self.pending.clear();
-        self.staging.clear();
+    /// The backend committed the frozen writes: they are in committed state
+    /// now. Writes made since the freeze stay pending.
+    pub fn committed(&mut self) {
+        self.committing.clear();
     }
 
+    /// Forgets every uncommitted write, frozen or not: the backend aborted
+    /// the transaction (or the one being committed failed).
+    pub fn discard(&mut self) {
+        self.pending.clear();
+        self.staging.clear();
+        self.committing.clear();
+    }
+
+    /// Writes of the open transaction wait for a commit.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
@@ -215,8 +249,16 @@ impl TaskStores {
         self.stores.iter_mut().for_each(StoreOverlay::rollback_to_savepoint);
     }
 
-    pub fn clear_pending(&mut self) {
-        self.stores.iter_mut().for_each(StoreOverlay::clear_pending);
+    pub fn freeze(&mut self) {
+        self.stores.iter_mut().for_each(StoreOverlay::freeze);
+    }
+
+    pub fn committed(&mut self) {
+        self.stores.iter_mut().for_each(StoreOverlay::committed);
+    }
+
+    pub fn discard(&mut self) {
+        self.stores.iter_mut().for_each(StoreOverlay::discard);
     }
 }
 
@@ -263,7 +305,8 @@ mod tests {
         s.rollback_to_savepoint();
         assert_eq!(s.get(b"a").unwrap(), Some(b"2".to_vec()));
         assert_eq!(s.get(b"c").unwrap(), None);
-        assert_eq!(s.pending().len(), 1);
+        s.freeze();
+        assert_eq!(s.committing().len(), 1);
     }
 
     #[test]
@@ -300,7 +343,13 @@ mod tests {
                 base.put(k.clone(), Some(k.clone()));
                 reference.insert(k.clone(), k);
             }
-            for _call in 0..(next() % 4) {
+            // A commit may be frozen part way (its writes then sit in the
+            // committing layer under later calls' writes).
+            let freeze_after = next() % 5;
+            for call in 0..(next() % 4) {
+                if call == freeze_after {
+                    s.freeze();
+                }
                 let keep = next() % 3 != 0;
                 let mut call_reference = reference.clone();
                 for _ in 0..(next() % 20) {
@@ -330,5 +379,40 @@ mod tests {
                 assert_eq!(s.get(&[k]).unwrap(), reference.get(&vec![k]).cloned());
             }
         }
+    }
+
+    #[test]
+    fn frozen_writes_stay_readable_under_later_ones_until_committed_or_discarded() {
+        let (base, mut s) = store_with(&[("a", "1"), ("c", "3")]);
+        s.write(b"a".to_vec(), Some(b"2".to_vec()));
+        s.write(b"b".to_vec(), Some(b"1".to_vec()));
+        s.release_savepoint();
+        s.freeze();
+        assert!(!s.has_pending(), "frozen writes are not the open transaction's");
+        let frozen: Vec<_> = s.committing().into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(frozen, vec![(b"a".to_vec(), Some(b"2".to_vec())), (b"b".to_vec(), Some(b"1".to_vec()))]);
+        // Processing goes on above the commit in flight.
+        s.write(b"a".to_vec(), Some(b"3".to_vec()));
+        s.write(b"b".to_vec(), None);
+        s.release_savepoint();
+        assert_eq!(s.get(b"a").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(s.get(b"b").unwrap(), None);
+        assert_eq!(s.range(Bound::Unbounded, Bound::Unbounded, 10).unwrap(), vec![kv("a", "3"), kv("c", "3")]);
+        // The commit succeeded: the backend wrote the frozen writes to committed state.
+        base.put(b"a".to_vec(), Some(b"2".to_vec()));
+        base.put(b"b".to_vec(), Some(b"1".to_vec()));
+        s.committed();
+        assert!(s.has_pending());
+        assert_eq!(s.get(b"a").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(s.get(b"b").unwrap(), None);
+        // The next commit fails: frozen and open writes are all gone.
+        s.freeze();
+        s.write(b"d".to_vec(), Some(b"4".to_vec()));
+        s.release_savepoint();
+        s.discard();
+        assert_eq!(s.get(b"a").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(s.get(b"b").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.get(b"d").unwrap(), None);
+        assert!(s.committing().is_empty() && !s.has_pending());
     }
 }

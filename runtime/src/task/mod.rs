@@ -135,6 +135,9 @@ pub struct TaskCommit<'a> {
     /// resumes from both: [`Task::restore_stream_time`]); `None` when the
     /// backend commits no positions this time.
     pub stream_time: Option<i64>,
+    /// Committed, it ends a swapped version's probation (the version
+    /// processed records in it).
+    pub proves_probation: bool,
 }
 
 pub struct StoreChanges<'a> {
@@ -212,6 +215,18 @@ pub struct Task {
     last_mismatch_warning: Option<Instant>,
     suppressed_mismatch_warnings: u64,
     probation: Option<Probation>,
+    /// What the transaction being committed covered, between
+    /// [`prepare_commit`](Self::prepare_commit) and the backend's answer.
+    frozen: Option<FrozenCommit>,
+}
+
+/// The task's state at a commit's freeze that its outcome applies to:
+/// processing may go on while the commit is in flight.
+struct FrozenCommit {
+    stream_time: i64,
+    /// A swapped version on probation had processed records by then: the
+    /// commit proves it.
+    proves_probation: bool,
 }
 
 impl Task {
@@ -355,6 +370,7 @@ impl Task {
             last_mismatch_warning: None,
             suppressed_mismatch_warnings: 0,
             probation: None,
+            frozen: None,
         })
     }
 
@@ -794,10 +810,20 @@ impl Task {
             }
         }
     }
-    /// Takes what the open transaction produced, for the backend to commit.
-    /// Store changes stay in the task until [`commit_succeeded`](Self::commit_succeeded).
+    /// Takes what the open transaction produced, for the backend to commit,
+    /// and freezes its store writes: they stay readable in the task, under
+    /// whatever it processes next, until the backend calls
+    /// [`commit_succeeded`](Self::commit_succeeded) or [`abort`](Self::abort).
+    /// A backend may go on processing while the commit is in flight; the
+    /// next `prepare_commit` must wait for its answer.
     pub fn prepare_commit(&mut self) -> TaskCommit<'_> {
+        debug_assert!(self.frozen.is_none(), "task {}: a commit is already in flight", self.id);
         self.purge_expired_windows();
+        self.stores.freeze();
+        self.frozen = Some(FrozenCommit {
+            stream_time: self.stream_time,
+            proves_probation: self.probation.as_ref().is_some_and(|p| p.processed),
+        });
         let topology = &self.app.topology;
         let changes = self
             .store_ids
@@ -805,15 +831,15 @@ impl Task {
             .enumerate()
             .filter_map(|(slot, sid)| {
                 let def = &topology.stores[*sid];
-                let store = self.stores.get(slot);
+                let writes = self.stores.get(slot).committing();
                 match (&def.changelog, &def.owner) {
-                    (Some(changelog), StoreOwner::Processor(_) | StoreOwner::Table(_)) if store.has_pending() => {
+                    (Some(changelog), StoreOwner::Processor(_) | StoreOwner::Table(_)) if !writes.is_empty() => {
                         Some(StoreChanges {
                             store: *sid,
                             name: &def.name,
                             changelog,
                             partition: self.id.partition,
-                            writes: store.pending(),
+                            writes,
                         })
                     }
                     _ => None,
@@ -826,6 +852,7 @@ impl Task {
             changes,
             positions: std::mem::take(&mut self.positions),
             stream_time: Some(self.stream_time),
+            proves_probation: self.frozen.as_ref().is_some_and(|f| f.proves_probation),
         }
     }
 
@@ -855,10 +882,12 @@ impl Task {
     /// committed state. A swapped version that processed records in it has
     /// passed its probation.
     pub fn commit_succeeded(&mut self) {
-        self.stores.clear_pending();
-        self.committed_stream_time = self.stream_time;
-        if self.probation.as_ref().is_some_and(|p| p.processed) {
-            self.probation = None;
+        self.stores.committed();
+        if let Some(frozen) = self.frozen.take() {
+            self.committed_stream_time = frozen.stream_time;
+            if frozen.proves_probation {
+                self.probation = None;
+            }
         }
     }
 
@@ -867,10 +896,12 @@ impl Task {
         self.processors.iter().map(|p| (p.name.as_str(), &p.component))
     }
 
-    /// The transaction is abandoned: pending writes and outputs are dropped.
-    /// The driver must re-deliver input from the last committed positions.
+    /// The transaction is abandoned (with the one being committed, if any):
+    /// uncommitted writes and outputs are dropped. The driver must
+    /// re-deliver input from the last committed positions.
     pub fn abort(&mut self) {
-        self.stores.clear_pending();
+        self.stores.discard();
+        self.frozen = None;
         self.produced.clear();
         self.positions.clear();
         for p in &mut self.processors {

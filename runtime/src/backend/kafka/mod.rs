@@ -21,6 +21,7 @@
 //!   partition counts, repartition topics, compacted changelogs, the
 //!   dead-letter topic) and checks co-partitioning against real counts.
 
+mod commit;
 pub mod directory;
 mod restore;
 pub mod runner;

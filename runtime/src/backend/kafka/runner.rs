@@ -4,11 +4,12 @@
 //!
 //! The loop: poll a batch of records, hand each to its task (sub-topology ×
 //! partition), send the outputs at once (into the open transaction), and
-//! `commit_interval` after the end of the last commit, commit every task at
-//! once. Because outputs go out while processing goes on, a commit mostly
-//! waits for the last acknowledgements and two round trips (offsets, end
-//! of transaction); `weir_commit_deliveries_seconds` and
-//! `weir_commit_offsets_seconds` show the two parts.
+//! every `commit_interval` commit every task at once. A commit freezes the
+//! open work and runs on in a commit thread (the last acknowledgements, the
+//! offsets, the end of the transaction) while the worker keeps processing;
+//! see [`super::commit`]. `weir_commit_deliveries_seconds` and
+//! `weir_commit_offsets_seconds` show the commit's two parts,
+//! `weir_commit_blocked_seconds` what it cost the worker.
 //!
 //! - exactly-once: one transaction holds the outputs, the changelog records
 //!   of every store written since the last commit (last value per key,

@@ -1,29 +1,27 @@
 //! One worker thread of an application on Kafka: a consumer-group member
 //! with its transactional producer and the tasks the group gave it. It
-//! polls, processes, sends outputs into the open transaction and commits
-//! (see the module docs of [`super::runner`] for the guarantees); the
-//! rebalance callbacks commit and close revoked tasks and restore and open
-//! assigned ones.
+//! polls and processes; sending and committing are [`super::commit`]'s (see
+//! the module docs of [`super::runner`] for the guarantees). The rebalance
+//! callbacks commit and close revoked tasks and restore and open assigned
+//! ones.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use rocksdb::WriteBatch;
 
+use super::commit::{DeliveryContext, InFlightCommit, TransactionalProducer, is_fatal};
 use super::{KafkaSettings, PlainConsumer, QuietContext, client_config, to_record};
 use crate::backend::control::Control;
 use crate::backend::embedded::EmbeddedBackend;
-use crate::record::{ConsumedRecord, ProducedRecord};
+use crate::record::ConsumedRecord;
 use crate::state::SharedStore;
-use crate::state::rocks::StoreKey;
 use crate::status::{InputStatus, TaskState, TaskStatus};
 use crate::task::{Task, TaskError, TaskId};
 use crate::topology::{ProcessingGuarantee, StoreId};
@@ -45,50 +43,9 @@ pub(super) struct WorkerSetup {
     pub(super) globals_ready: Arc<AtomicBool>,
 }
 
-/// Counts deliveries and remembers the last offset written to each
-/// changelog partition (the checkpoint its local state reaches).
-#[derive(Default)]
-pub(super) struct DeliveryContext {
-    pending: AtomicUsize,
-    /// Changelog slot (see [`changelog_slot`]) → last offset delivered.
-    last_offsets: Mutex<HashMap<usize, i64>>,
-    /// The first delivery error since the last check.
-    error: Mutex<Option<String>>,
-}
-
-impl ClientContext for DeliveryContext {}
-
-impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = usize;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
-        match result {
-            Ok(m) => {
-                if slot != NO_SLOT {
-                    let mut last = self.last_offsets.lock().unwrap_or_else(|e| e.into_inner());
-                    let entry = last.entry(slot).or_insert(-1);
-                    *entry = (*entry).max(m.offset());
-                }
-            }
-            Err((e, m)) => {
-                let mut error = self.error.lock().unwrap_or_else(|e| e.into_inner());
-                error.get_or_insert_with(|| format!("delivery to {}/{} failed: {e}", m.topic(), m.partition()));
-            }
-        }
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-const NO_SLOT: usize = usize::MAX;
-
-/// A changelog partition as a delivery opaque: store index and partition.
-fn changelog_slot(store: StoreId, partition: u32) -> usize {
-    (store << 20) | partition as usize
-}
-
 /// The group consumer's context: rebalances commit and close revoked tasks
 /// and create assigned ones, inside the callback.
-struct GroupContext {
+pub(super) struct GroupContext {
     worker: Arc<Mutex<Option<Worker>>>,
     /// Between a revocation and the next assignment.
     rebalancing: Arc<AtomicBool>,
@@ -127,10 +84,7 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-type GroupConsumer = BaseConsumer<GroupContext>;
-
-/// The last value of each key a store partition was given (`None` = deleted).
-type KeyWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+pub(super) type GroupConsumer = BaseConsumer<GroupContext>;
 
 /// Per input partition of a task: committed offset (next to read) and end offset.
 type InputPositions = BTreeMap<(String, u32), (i64, i64)>;
@@ -153,7 +107,7 @@ pub(super) struct OwnedTask {
 
 /// Prefix of the offset-commit metadata that carries a task's stream time
 /// (Kafka Streams keeps its partition time there too).
-const STREAM_TIME_METADATA: &str = "weir.stream-time=";
+pub(super) const STREAM_TIME_METADATA: &str = "weir.stream-time=";
 
 /// The stream time in an offset's commit metadata, if weir wrote it.
 fn stream_time_of(metadata: &str) -> Option<i64> {
@@ -168,7 +122,7 @@ pub(super) struct Worker {
     pub(super) shared: Arc<Shared>,
     pub(super) store_ids: HashMap<StoreId, u32>,
     pub(super) globals: BTreeMap<StoreId, SharedStore>,
-    pub(super) producer: BaseProducer<DeliveryContext>,
+    pub(super) producer: TransactionalProducer,
     pub(super) exactly_once: bool,
     pub(super) tasks: BTreeMap<TaskId, OwnedTask>,
     /// Input topic → sub-topology.
@@ -183,6 +137,11 @@ pub(super) struct Worker {
     /// under exactly-once): dropping one task's open work then means
     /// abandoning everyone's.
     pub(super) sent_in_transaction: bool,
+    /// The commit whose answer the worker has not taken yet.
+    pub(super) in_flight: Option<InFlightCommit>,
+    /// Bumped on every rewind: records polled before it are dropped (the
+    /// consumer re-reads them from the committed offsets).
+    pub(super) rewinds: u64,
 }
 
 impl WorkerSetup {
@@ -250,7 +209,7 @@ impl WorkerSetup {
             shared: shared.clone(),
             store_ids,
             globals,
-            producer,
+            producer: Arc::new(producer),
             exactly_once,
             tasks: BTreeMap::new(),
             routes: routes.clone(),
@@ -259,6 +218,8 @@ impl WorkerSetup {
             transactional_id: transactional_id(&app, &settings.instance_id, index),
             in_transaction: false,
             sent_in_transaction: false,
+            in_flight: None,
+            rewinds: 0,
         })));
         let epoch = Arc::new(AtomicU64::new(0));
         let rebalancing = Arc::new(AtomicBool::new(false));
@@ -331,10 +292,17 @@ impl WorkerSetup {
                 break;
             }
             w.process(&consumer, std::mem::take(&mut batch));
-            if w.last_commit.elapsed() >= config.commit_interval {
-                w.commit_all(&consumer);
-                w.switch_versions();
+            if w.commit_answered() {
+                w.settle(&consumer);
             }
+            // Commits start every `commit_interval`; one still in flight
+            // then is waited for (at most one interval of overlap).
+            if w.last_commit.elapsed() >= config.commit_interval {
+                w.settle(&consumer);
+                w.last_commit = Instant::now();
+                w.begin_commit(&consumer);
+            }
+            w.switch_versions();
             if last_lag.elapsed() >= LAG_REFRESH {
                 w.refresh_lag(&offsets);
                 last_lag = Instant::now();
@@ -373,25 +341,8 @@ fn transactional_id(app: &str, instance_id: &str, worker: usize) -> String {
     format!("weir-{app}-{instance_id}-{worker}")
 }
 
-/// Why a commit failed.
-#[derive(Debug, thiserror::Error)]
-enum CommitError {
-    #[error(transparent)]
-    Kafka(#[from] KafkaError),
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// Fatal transaction errors (fenced, ...) end the producer for good.
-fn is_fatal(e: &KafkaError) -> bool {
-    match e {
-        KafkaError::Transaction(t) => t.is_fatal(),
-        _ => false,
-    }
-}
-
 impl Worker {
-    fn app(&self) -> String {
+    pub(super) fn app(&self) -> String {
         self.control.current().1.topology.name.clone()
     }
 
@@ -406,7 +357,13 @@ impl Worker {
             per_task.entry(TaskId { subtopology, partition: r.partition }).or_default().push(r);
         }
         self.switch_versions();
+        let rewinds = self.rewinds;
         for (id, records) in per_task {
+            if self.rewinds != rewinds || self.fatal.is_some() {
+                // Rewound (or stopped): the rest of the batch comes again from
+                // the committed offsets; processing it now would count it twice.
+                return;
+            }
             let Some(owned) = self.tasks.get_mut(&id) else {
                 continue; // Not ours (any more): its new owner reads it.
             };
@@ -419,67 +376,97 @@ impl Worker {
             // `max_task_idle` only.
             let Some(task) = owned.task.as_mut() else { continue };
             let started = Instant::now();
+            let count = records.len() as u64;
             let result = task.process(records);
             self.control.metrics.process.observe(started.elapsed());
-            let produced = match result {
-                Ok(()) => task.take_produced(),
-                Err(error @ TaskError::SwapFailed { .. }) => {
-                    // The new version trapped on probation: this task drops
-                    // its open work, goes back to the previous version and
-                    // re-reads from its committed offsets; every other task
-                    // goes back too (the control plane rolls back).
-                    task.abort();
-                    task.rollback_swap();
-                    owned.generation = if self.control.failed(owned.generation, format!("task {id}: {error}")) {
-                        // Every task goes back to the version this one runs again.
-                        self.control.generation()
-                    } else {
-                        // A newer update replaced the version that failed: this
-                        // task runs the one before it now and must switch on.
-                        u64::MAX
-                    };
-                    if self.sent_in_transaction {
-                        // Records of it may be in the open transaction.
-                        self.abandon_open_work(consumer);
-                    } else {
-                        for ((topic, p), (committed, _)) in &owned.inputs {
-                            if let Err(e) = consumer.seek(topic, *p as i32, Offset::Offset(*committed), KAFKA_TIMEOUT) {
-                                tracing::warn!(topic, partition = p, error = %e, "seek back failed");
-                            }
-                        }
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    // Error policy `fail` (or a task-level error).
-                    self.stop_task(consumer, id, &e);
-                    continue;
-                }
-            };
-            self.send_eagerly(consumer, produced);
-        }
-        let now_ms = crate::backend::embedded::now_us() / 1000;
-        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
-        for id in ids {
-            let Some(owned) = self.tasks.get_mut(&id) else { continue };
-            let Some(task) = owned.task.as_mut() else { continue };
-            match task.advance_wall_clock(now_ms) {
+            if self.in_flight.is_some() {
+                self.control.metrics.processed_during_commit.fetch_add(count, Ordering::Relaxed);
+            }
+            match result {
+                // While a commit is in flight the outputs stay in the task.
+                Ok(()) if self.in_flight.is_some() => {}
                 Ok(()) => {
                     let produced = task.take_produced();
                     self.send_eagerly(consumer, produced);
                 }
-                Err(e) => self.stop_task(consumer, id, &e),
+                Err(error) => self.task_failed(consumer, id, error),
+            }
+        }
+        let now_ms = crate::backend::embedded::now_us() / 1000;
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            if self.rewinds != rewinds || self.fatal.is_some() {
+                return;
+            }
+            let Some(owned) = self.tasks.get_mut(&id) else { continue };
+            let Some(task) = owned.task.as_mut() else { continue };
+            match task.advance_wall_clock(now_ms) {
+                Ok(()) if self.in_flight.is_some() => {}
+                Ok(()) => {
+                    let produced = task.take_produced();
+                    self.send_eagerly(consumer, produced);
+                }
+                Err(e) => self.task_failed(consumer, id, e),
             }
         }
         // Serve delivery reports as they come, so they do not pile up
-        // until the commit.
-        self.producer.poll(Duration::ZERO);
+        // until the commit (the commit thread serves them while it runs).
+        if self.in_flight.is_none() {
+            self.producer.poll(Duration::ZERO);
+        }
+    }
+
+    /// A task's batch failed: the swapped version on probation trapped
+    /// (back to the previous version, re-read from the committed offsets),
+    /// or the error policy says `fail` (the task stops). A commit in flight
+    /// is answered first: either way open work is dropped.
+    fn task_failed(&mut self, consumer: &GroupConsumer, id: TaskId, error: TaskError) {
+        // What it produced since the last freeze is dropped with its open
+        // work: the commit's answer must not send it.
+        if let Some(task) = self.tasks.get_mut(&id).and_then(|o| o.task.as_mut()) {
+            drop(task.take_produced());
+        }
+        self.settle(consumer);
+        if self.fatal.is_some() {
+            return; // The commit's answer stopped every task.
+        }
+        if !matches!(error, TaskError::SwapFailed { .. }) {
+            // Error policy `fail` (or a task-level error).
+            return self.stop_task(consumer, id, &error);
+        }
+        let Some(owned) = self.tasks.get_mut(&id) else { return };
+        let Some(task) = owned.task.as_mut() else { return };
+        // Every other task goes back too (the control plane rolls back).
+        task.abort();
+        task.rollback_swap();
+        owned.generation = if self.control.failed(owned.generation, format!("task {id}: {error}")) {
+            // Every task goes back to the version this one runs again.
+            self.control.generation()
+        } else {
+            // A newer update replaced the version that failed: this
+            // task runs the one before it now and must switch on.
+            u64::MAX
+        };
+        if self.sent_in_transaction {
+            // Records of it may be in the open transaction.
+            self.abandon_open_work(consumer);
+        } else {
+            for ((topic, p), (committed, _)) in &owned.inputs {
+                if let Err(e) = consumer.seek(topic, *p as i32, Offset::Offset(*committed), KAFKA_TIMEOUT) {
+                    tracing::warn!(topic, partition = p, error = %e, "seek back failed");
+                }
+            }
+        }
     }
 
     /// Stops a task for good: its open work is never committed (when
     /// records of the open transaction were sent, every task's open work
     /// is abandoned with it).
     fn stop_task(&mut self, consumer: &GroupConsumer, id: TaskId, error: &TaskError) {
+        self.settle(consumer);
+        if self.fatal.is_some() {
+            return; // Every task stopped already, with the reason.
+        }
         tracing::error!(app = %self.app(), task = %id, "task stopped: {error}");
         if let Some(owned) = self.tasks.get_mut(&id) {
             if let Some(task) = owned.task.as_mut() {
@@ -494,54 +481,12 @@ impl Worker {
         }
     }
 
-    /// Sends a task's outputs at once, into the open transaction (begun
-    /// here if none is): the broker receives them while processing goes
-    /// on, and the commit only waits for the last acknowledgements.
-    /// Under exactly-once they stay invisible to read_committed consumers
-    /// until the commit; an abort discards them.
-    fn send_eagerly(&mut self, consumer: &GroupConsumer, produced: Vec<ProducedRecord>) {
-        if produced.is_empty() || self.fatal.is_some() {
-            return;
-        }
-        if self.exactly_once && !self.in_transaction {
-            match self.producer.begin_transaction() {
-                Ok(()) => self.in_transaction = true,
-                Err(e) if is_fatal(&e) => return self.stop_fatally(&e),
-                Err(e) => {
-                    tracing::warn!(app = %self.app(), error = %e, "cannot begin a transaction: open work dropped");
-                    return self.abandon_open_work(consumer);
-                }
-            }
-        }
-        self.sent_in_transaction = true;
-        for p in &produced {
-            if let Err(e) = send(&self.producer, p, NO_SLOT) {
-                tracing::warn!(app = %self.app(), error = %e, "send failed: open work dropped, rewinding");
-                return self.abandon_open_work(consumer);
-            }
-        }
-    }
-
-    /// Gives up the open transaction: aborted (exactly-once), every task's
-    /// open work dropped, the consumer back at the committed offsets.
-    fn abandon_open_work(&mut self, consumer: &GroupConsumer) {
-        if self.exactly_once
-            && self.in_transaction
-            && let Err(abort) = self.producer.abort_transaction(KAFKA_TIMEOUT)
-        {
-            tracing::warn!(error = %abort, "abort failed");
-            if is_fatal(&abort) {
-                return self.stop_fatally(&abort);
-            }
-        }
-        self.in_transaction = false;
-        self.sent_in_transaction = false;
-        self.rewind(consumer);
-    }
-
     /// Moves tasks with nothing uncommitted (at a commit boundary) to the
     /// version the control plane wants: instantiate + init; stores kept.
     fn switch_versions(&mut self) {
+        if self.committing() {
+            return; // A swap waits for a commit boundary with nothing in flight.
+        }
         let (generation, target) = self.control.current();
         for (id, owned) in &mut self.tasks {
             let Some(task) = owned.task.as_mut() else { continue };
@@ -572,215 +517,6 @@ impl Worker {
             }
         }
     }
-
-    /// Commits every task's open work: one transaction (exactly-once), or
-    /// flush-then-commit-offsets (at-least-once). On failure the open work
-    /// is dropped and the consumer rewinds to the committed offsets.
-    fn commit_all(&mut self, consumer: &GroupConsumer) {
-        self.commit_open_work(consumer);
-        // The interval runs from the end of a commit: a slow commit is
-        // followed by a full interval of processing, never by another
-        // commit after a single batch.
-        self.last_commit = Instant::now();
-    }
-
-    fn commit_open_work(&mut self, consumer: &GroupConsumer) {
-        // Records sent without anything else open (wall-clock punctuation)
-        // are committed too: a transaction left open would time out.
-        let open =
-            self.sent_in_transaction || self.tasks.values().any(|t| t.task.as_ref().is_some_and(Task::has_uncommitted));
-        if self.fatal.is_some() || !open {
-            return;
-        }
-        let started = Instant::now();
-        match self.try_commit(consumer) {
-            Ok(()) => {}
-            Err(CommitError::Kafka(e)) if is_fatal(&e) => self.stop_fatally(&e),
-            Err(e) => {
-                tracing::warn!(app = %self.app(), error = %e, "commit failed: open work dropped, rewinding to the committed offsets");
-                self.abandon_open_work(consumer);
-            }
-        }
-        self.control.metrics.commit.observe(started.elapsed());
-    }
-
-    fn try_commit(&mut self, consumer: &GroupConsumer) -> Result<(), CommitError> {
-        let app = self.app();
-        if self.exactly_once && !self.in_transaction {
-            self.producer.begin_transaction()?;
-            self.in_transaction = true;
-        }
-        let mut offsets = TopicPartitionList::new();
-        // Owned copies of the store writes, applied locally after the commit.
-        let mut local: Vec<(TaskId, StoreId, u32, KeyWrites)> = Vec::new();
-        let mut on_probation = Vec::new();
-        let mut committed_tasks = Vec::new();
-        for (id, owned) in &mut self.tasks {
-            let Some(task) = owned.task.as_mut() else { continue };
-            if !task.has_uncommitted() {
-                continue;
-            }
-            if task.in_probation() {
-                on_probation.push(*id);
-            }
-            committed_tasks.push(*id);
-            let commit = task.prepare_commit();
-            for p in &commit.produced {
-                send(&self.producer, p, NO_SLOT)?;
-            }
-            for change in &commit.changes {
-                let slot = changelog_slot(change.store, change.partition);
-                let mut writes = Vec::with_capacity(change.writes.len());
-                for (k, v) in &change.writes {
-                    let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(change.changelog, slot)
-                        .partition(change.partition as i32)
-                        .key(k.as_slice());
-                    if let Some(v) = v.as_deref() {
-                        record = record.payload(v);
-                    }
-                    send_raw(&self.producer, record)?;
-                    writes.push(((*k).clone(), (*v).clone()));
-                }
-                local.push((*id, change.store, change.partition, writes));
-            }
-            for ((topic, p), offset) in &commit.positions {
-                offsets.add_partition_offset(topic, *p as i32, Offset::Offset(*offset))?;
-                if let (Some(stream_time), Some(mut e)) = (commit.stream_time, offsets.find_partition(topic, *p as i32))
-                {
-                    e.set_metadata(format!("{STREAM_TIME_METADATA}{stream_time}"));
-                }
-                owned.inputs.entry((topic.to_string(), *p)).or_insert((0, 0)).0 = *offset;
-            }
-        }
-        let sent_at = Instant::now();
-        self.serve_deliveries()?;
-        self.control.metrics.commit_deliveries.observe(sent_at.elapsed());
-        let offsets_at = Instant::now();
-        if self.exactly_once {
-            let metadata = consumer
-                .group_metadata()
-                .ok_or_else(|| CommitError::Failed("the consumer has no group metadata (not in the group)".into()))?;
-            if offsets.count() > 0 {
-                self.producer.send_offsets_to_transaction(&offsets, &metadata, KAFKA_TIMEOUT)?;
-            }
-            self.producer.commit_transaction(KAFKA_TIMEOUT)?;
-            self.in_transaction = false;
-        } else if offsets.count() > 0 {
-            consumer.commit(&offsets, CommitMode::Sync)?;
-        }
-        self.sent_in_transaction = false;
-        self.control.metrics.commit_offsets.observe(offsets_at.elapsed());
-        // Committed: the stores' local copies catch up, with checkpoints.
-        let last = std::mem::take(&mut *self.producer.context().last_offsets.lock().unwrap_or_else(|e| e.into_inner()));
-        let topology = self.control.current().1.topology.clone();
-        let mut batch = WriteBatch::default();
-        let db = self.backend.db().clone();
-        for (_, store, partition, writes) in &local {
-            let key = StoreKey { store: self.store_ids[store], partition: *partition };
-            db.write_state(&mut batch, key, writes.iter().map(|(k, v)| (k, v)));
-            if let Some(offset) = last.get(&changelog_slot(*store, *partition)) {
-                let name = &topology.stores[*store].name;
-                db.put_meta(&mut batch, &checkpoint_key(&app, name, *partition), &(offset + 1).to_be_bytes());
-            }
-        }
-        if let Err(e) = db.write(batch) {
-            // The changelog has it: a restore from the older checkpoint redoes it.
-            tracing::error!(app, error = %e, "cannot apply committed store writes locally; they will be restored from the changelog");
-            for (id, ..) in &local {
-                if let Some(owned) = self.tasks.get_mut(id) {
-                    owned.task = None;
-                    owned.state = TaskState::Stalled;
-                    owned.error = Some(format!("local state: {e}"));
-                }
-            }
-        }
-        for id in &committed_tasks {
-            let Some(owned) = self.tasks.get_mut(id) else { continue };
-            if let Some(task) = owned.task.as_mut() {
-                task.commit_succeeded();
-                owned.commits += 1;
-                let proven = (on_probation.contains(id) && !task.in_probation()) || owned.proving;
-                if proven && self.control.owns(owned.generation) {
-                    self.control.passed(owned.generation);
-                }
-                owned.proving = false;
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits for every delivery report; fails on the first failed delivery.
-    fn serve_deliveries(&self) -> Result<(), CommitError> {
-        let context = self.producer.context();
-        super::serve_producer_until(&self.producer, KAFKA_TIMEOUT, || context.pending.load(Ordering::Acquire) == 0);
-        if let Some(e) = context.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return Err(CommitError::Failed(e));
-        }
-        if context.pending.load(Ordering::Acquire) > 0 {
-            return Err(CommitError::Failed(format!("deliveries unconfirmed after {KAFKA_TIMEOUT:?}")));
-        }
-        Ok(())
-    }
-
-    /// Drops every task's open work and seeks back to the committed offsets.
-    fn rewind(&mut self, consumer: &GroupConsumer) {
-        self.producer.context().last_offsets.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        for owned in self.tasks.values_mut() {
-            if let Some(task) = owned.task.as_mut() {
-                task.abort();
-            }
-        }
-        let committed = match consumer.committed(KAFKA_TIMEOUT) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read committed offsets to rewind; restarting tasks");
-                return;
-            }
-        };
-        for e in committed.elements() {
-            let to = match e.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::Beginning,
-            };
-            if let Err(err) = consumer.seek(e.topic(), e.partition(), to, KAFKA_TIMEOUT) {
-                tracing::warn!(topic = e.topic(), partition = e.partition(), error = %err, "seek failed");
-            }
-        }
-    }
-
-    /// The producer cannot go on (fenced by a newer instance with the same
-    /// transactional id, or another fatal error): every task stops.
-    fn stop_fatally(&mut self, e: &KafkaError) {
-        let fenced = matches!(
-            e.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-        );
-        let message = if fenced {
-            format!(
-                "this instance was fenced: another producer with transactional id `{}` took over ({e}); its tasks stopped, \
-                 nothing of their open transaction was committed",
-                self.transactional_id
-            )
-        } else {
-            format!("the transactional producer `{}` failed fatally: {e}; its tasks stopped", self.transactional_id)
-        };
-        tracing::error!(app = %self.app(), "{message}");
-        self.stop_all(&message);
-        self.fatal = Some(message);
-    }
-
-    fn stop_all(&mut self, message: &str) {
-        for owned in self.tasks.values_mut() {
-            if let Some(task) = owned.task.as_mut() {
-                task.abort();
-            }
-            owned.task = None;
-            owned.state = TaskState::Failed;
-            owned.error = Some(message.to_owned());
-        }
-        self.publish_all();
-    }
-
     /// Closes the tasks of revoked partitions (already committed).
     fn close_tasks(&mut self, revoked: &TopicPartitionList) {
         let ids: Vec<TaskId> = revoked
@@ -805,6 +541,7 @@ impl Worker {
 
     /// Restores and creates the tasks of newly assigned partitions.
     fn open_tasks(&mut self, consumer: &GroupConsumer, assigned: &TopicPartitionList) {
+        self.settle(consumer); // Revocation settled it already; this is for a first assignment.
         if self.fatal.is_some() {
             return; // Stopped for good: it only waits to leave the group.
         }
@@ -826,11 +563,12 @@ impl Worker {
             let entry = stream_times.entry(id).or_insert(-1);
             *entry = (*entry).max(time);
         }
+        let mut assigned: BTreeMap<TaskId, OwnedTask> = BTreeMap::new();
         for (id, inputs) in inputs {
             if self.tasks.contains_key(&id) {
                 continue;
             }
-            let mut owned = OwnedTask {
+            let owned = OwnedTask {
                 task: None,
                 state: TaskState::Starting,
                 error: None,
@@ -842,7 +580,16 @@ impl Worker {
                 proving: false,
             };
             self.publish(id, &owned);
-            match self.restore(id, &mut owned).and_then(|()| self.create_task(id, &mut owned)) {
+            assigned.insert(id, owned);
+        }
+        // Every task's stores together, then the tasks.
+        let restored = self.restore_all(&mut assigned);
+        for (id, mut owned) in assigned {
+            let started = match restored.get(&id) {
+                Some(Err(e)) => Err(e.clone()),
+                _ => self.create_task(id, &mut owned),
+            };
+            match started {
                 Ok(()) => tracing::info!(app = %self.app(), task = %id, "task assigned"),
                 Err(e) => {
                     tracing::error!(app = %self.app(), task = %id, "task cannot start: {e}");
@@ -895,7 +642,7 @@ impl Worker {
         }
     }
 
-    fn publish_all(&self) {
+    pub(super) fn publish_all(&self) {
         for (id, owned) in &self.tasks {
             self.publish(*id, owned);
         }
@@ -936,36 +683,4 @@ impl Worker {
             self.control.set_tasks(self.shared.running_tasks().len());
         }
     }
-}
-
-pub(super) fn checkpoint_key(app: &str, store: &str, partition: u32) -> String {
-    format!("ckpt/{app}/{store}/{partition}")
-}
-
-fn send(producer: &BaseProducer<DeliveryContext>, p: &ProducedRecord, slot: usize) -> Result<(), KafkaError> {
-    let mut headers = OwnedHeaders::new();
-    for (k, v) in &p.record.headers {
-        headers = headers.insert(Header { key: k, value: Some(v) });
-    }
-    let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(&p.topic, slot)
-        .partition(p.partition as i32)
-        .timestamp(p.record.timestamp)
-        .headers(headers);
-    if let Some(k) = p.record.key.as_deref() {
-        record = record.key(k);
-    }
-    if let Some(v) = p.record.value.as_deref() {
-        record = record.payload(v);
-    }
-    send_raw(producer, record)
-}
-
-fn send_raw(
-    producer: &BaseProducer<DeliveryContext>,
-    record: BaseRecord<'_, [u8], [u8], usize>,
-) -> Result<(), KafkaError> {
-    producer.context().pending.fetch_add(1, Ordering::AcqRel);
-    super::send(producer, record).inspect_err(|_| {
-        producer.context().pending.fetch_sub(1, Ordering::AcqRel);
-    })
 }

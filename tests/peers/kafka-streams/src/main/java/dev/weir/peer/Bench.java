@@ -24,6 +24,12 @@ final class Bench {
     private Bench() {}
 
     static int run(Topology topology, Flags flags) throws InterruptedException {
+        Properties props = properties(flags);
+        return runWith(new KafkaStreams(topology, props));
+    }
+
+    /** The settings every benchmark peer runs with (see the class docs). */
+    static Properties properties(Flags flags) {
         Properties props = new Properties();
         props.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, flags.require("bootstrap"));
         props.put(StreamsConfig.APPLICATION_ID_CONFIG, flags.require("application-id"));
@@ -40,8 +46,10 @@ final class Bench {
         props.put(StreamsConfig.mainConsumerPrefix("internal.leave.group.on.close"), true);
         props.put(StreamsConfig.DEFAULT_KEY_SERDE_CLASS_CONFIG, Serdes.ByteArraySerde.class);
         props.put(StreamsConfig.DEFAULT_VALUE_SERDE_CLASS_CONFIG, Serdes.ByteArraySerde.class);
+        return props;
+    }
 
-        KafkaStreams streams = new KafkaStreams(topology, props);
+    private static int runWith(KafkaStreams streams) throws InterruptedException {
         CountDownLatch done = new CountDownLatch(1);
         int[] exit = {0};
         AtomicBoolean announced = new AtomicBoolean();

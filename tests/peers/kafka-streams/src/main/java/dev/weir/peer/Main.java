@@ -20,6 +20,8 @@ public final class Main {
             "                    [--commit-interval-ms 100] [--threads 2] [--state-dir DIR]",
             "  bench-reservation --bootstrap H:P --application-id ID --orders T --adjustments T",
             "                    --validated T --rejected T [--commit-interval-ms 100] [--threads 2] [--state-dir DIR]",
+            "  bench-restore     --bootstrap H:P --application-id ID --input T --output T [--partitions 4]",
+            "                    (restores KeyCount's `counts` from ID-counts-changelog, prints `restored N MS`)",
             "  oracle EXAMPLE INPUT_JSONL   (EXAMPLE: customer-position, enrichment, key-count, reservation)",
             "  create-topics --bootstrap H:P [--partitions 4] TOPIC...",
             "  produce --bootstrap H:P [--topic T]           (weir JSONL records on stdin)",
@@ -59,6 +61,8 @@ public final class Main {
         switch (mode) {
             case "bench-key-count":
                 return Bench.run(KeyCount.topology(f.require("input"), f.require("output")), f);
+            case "bench-restore":
+                return Restore.run(f);
             case "bench-windowed-count":
                 return Bench.run(WindowedCount.topology(f.require("input"), f.require("output")), f);
             case "bench-reservation":
