@@ -52,6 +52,10 @@ pub struct TaskStatus {
     pub commits: u64,
     /// Restore progress of the task's stores: records restored / to restore.
     pub restore: Option<(u64, u64)>,
+    /// How long the restore took (Kafka: from its start until the task's
+    /// stores reached their changelogs' ends), once it is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_ms: Option<u64>,
 }
 
 /// One update of a running application: a component swap, or a restart

@@ -655,6 +655,7 @@ impl Worker {
             partition_mismatches: keep(|s| s.partition_mismatches, metrics.partition_mismatches),
             commits: slot.commits,
             restore: None,
+            restore_ms: None,
         };
         self.status.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.id, status);
     }

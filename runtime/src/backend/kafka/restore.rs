@@ -42,6 +42,7 @@ impl Worker {
     /// per changelog topic, as Kafka Streams' restore consumer does), with
     /// progress in each task's status. Answers per task: restored, or why not.
     pub(super) fn restore_all(&self, tasks: &mut BTreeMap<TaskId, OwnedTask>) -> BTreeMap<TaskId, Result<(), String>> {
+        let started = Instant::now();
         let topology = self.control.current().1.topology.clone();
         let app = &topology.name;
         let db = self.backend.db().clone();
@@ -81,7 +82,7 @@ impl Worker {
             }
         }
         for (changelog, jobs) in &jobs {
-            let started = Instant::now();
+            let reading = Instant::now();
             let from: Vec<(u32, i64)> =
                 jobs.iter().filter(|j| outcome[&j.task].is_ok()).map(|j| (j.partition, j.from)).collect();
             let read = read_partitions_to_end(
@@ -109,7 +110,7 @@ impl Worker {
                 Ok(counts) => {
                     for job in jobs {
                         let records = counts.get(&job.partition).copied().unwrap_or(0);
-                        tracing::info!(app, task = %job.task, store = %job.store, from = job.from, records, ms = started.elapsed().as_millis() as u64, "restored store from its changelog");
+                        tracing::info!(app, task = %job.task, store = %job.store, from = job.from, records, ms = reading.elapsed().as_millis() as u64, "restored store from its changelog");
                     }
                 }
                 Err(e) => {
@@ -122,6 +123,7 @@ impl Worker {
         for (id, owned) in tasks.iter_mut() {
             let done = estimate.get(id).map_or(0, |p| p.0);
             owned.restored = Some((done, done));
+            owned.restore_ms = Some(started.elapsed().as_millis() as u64);
         }
         outcome
     }

@@ -98,6 +98,8 @@ pub(super) struct OwnedTask {
     pub(super) generation: u64,
     pub(super) inputs: InputPositions,
     pub(super) restored: Option<(u64, u64)>,
+    /// How long its restore took, once done.
+    pub(super) restore_ms: Option<u64>,
     /// The stream time committed with the input offsets (their metadata).
     pub(super) committed_stream_time: i64,
     /// Started directly on the version of an update not yet applied: its
@@ -576,6 +578,7 @@ impl Worker {
                 generation: 0,
                 inputs,
                 restored: None,
+                restore_ms: None,
                 committed_stream_time: stream_times.get(&id).copied().unwrap_or(-1),
                 proving: false,
             };
@@ -676,6 +679,7 @@ impl Worker {
             partition_mismatches: metrics.partition_mismatches,
             commits: owned.commits,
             restore: owned.restored,
+            restore_ms: owned.restore_ms,
         };
         let previous = self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).insert(id, status);
         if previous.is_none_or(|p| p.state != owned.state) {
