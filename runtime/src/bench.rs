@@ -179,6 +179,8 @@ pub struct EmbeddedBench {
     pub commit_interval: std::time::Duration,
     pub workers: usize,
     pub partitions: u32,
+    /// Scenarios to run (empty: all), e.g. to profile one.
+    pub only: Vec<String>,
 }
 
 impl Default for EmbeddedBench {
@@ -190,6 +192,7 @@ impl Default for EmbeddedBench {
             commit_interval: std::time::Duration::from_millis(100),
             workers: 2,
             partitions: 4,
+            only: Vec::new(),
         }
     }
 }
@@ -316,6 +319,12 @@ pub fn embedded(settings: EmbeddedBench) -> anyhow::Result<()> {
             settings.guests.display()
         );
     }
+    if !settings.only.is_empty() {
+        for name in &settings.only {
+            anyhow::ensure!(scenarios.iter().any(|(s, _)| s == name), "no scenario `{name}` (--only)");
+        }
+        scenarios.retain(|(s, _)| settings.only.iter().any(|o| o == s));
+    }
     println!(
         "embedded backend, exactly-once, {} partitions, {} workers, commit interval {:?}; throughput over {} records, latency at {}/s",
         settings.partitions, settings.workers, settings.commit_interval, settings.records, settings.latency_rate
@@ -333,12 +342,18 @@ pub fn embedded(settings: EmbeddedBench) -> anyhow::Result<()> {
         }
         results.insert(*name, f);
     }
+    let ratio = |a: &str, b: &str| match (results.get(a), results.get(b)) {
+        (Some(a), Some(b)) => format!("{:.2}", a.per_second / b.per_second),
+        _ => "not measured (--only)".to_owned(),
+    };
     for name in ["windowed", "sdk-windows"] {
-        if let Some(w) = results.get(name) {
-            println!("ratio {name}/key-count {:.2}", w.per_second / results["key-count"].per_second);
+        if results.contains_key(name) {
+            println!("ratio {name}/key-count {}", ratio(name, "key-count"));
         }
     }
-    println!("ratio {:.2}", results["passthrough"].per_second / results["raw"].per_second);
+    println!("ratio key-count/raw {}", ratio("key-count", "raw"));
+    println!("ratio reservation/raw {}", ratio("reservation", "raw"));
+    println!("ratio passthrough/raw {}", ratio("passthrough", "raw"));
     Ok(())
 }
 

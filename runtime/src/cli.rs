@@ -211,6 +211,10 @@ pub enum BenchCommand {
         /// Records per second offered in the latency phase.
         #[arg(long, default_value_t = 2_000)]
         latency_rate: usize,
+        /// Run only these scenarios (comma-separated: raw, passthrough,
+        /// key-count, reservation, windowed, sdk-windows), e.g. to profile one.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Restore of a store of --keys keys: on Kafka (--brokers) from its
     /// changelog with an empty data dir, from a local checkpoint with a
@@ -447,8 +451,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::bench::swap(guests, rounds.max(1))?;
                 Ok(ExitCode::SUCCESS)
             }
-            BenchCommand::Embedded { guests, records, latency_rate } => {
-                let settings = crate::bench::EmbeddedBench { guests, records, latency_rate, ..Default::default() };
+            BenchCommand::Embedded { guests, records, latency_rate, only } => {
+                let settings =
+                    crate::bench::EmbeddedBench { guests, records, latency_rate, only, ..Default::default() };
                 crate::bench::embedded(settings)?;
                 Ok(ExitCode::SUCCESS)
             }
