@@ -9,6 +9,7 @@
 //! brokers = ""                      # WEIR_BROKERS: empty = the embedded backend
 //! session_timeout = "10s"           # WEIR_SESSION_TIMEOUT: Kafka consumer group session
 //! transaction_timeout = "10s"       # WEIR_TRANSACTION_TIMEOUT: Kafka aborts a transaction left open this long
+//! cluster = ""                      # WEIR_CLUSTER: on Kafka, the cluster's catalog prefix; empty = deploys stay on this instance
 //! instance_id = ""                  # WEIR_INSTANCE_ID: stable id on Kafka; empty = one kept in the data dir
 //! advertised_url = ""               # WEIR_ADVERTISED_URL: this API's URL for other instances; empty = http://<bound address>
 //! commit_interval = "100ms"         # WEIR_COMMIT_INTERVAL
@@ -47,6 +48,11 @@ pub struct Config {
     /// aborts a transaction of a stalled instance after this long (Kafka
     /// Streams' exactly-once default, 10 s).
     pub transaction_timeout: Duration,
+    /// On Kafka: the prefix of the cluster's catalog topics
+    /// ([`crate::cluster`]); instances with the same prefix are one cluster
+    /// (a deploy to any of them runs on all). Empty: every instance is
+    /// deployed to on its own.
+    pub cluster: String,
     /// This instance's stable id on Kafka (transactional ids derive from
     /// it); empty = generated once and kept in the data dir.
     pub instance_id: String,
@@ -86,6 +92,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./weir-data"),
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             brokers: String::new(),
+            cluster: String::new(),
             session_timeout: Duration::from_secs(10),
             transaction_timeout: Duration::from_secs(10),
             instance_id: String::new(),
@@ -113,6 +120,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     http: Option<String>,
     brokers: Option<String>,
+    cluster: Option<String>,
     session_timeout: Option<String>,
     transaction_timeout: Option<String>,
     instance_id: Option<String>,
@@ -151,6 +159,7 @@ impl Config {
             data_dir: var("WEIR_DATA_DIR").map(PathBuf::from),
             http: var("WEIR_HTTP"),
             brokers: env("WEIR_BROKERS"),
+            cluster: env("WEIR_CLUSTER"),
             session_timeout: var("WEIR_SESSION_TIMEOUT"),
             transaction_timeout: var("WEIR_TRANSACTION_TIMEOUT"),
             instance_id: var("WEIR_INSTANCE_ID"),
@@ -201,6 +210,15 @@ impl Config {
         }
         if let Some(v) = f.brokers {
             self.brokers = v;
+        }
+        if let Some(v) = f.cluster {
+            if !v.is_empty() && !crate::topology::valid_name(&v) {
+                return Err(bad(
+                    "cluster",
+                    format!("`{v}`: use letters, digits, `-` and `_` (it prefixes topic names)"),
+                ));
+            }
+            self.cluster = v;
         }
         if let Some(v) = f.instance_id {
             if !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {

@@ -24,6 +24,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod jsonl;

@@ -43,6 +43,13 @@ pub enum DeployError {
     Start { app: String, error: String },
     #[error("cannot deploy `{app}`: {error}")]
     OverLimit { app: String, error: String },
+    /// A cluster deploy based on a generation that is no longer current,
+    /// or one that lost the race for the next generation.
+    #[error("{0}")]
+    Conflict(String),
+    /// The cluster's catalog cannot be read or written.
+    #[error("{0}")]
+    Cluster(String),
     #[error("storage failure: {0}")]
     Internal(String),
 }
@@ -114,6 +121,9 @@ pub struct Deployment {
     pub status: AppStatus,
     /// For updates: the update's record.
     pub update: Option<SwapRecord>,
+    /// In a cluster: the generation and what every instance applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<serde_json::Value>,
 }
 
 /// How long a deploy waits for a trap on probation once every task switched
@@ -207,6 +217,8 @@ pub struct Node {
     instance_id: String,
     /// This node's API URL, once it listens.
     advertised_url: Arc<Mutex<Option<String>>>,
+    /// The cluster this node is an instance of (Kafka with `cluster` set).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// Where a task runs, for interactive queries.
@@ -246,6 +258,7 @@ impl Node {
             apps: Mutex::new(BTreeMap::new()),
             broken: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(Default::default()),
+            cluster: std::sync::OnceLock::new(),
         });
         let saved = node.backend.applications().map_err(|e| OpenError::Other(e.to_string()))?;
         for (name, definition) in saved {
@@ -324,13 +337,78 @@ impl Node {
         Ok(Claim { node: self, name: name.to_owned() })
     }
 
+    /// Joins the cluster named by `cluster` (on Kafka): opens its catalog
+    /// and starts following it. A clear error when the catalog is not usable.
+    pub fn join_cluster(self: &Arc<Self>) -> Result<(), String> {
+        if self.config.cluster.is_empty() {
+            return Ok(());
+        }
+        if !self.on_kafka() {
+            return Err(format!(
+                "cluster `{}` needs Kafka: set brokers (WEIR_BROKERS), or no cluster for the embedded backend",
+                self.config.cluster
+            ));
+        }
+        let cluster = crate::cluster::Cluster::start(self, &self.config.brokers, &self.config.cluster)
+            .map_err(|e| e.to_string())?;
+        let _ = self.cluster.set(cluster);
+        Ok(())
+    }
+
+    /// The cluster this node is an instance of, if any.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// This node's stable instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
     /// Validates, saves and starts an application; if it runs already,
     /// updates it without stopping it (see [`update`](Self::update)). One
     /// operation at a time per application: a concurrent one is refused
-    /// with [`DeployError::Busy`].
+    /// with [`DeployError::Busy`]. In a cluster, for every instance (see
+    /// [`crate::cluster`]).
     pub fn deploy(&self, spec: Spec) -> Result<Deployment, DeployError> {
+        self.deploy_expecting(spec, None)
+    }
+
+    /// [`deploy`](Self::deploy), in a cluster only if the application is
+    /// still at generation `expected` (`If-Match`).
+    pub fn deploy_expecting(&self, spec: Spec, expected: Option<u64>) -> Result<Deployment, DeployError> {
+        match self.cluster() {
+            Some(cluster) => cluster.deploy(self, spec, expected),
+            None => self.deploy_local(spec),
+        }
+    }
+
+    /// Deploys on this instance only (the cluster's agent applies
+    /// generations through this).
+    pub fn deploy_local(&self, spec: Spec) -> Result<Deployment, DeployError> {
         let _claim = self.claim(&spec.name)?;
         self.deploy_claimed(spec)
+    }
+
+    /// The spec an application runs here.
+    pub fn running_spec(&self, name: &str) -> Option<Spec> {
+        self.topology(name).map(|t| t.spec.clone())
+    }
+
+    /// The status, or (not running here yet) an empty one saying `pending`.
+    pub fn status_or_pending(&self, name: &str) -> AppStatus {
+        self.status(name).unwrap_or_else(|| AppStatus {
+            name: name.to_owned(),
+            backend: if self.on_kafka() { "kafka" } else { "embedded" }.into(),
+            guarantee: String::new(),
+            state: "pending".into(),
+            lag: 0,
+            tasks: Vec::new(),
+            components: BTreeMap::new(),
+            component_versions: BTreeMap::new(),
+            swaps: Vec::new(),
+            global_inputs: Vec::new(),
+        })
     }
 
     fn deploy_claimed(&self, spec: Spec) -> Result<Deployment, DeployError> {
@@ -348,7 +426,7 @@ impl Node {
         }
         self.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
         let status = self.status(&name).ok_or_else(|| DeployError::Gone(name.clone()))?;
-        Ok(Deployment { action: "created", status, update: None })
+        Ok(Deployment { action: "created", status, update: None, cluster: None })
     }
 
     /// Updates a running application. Everything is validated before
@@ -382,7 +460,7 @@ impl Node {
             }
             self.save(&spec)?;
             let status = self.status(&name).ok_or_else(|| DeployError::Gone(name.clone()))?;
-            return Ok(Deployment { action: "updated", status, update: Some(record) });
+            return Ok(Deployment { action: "updated", status, update: Some(record), cluster: None });
         }
         // The graph changed: check that state can follow, then restart.
         check_stores(&old.topology, &new.topology)
@@ -431,7 +509,7 @@ impl Node {
         self.save(&spec)?;
         let status = self.status(&name).ok_or_else(|| DeployError::Gone(name.clone()))?;
         let update = status.swaps.last().cloned();
-        Ok(Deployment { action: "updated", status, update })
+        Ok(Deployment { action: "updated", status, update, cluster: None })
     }
 
     fn save(&self, spec: &Spec) -> Result<(), DeployError> {
@@ -466,6 +544,10 @@ impl Node {
 
     /// Compiles a spec against the real partition counts of existing topics
     /// and resolves its components: everything checked, nothing changed.
+    pub(crate) fn prepare_runtime(&self, spec: Spec) -> Result<Arc<AppRuntime>, DeployError> {
+        self.prepare(spec)
+    }
+
     fn prepare(&self, spec: Spec) -> Result<Arc<AppRuntime>, DeployError> {
         let actual: BTreeMap<String, u32> =
             self.backend.topics().iter().map(|t| (t.name.to_string(), t.partitions())).collect();
@@ -560,8 +642,17 @@ impl Node {
     }
 
     /// Stops an application (final commit) and forgets it. Refused with
-    /// [`DeployError::Busy`] while it is being deployed or updated.
+    /// [`DeployError::Busy`] while it is being deployed or updated. In a
+    /// cluster, on every instance.
     pub fn undeploy(&self, name: &str) -> Result<bool, DeployError> {
+        match self.cluster() {
+            Some(cluster) => cluster.undeploy(name),
+            None => self.undeploy_local(name),
+        }
+    }
+
+    /// Undeploys on this instance only.
+    pub fn undeploy_local(&self, name: &str) -> Result<bool, DeployError> {
         let _claim = self.claim(name)?;
         let deployed = self.apps.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         let broken = self.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(name).is_some();
@@ -636,8 +727,12 @@ impl Node {
             .collect()
     }
 
-    /// Stops every application (final commits), for a clean shutdown.
+    /// Stops every application (final commits), for a clean shutdown; in a
+    /// cluster, says first that this instance stops.
     pub fn shutdown(&self) {
+        if let Some(cluster) = self.cluster() {
+            cluster.leave(self);
+        }
         let apps = std::mem::take(&mut *self.apps.lock().unwrap_or_else(|e| e.into_inner()));
         for (_, d) in apps {
             d.app.stop();

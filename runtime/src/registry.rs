@@ -241,6 +241,23 @@ impl ComponentRegistry {
         self.engine.load_file(&path).map_err(|error| RegistryError::Load { sha256: hex, error })
     }
 
+    /// The bytes of a stored component.
+    pub fn bytes(&self, sha256: &str) -> Result<Vec<u8>, RegistryError> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RegistryError::Malformed(sha256.to_owned()));
+        }
+        let path = self.path_of(sha256);
+        std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => RegistryError::Unknown(format!("sha256:{sha256}")),
+            _ => RegistryError::Io(format!("{}: {e}", path.display())),
+        })
+    }
+
+    /// Whether a component is stored here.
+    pub fn has(&self, sha256: &str) -> bool {
+        self.path_of(sha256).exists()
+    }
+
     /// Every stored component's sha256.
     pub fn list(&self) -> Vec<String> {
         let mut out: Vec<String> = std::fs::read_dir(&self.dir)

@@ -33,6 +33,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         node.set_listening(addr);
+        // In a cluster: what the catalog holds is applied before this
+        // instance says it listens.
+        node.join_cluster().map_err(anyhow::Error::msg)?;
         // The first line on stdout: scripts and tests read the bound address here.
         println!("listening http://{addr}");
         if config.brokers.is_empty() {

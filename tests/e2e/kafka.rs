@@ -349,7 +349,7 @@ pub fn counts_per_key(kafka: &Kafka, topic: &str) -> BTreeMap<String, Vec<i64>> 
 }
 
 /// The tasks an instance runs (restored and started).
-fn owned_tasks(server: &Server, app: &str) -> Vec<String> {
+pub fn owned_tasks(server: &Server, app: &str) -> Vec<String> {
     let Ok(status) = server.get(&format!("/v1/apps/{app}")) else { return Vec::new() };
     let tasks = status["tasks"].as_array().cloned().unwrap_or_default();
     tasks.iter().filter(|t| t["state"] == "running").map(|t| t["id"].as_str().unwrap().to_owned()).collect()
@@ -695,7 +695,7 @@ fn the_topics_api_and_cli_work_against_kafka_and_a_kafka_data_dir_refuses_the_em
 
 /// A key's count as the instance at `server` answers it (from wherever
 /// the key's partition is served), and who served it.
-fn query_count(server: &Server, app: &str, key: &str) -> Option<(i64, String)> {
+pub fn query_count(server: &Server, app: &str, key: &str) -> Option<(i64, String)> {
     let answer = server
         .get(&format!("/v1/apps/{app}/stores/counts/keys/{key}"))
         .inspect_err(|e| eprintln!("query {key} at {}: {e:#}", server.url))

@@ -5,6 +5,7 @@ mod api;
 mod author;
 mod bad_state;
 mod broker;
+mod cluster;
 mod common;
 mod crash;
 mod examples;

@@ -125,6 +125,14 @@ pub async fn upload(
                 None,
             ),
         };
+        if let Some(cluster) = node.cluster() {
+            // One upload for the whole cluster: every instance can fetch it.
+            let version = entry.as_ref().map(|e| e.version.as_str());
+            cluster
+                .catalog
+                .put_component(&bytes, q.name.as_deref(), version)
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster-unavailable", e.to_string()))?;
+        }
         let mut body = describe(&node, &loaded);
         if let (Some(name), Some(entry)) = (&q.name, entry) {
             body["name"] = json!(name);

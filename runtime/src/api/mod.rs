@@ -71,7 +71,7 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send
 #[openapi(
     info(title = "weir", description = "Stream processing on Kafka with WebAssembly processors: components, applications, topics, state."),
     paths(
-        apps::list, apps::status, apps::deploy, apps::remove,
+        apps::list, apps::status, apps::deploy, apps::remove, apps::cluster,
         components::upload, components::list, components::describe_name, components::describe_version, components::remove,
         topics::list, topics::create, topics::produce, topics::read,
         stores::get_key, stores::scan,

@@ -1,0 +1,421 @@
+//! One weir cluster on Kafka: instances started with the same `cluster`
+//! prefix share one catalog ([`catalog`]), and an upload, a deploy, an
+//! update or a delete sent to any of them is one act for all of them.
+//!
+//! The instance that receives a deploy validates it as it would alone,
+//! puts its components into the catalog, and proposes the next generation
+//! of the application. Every instance, itself included, runs an agent
+//! ([`Cluster::start`]) that follows the catalog and applies each new
+//! generation locally — a create, a hot swap or a restart, with the local
+//! probation of a swap — and reports what it runs in its instance record.
+//! The deploy answers once every live instance reports the generation:
+//! `200`/`201`; when one reports that it failed, the previous generation's
+//! spec is proposed again (every instance goes back to it) and the answer
+//! is `422 update-rolled-back` naming the instance and its error; when the
+//! instances have not all answered in [`DEPLOY_WAIT`], `202` with what each
+//! reported. A deploy based on a generation that is no longer current
+//! (`If-Match`), or one that lost a race for the next generation, is `409`.
+//!
+//! An instance that was down applies on start what it missed (its agent
+//! reads the catalog from the beginning); one with an empty data dir runs
+//! every application, its tasks restoring state from the changelogs.
+
+pub mod catalog;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::node::{DeployError, Deployment, Node};
+use crate::topology::Spec;
+use catalog::{AppRecord, Applied, Catalog, CatalogError, FORMAT, HEARTBEAT, InstanceRecord};
+
+/// How long a deploy waits for every live instance to apply it.
+pub const DEPLOY_WAIT: Duration = Duration::from_secs(60);
+/// How often an agent reads the catalog.
+const AGENT_TICK: Duration = Duration::from_millis(200);
+
+/// This instance's membership of a cluster.
+pub struct Cluster {
+    pub catalog: Arc<Catalog>,
+    instance_id: String,
+    url: String,
+    /// Per application: what this instance applied last.
+    applied: Mutex<BTreeMap<String, Applied>>,
+    stop: AtomicBool,
+    agent: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn now_ms() -> i64 {
+    crate::backend::embedded::now_us() / 1000
+}
+
+/// How a deploy's generation went across the cluster.
+enum Outcome {
+    Applied(Value),
+    Failed { instance: String, error: String },
+    Pending(Value),
+}
+
+impl Cluster {
+    /// Opens the catalog (creating its topics) and starts this instance's
+    /// agent. Fails with a clear error when the catalog is not usable.
+    pub fn start(node: &Arc<Node>, brokers: &str, prefix: &str) -> Result<Arc<Cluster>, CatalogError> {
+        let catalog = Arc::new(Catalog::open(brokers, prefix)?);
+        let cluster = Arc::new(Cluster {
+            catalog,
+            instance_id: node.instance_id().to_owned(),
+            url: node.advertised_url().unwrap_or_default(),
+            applied: Mutex::new(BTreeMap::new()),
+            stop: AtomicBool::new(false),
+            agent: Mutex::new(None),
+        });
+        // What the catalog holds is applied before the instance says it is
+        // up, so a deploy sent to it right away finds it current.
+        cluster.step(node);
+        cluster.announce(node, false);
+        let (agent, weak) = (cluster.clone(), Arc::downgrade(node));
+        let handle = std::thread::Builder::new()
+            .name("weir-cluster".into())
+            .spawn(move || agent.run(weak))
+            .map_err(|e| CatalogError::Kafka(format!("cannot start the cluster agent: {e}")))?;
+        *cluster.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        tracing::info!(cluster = prefix, instance = %cluster.instance_id, "joined the cluster");
+        Ok(cluster)
+    }
+
+    /// Stops the agent and says so in the catalog (other instances stop
+    /// waiting for this one at once).
+    pub fn leave(&self, node: &Node) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.agent.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+        self.announce(node, true);
+    }
+
+    fn run(&self, node: Weak<Node>) {
+        let mut last_announce = Instant::now();
+        while !self.stop.load(Ordering::Acquire) {
+            std::thread::sleep(AGENT_TICK);
+            let Some(node) = node.upgrade() else { return };
+            let changed = self.step(&node);
+            if changed || last_announce.elapsed() >= HEARTBEAT {
+                self.announce(&node, false);
+                last_announce = Instant::now();
+            }
+        }
+    }
+
+    /// Reads the catalog and applies every generation not applied here
+    /// yet; true when something changed.
+    fn step(&self, node: &Node) -> bool {
+        if let Err(e) = self.catalog.refresh() {
+            tracing::warn!(error = %e, "cannot read the cluster catalog; retrying");
+            return false;
+        }
+        let latest: Vec<AppRecord> = self.catalog.read(|s| s.apps.values().filter_map(|h| h.last().cloned()).collect());
+        let mut changed = false;
+        for record in latest {
+            let done = self
+                .applied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&record.app)
+                .is_some_and(|a| a.generation == record.generation);
+            if done {
+                continue;
+            }
+            if let Some(applied) = self.apply(node, &record) {
+                tracing::info!(app = %record.app, generation = record.generation, state = %applied.state, "applied a cluster generation");
+                self.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(record.app.clone(), applied);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Applies one generation here; `None` to try again later (the
+    /// application is busy with another operation).
+    fn apply(&self, node: &Node, record: &AppRecord) -> Option<Applied> {
+        let applied = |state: &str, error: Option<String>| Applied {
+            generation: record.generation,
+            state: state.into(),
+            error,
+            tasks: Vec::new(),
+        };
+        let Some(value) = &record.spec else {
+            return match node.undeploy_local(&record.app) {
+                Ok(_) => Some(applied("deleted", None)),
+                Err(DeployError::Busy(_)) => None,
+                Err(e) => Some(applied("failed", Some(e.to_string()))),
+            };
+        };
+        let spec: Spec = match serde_json::from_value(value.clone()) {
+            Ok(s) => s,
+            Err(e) => return Some(applied("failed", Some(format!("the catalog's spec is unreadable: {e}")))),
+        };
+        for p in spec.processors.values() {
+            if let Some(hex) = p.component.strip_prefix("sha256:")
+                && let Err(e) = self.fetch_component(node, hex)
+            {
+                return Some(applied("failed", Some(e)));
+            }
+        }
+        if node.running_spec(&record.app).as_ref() == Some(&spec) {
+            return Some(applied("running", None));
+        }
+        match node.deploy_local(spec) {
+            Ok(_) => Some(applied("running", None)),
+            Err(DeployError::Busy(_) | DeployError::Gone(_)) => None,
+            Err(e) => Some(applied("failed", Some(e.to_string()))),
+        }
+    }
+
+    /// Makes sure component `hex` is in the local registry, from the catalog.
+    fn fetch_component(&self, node: &Node, hex: &str) -> Result<(), String> {
+        if node.registry.has(hex) {
+            return Ok(());
+        }
+        let bytes = self.catalog.read(|s| s.component(hex)).map_err(|e| e.to_string())?;
+        node.registry.add(&bytes).map_err(|e| format!("component sha256:{hex}: {e}"))?;
+        Ok(())
+    }
+
+    /// Copies a component pushed by name to another instance into the
+    /// local registry under the same name and version (quietly: if it is
+    /// not in the catalog, resolving the spec says so).
+    fn fetch_named(&self, node: &Node, reference: &str) {
+        let (name, version) = match reference.split_once('@') {
+            Some((n, v)) => (n, Some(v)),
+            None => (reference, None),
+        };
+        let found = self.catalog.read(|s| {
+            let m = s.named(name, version)?;
+            Some((s.component(&m.sha256), m.version.clone()))
+        });
+        if let Some((Ok(bytes), version)) = found
+            && let Err(e) = node.registry.add_named(&bytes, name, version.as_deref())
+        {
+            tracing::warn!(component = reference, error = %e, "cannot copy a component from the cluster catalog");
+        }
+    }
+
+    fn announce(&self, node: &Node, stopped: bool) {
+        let mut apps = self.applied.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (name, applied) in apps.iter_mut() {
+            applied.tasks = node
+                .status(name)
+                .map(|s| {
+                    s.tasks
+                        .iter()
+                        .filter(|t| t.state == crate::status::TaskState::Running)
+                        .map(|t| t.id.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+        let url = node.advertised_url().unwrap_or_else(|| self.url.clone());
+        let record =
+            InstanceRecord { format: FORMAT, id: self.instance_id.clone(), url, at_ms: now_ms(), stopped, apps };
+        if let Err(e) = self.catalog.announce(&record) {
+            tracing::warn!(error = %e, "cannot write this instance's record to the cluster catalog");
+        }
+    }
+
+    /// A deploy (create or update) for the whole cluster: see the module docs.
+    pub fn deploy(&self, node: &Node, mut spec: Spec, expected: Option<u64>) -> Result<Deployment, DeployError> {
+        let name = spec.name.clone();
+        let unavailable = |e: CatalogError| DeployError::Cluster(e.to_string());
+        self.catalog.refresh().map_err(unavailable)?;
+        for p in spec.processors.values() {
+            // A component pushed to another instance: fetched here first.
+            if let Some(hex) = p.component.strip_prefix("sha256:") {
+                let _ = self.fetch_component(node, hex);
+            } else if node.registry.resolve(&p.component).is_err() {
+                self.fetch_named(node, &p.component);
+            }
+        }
+        let runtime = node.prepare_runtime(spec.clone())?;
+        for (id, component) in &runtime.components {
+            let processor = &runtime.topology.nodes[*id].name;
+            let bytes = node.registry.bytes(component.sha256()).map_err(|e| DeployError::Internal(e.to_string()))?;
+            self.catalog.put_component(&bytes, None, None).map_err(unavailable)?;
+            if let Some(p) = spec.processors.get_mut(processor) {
+                p.component = format!("sha256:{}", component.sha256());
+            }
+        }
+        let value = serde_json::to_value(&spec).expect("specs serialise");
+        let current = self.catalog.read(|s| s.app(&name).cloned());
+        let created = current.as_ref().is_none_or(|r| r.spec.is_none());
+        let generation = match &current {
+            // The same spec again: nothing to propose; it answers like a deploy.
+            Some(r) if r.spec.as_ref() == Some(&value) && expected.is_none_or(|e| e == r.generation) => r.generation,
+            _ => self.catalog.propose(&name, expected, Some(value), &self.instance_id, None).map_err(conflict)?,
+        };
+        match self.wait_applied(&name, generation) {
+            Outcome::Applied(view) => Ok(Deployment {
+                action: if created { "created" } else { "updated" },
+                status: node.status_or_pending(&name),
+                update: None,
+                cluster: Some(view),
+            }),
+            Outcome::Pending(view) => Ok(Deployment {
+                action: "pending",
+                status: node.status_or_pending(&name),
+                update: None,
+                cluster: Some(view),
+            }),
+            Outcome::Failed { instance, error } => {
+                // Every instance goes back to the previous generation's spec
+                // (or, for a create, the application is removed again).
+                let previous = self.catalog.read(|s| {
+                    s.apps
+                        .get(&name)
+                        .and_then(|h| h.iter().rev().find(|r| r.generation < generation))
+                        .and_then(|r| r.spec.clone())
+                });
+                let back = self
+                    .catalog
+                    .propose(&name, Some(generation), previous.clone(), &self.instance_id, Some(generation))
+                    .map_err(conflict)?;
+                let settled = matches!(self.wait_applied(&name, back), Outcome::Applied(_));
+                let error = format!(
+                    "instance {instance}: {error}; {} (generation {back}{})",
+                    if previous.is_some() {
+                        "every instance went back to the previous version"
+                    } else {
+                        "the application was removed again"
+                    },
+                    if settled { "" } else { ", not yet applied everywhere" }
+                );
+                if previous.is_some() || !created {
+                    Err(DeployError::UpdateFailed { app: name, error })
+                } else {
+                    Err(DeployError::Start { app: name, error })
+                }
+            }
+        }
+    }
+
+    /// A delete for the whole cluster; false when the cluster does not run
+    /// the application.
+    pub fn undeploy(&self, name: &str) -> Result<bool, DeployError> {
+        self.catalog.refresh().map_err(|e| DeployError::Cluster(e.to_string()))?;
+        let Some(current) = self.catalog.read(|s| s.app(name).cloned()).filter(|r| r.spec.is_some()) else {
+            return Ok(false);
+        };
+        let generation =
+            self.catalog.propose(name, Some(current.generation), None, &self.instance_id, None).map_err(conflict)?;
+        if let Outcome::Failed { instance, error } = self.wait_applied(name, generation) {
+            return Err(DeployError::Internal(format!("instance {instance} could not stop `{name}`: {error}")));
+        }
+        Ok(true)
+    }
+
+    /// Waits until every live instance reports `generation` of `app` (or
+    /// one reports it failed), up to [`DEPLOY_WAIT`].
+    fn wait_applied(&self, app: &str, generation: u64) -> Outcome {
+        let deadline = Instant::now() + DEPLOY_WAIT;
+        loop {
+            if let Err(e) = self.catalog.refresh() {
+                tracing::warn!(error = %e, "cannot read the cluster catalog while a deploy waits");
+            }
+            let now = now_ms();
+            let (failed, waiting) = self.catalog.read(|s| {
+                let alive: Vec<&InstanceRecord> = s.instances.values().filter(|i| i.alive(now)).collect();
+                let failed = alive.iter().find_map(|i| {
+                    i.apps
+                        .get(app)
+                        .filter(|a| a.generation == generation && a.state == "failed")
+                        .map(|a| (i.id.clone(), a.error.clone().unwrap_or_default()))
+                });
+                let waiting = alive.iter().any(|i| i.apps.get(app).is_none_or(|a| a.generation < generation))
+                    || !alive.iter().any(|i| i.id == self.instance_id);
+                (failed, waiting)
+            });
+            if let Some((instance, error)) = failed {
+                return Outcome::Failed { instance, error };
+            }
+            if !waiting {
+                return Outcome::Applied(self.view(app).unwrap_or(Value::Null));
+            }
+            if Instant::now() >= deadline {
+                return Outcome::Pending(self.view(app).unwrap_or(Value::Null));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The application's state across the cluster: its generation and, per
+    /// instance, what it applied and the tasks it runs.
+    pub fn view(&self, app: &str) -> Option<Value> {
+        let now = now_ms();
+        self.catalog.read(|s| {
+            let history = s.apps.get(app)?;
+            let current = history.last()?;
+            let instances: Vec<Value> = s
+                .instances
+                .values()
+                .map(|i| {
+                    let applied = i.apps.get(app);
+                    json!({
+                        "id": i.id,
+                        "url": i.url,
+                        "alive": i.alive(now),
+                        "generation": applied.map(|a| a.generation),
+                        "state": applied.map(|a| a.state.clone()),
+                        "error": applied.and_then(|a| a.error.clone()),
+                        "tasks": applied.map(|a| a.tasks.clone()).unwrap_or_default(),
+                    })
+                })
+                .collect();
+            let generations: Vec<Value> = history
+                .iter()
+                .map(|r| json!({ "generation": r.generation, "by": r.by, "at_ms": r.at_ms, "deleted": r.spec.is_none(), "rollback_of": r.rollback_of }))
+                .collect();
+            Some(json!({
+                "cluster": self.catalog.prefix,
+                "generation": current.generation,
+                "deleted": current.spec.is_none(),
+                "instances": instances,
+                "generations": generations,
+            }))
+        })
+    }
+
+    /// Every instance and application of the cluster (`GET /v1/cluster`).
+    pub fn overview(&self) -> Value {
+        if let Err(e) = self.catalog.refresh() {
+            tracing::warn!(error = %e, "cannot read the cluster catalog");
+        }
+        let now = now_ms();
+        self.catalog.read(|s| {
+            let instances: Vec<Value> = s
+                .instances
+                .values()
+                .map(|i| json!({ "id": i.id, "url": i.url, "alive": i.alive(now), "at_ms": i.at_ms, "apps": i.apps }))
+                .collect();
+            let apps: Vec<Value> = s
+                .apps
+                .iter()
+                .filter_map(|(name, h)| h.last().map(|r| (name, r)))
+                .map(|(name, r)| json!({ "name": name, "generation": r.generation, "deleted": r.spec.is_none(), "by": r.by }))
+                .collect();
+            json!({ "cluster": self.catalog.prefix, "instance": self.instance_id, "instances": instances, "apps": apps })
+        })
+    }
+}
+
+fn conflict(e: CatalogError) -> DeployError {
+    match e {
+        e @ (CatalogError::StaleGeneration { .. } | CatalogError::LostRace { .. }) => {
+            DeployError::Conflict(e.to_string())
+        }
+        e => DeployError::Cluster(e.to_string()),
+    }
+}

@@ -1,0 +1,172 @@
+//! A weir cluster on the real broker: instances started with the same
+//! `cluster` prefix share one catalog, and one instance's API drives them
+//! all (issue [cluster]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::broker::{Kafka, shared, unique};
+use crate::kafka::{KeyCountApp, events, kafka_server_with, owned_tasks, query_count, wait_for, wait_tasks};
+use crate::server::Server;
+
+fn instance(dir: &Path, name: &str, kafka: &Kafka, cluster: &str) -> Server {
+    kafka_server_with(&dir.join(name), kafka, &[("WEIR_CLUSTER", cluster)])
+}
+
+/// A raw request with optional headers: (status, parsed body).
+fn request(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let response = match (method, body) {
+        ("PUT", Some(b)) => {
+            let mut r = agent.put(url).header("content-type", "application/yaml");
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            r.send(b.as_bytes())
+        }
+        ("DELETE", _) => agent.delete(url).call(),
+        _ => agent.get(url).call(),
+    }
+    .expect("the server answers");
+    let status = response.status().as_u16();
+    let text = response.into_body().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// The spec an application runs, as JSON with `sha256:` components (what a
+/// client re-sends with an `If-Match`).
+fn running_spec_yaml(server: &Server, app: &str, counts_key: &str) -> String {
+    let status = server.get(&format!("/v1/apps/{app}")).unwrap();
+    let sha = status["components"]["count"].as_str().unwrap().to_owned();
+    format!(
+        r#"name: {app}
+topics: {{ {app}-events: 4, {app}-counts: 4 }}
+sources:
+  events: {{ topic: {app}-events, to: [count] }}
+processors:
+  count:
+    component: "{sha}"
+    config: {{ note: "{counts_key}" }}
+    stores: [counts]
+    outputs: {{ counts: counts }}
+stores: {{ counts: {{}} }}
+sinks:
+  counts: {{ topic: {app}-counts }}
+"#
+    )
+}
+
+#[test]
+fn one_instance_s_api_drives_the_cluster_deploy_runs_everywhere_generations_race_and_delete_stops_all() {
+    let kafka = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = unique("cluster");
+    let (a, b, c) = (
+        instance(dir.path(), "a", kafka, &cluster),
+        instance(dir.path(), "b", kafka, &cluster),
+        instance(dir.path(), "c", kafka, &cluster),
+    );
+    let app = KeyCountApp::new(dir.path(), "");
+
+    // Deployed to A only: B and C run it too, the tasks spread over all three.
+    a.deploy(&app.spec);
+    wait_tasks(&[&a, &b, &c], &app.name, "the tasks spread over the three instances", |owned| {
+        owned.iter().all(|n| *n >= 1)
+    });
+    kafka.produce(&app.events, &events(30, 10, 0));
+    app.wait_drained(kafka, &[&a, &b, &c]);
+    assert_eq!(app.assert_exactly_once(kafka), 300);
+
+    // Status from any instance: the generation and every instance.
+    let status = c.get(&format!("/v1/apps/{}", app.name)).unwrap();
+    assert_eq!(status["cluster"]["generation"], 1, "{status:#}");
+    let instances = status["cluster"]["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 3, "{status:#}");
+    assert!(
+        instances.iter().all(|i| i["alive"] == true && i["generation"] == 1 && i["state"] == "running"),
+        "{status:#}"
+    );
+    let overview = b.get("/v1/cluster").unwrap();
+    assert_eq!(overview["instances"].as_array().unwrap().len(), 3, "{overview:#}");
+    assert_eq!(overview["apps"][0]["name"], app.name.as_str());
+
+    // Optimistic concurrency: a deploy based on a generation that is not
+    // current is refused; two racing from the current one: exactly one wins.
+    let url = |s: &Server| format!("{}/v1/apps/{}", s.url, app.name);
+    let (code, body) = request("PUT", &url(&b), Some(&running_spec_yaml(&a, &app.name, "stale")), &[("if-match", "7")]);
+    assert_eq!(code, 409, "{body:#}");
+    assert_eq!(body["error"], "stale-generation", "{body:#}");
+    let (spec_a, spec_b) = (running_spec_yaml(&a, &app.name, "from-a"), running_spec_yaml(&a, &app.name, "from-b"));
+    let (ua, ub) = (url(&a), url(&b));
+    let racer_a = std::thread::spawn(move || request("PUT", &ua, Some(&spec_a), &[("if-match", "1")]));
+    let racer_b = std::thread::spawn(move || request("PUT", &ub, Some(&spec_b), &[("if-match", "1")]));
+    let (ra, rb) = (racer_a.join().unwrap(), racer_b.join().unwrap());
+    let codes = [ra.0, rb.0];
+    assert!(codes.contains(&200) && codes.contains(&409), "exactly one of two racing deploys wins: {ra:#?} {rb:#?}");
+    let winner = if ra.0 == 200 { &ra.1 } else { &rb.1 };
+    assert_eq!(winner["cluster"]["generation"], 2, "{winner:#}");
+    // Every instance runs the winner's version.
+    for s in [&a, &b, &c] {
+        wait_for(Duration::from_secs(30), "every instance on generation 2", || {
+            let st = s.get(&format!("/v1/apps/{}", app.name)).ok()?;
+            let mine = st["cluster"]["instances"].as_array()?.iter().all(|i| i["generation"] == 2);
+            mine.then_some(())
+        });
+    }
+
+    // A fourth instance with an empty data dir takes tasks and serves
+    // queries for the keys they hold.
+    let d = instance(dir.path(), "d", kafka, &cluster);
+    wait_tasks(&[&a, &b, &c, &d], &app.name, "a task on the new instance", |owned| owned[3] >= 1);
+    let held = owned_tasks(&d, &app.name);
+    assert!(!held.is_empty());
+    for k in 0..30 {
+        let (count, _) = wait_for(Duration::from_secs(30), "a query answered on the new instance", || {
+            query_count(&d, &app.name, &format!("k{k}"))
+        });
+        assert_eq!(count, 10, "key k{k}");
+    }
+
+    // A delete sent to C stops the application everywhere.
+    let (code, body) = request("DELETE", &url(&c), None, &[]);
+    assert_eq!(code, 204, "{body:#}");
+    for s in [&a, &b, &c, &d] {
+        wait_for(Duration::from_secs(30), "the application gone from every instance", || {
+            let (code, _) = request("GET", &format!("{}/v1/apps/{}", s.url, app.name), None, &[]);
+            (code == 404 && owned_tasks(s, &app.name).is_empty()).then_some(())
+        });
+    }
+    let (code, _) = request("DELETE", &url(&a), None, &[]);
+    assert_eq!(code, 404, "deleted already");
+}
+
+#[test]
+fn an_instance_that_was_down_applies_what_it_missed_and_bad_cluster_settings_are_clear_errors() {
+    let kafka = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = unique("cluster");
+    let a = instance(dir.path(), "a", kafka, &cluster);
+    let mut b = instance(dir.path(), "b", kafka, &cluster);
+    b.stop();
+    // Deployed while B is down: the deploy does not wait for it (its last
+    // record says it stopped).
+    let app = KeyCountApp::new(dir.path(), "");
+    a.deploy(&app.spec);
+    b.restart();
+    wait_tasks(&[&a, &b], &app.name, "B running what it missed", |owned| owned[1] >= 1);
+
+    // A cluster without Kafka is refused at start, saying why.
+    let err = std::panic::catch_unwind(|| {
+        crate::server::Server::start(
+            &dir.path().join("embedded"),
+            crate::server::Options { env: vec![("WEIR_CLUSTER".into(), cluster.clone())], ..Default::default() },
+        )
+    });
+    let message = match err {
+        Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+        Ok(_) => panic!("a cluster on the embedded backend started"),
+    };
+    assert!(message.contains("needs Kafka"), "{message}");
+}
