@@ -3,6 +3,7 @@
 //! all (issue [cluster]).
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -169,4 +170,111 @@ fn an_instance_that_was_down_applies_what_it_missed_and_bad_cluster_settings_are
         Ok(_) => panic!("a cluster on the embedded backend started"),
     };
     assert!(message.contains("needs Kafka"), "{message}");
+}
+
+/// key-count of `app` with `component` and a config line, as a spec file.
+fn key_count_spec(dir: &Path, app: &KeyCountApp, file: &str, component: &str, config: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        r#"name: {name}
+topics: {{ {events}: 4, {counts}: 4 }}
+sources:
+  events: {{ topic: {events}, to: [count] }}
+processors:
+  count:
+    component: "{component}"
+    config: {{ {config} }}
+    stores: [counts]
+    outputs: {{ counts: counts }}
+stores: {{ counts: {{}} }}
+sinks:
+  counts: {{ topic: {counts} }}
+"#,
+        name = app.name,
+        events = app.events,
+        counts = app.counts
+    );
+    crate::server::write_spec(dir, file, &yaml)
+}
+
+#[test]
+fn a_cluster_wide_hot_swap_under_load_and_a_trapping_version_rolled_back_on_every_instance() {
+    let kafka = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = unique("cluster");
+    let (a, b, c) = (
+        instance(dir.path(), "a", kafka, &cluster),
+        instance(dir.path(), "b", kafka, &cluster),
+        instance(dir.path(), "c", kafka, &cluster),
+    );
+    let app = KeyCountApp::new(dir.path(), "");
+    a.deploy(&app.spec);
+    wait_tasks(&[&a, &b, &c], &app.name, "the tasks spread over the three instances", |owned| {
+        owned.iter().all(|n| *n >= 1)
+    });
+    let (stop, producer) = crate::kafka::keep_producing(kafka, &app.events, 40);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // v1 → v2, sent to B: one deploy, every instance swaps.
+    let v2 = key_count_spec(dir.path(), &app, "v2.yaml", &weir_tests::key_count_v2().display().to_string(), "");
+    let started = std::time::Instant::now();
+    let answer = weir::client::upload_and_deploy(&v2, &b.url).expect("the swap is accepted");
+    let deploy_to_all = started.elapsed();
+    assert_eq!(answer["cluster"]["generation"], 2, "{answer:#}");
+    assert!(
+        answer["cluster"]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["generation"] == 2 && i["state"] == "running"),
+        "{answer:#}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // A version that traps, sent to C: rolled back on all three.
+    let bad = key_count_spec(dir.path(), &app, "bad.yaml", "{guests}/misbehave.wasm", "always: panic");
+    let err = weir::client::upload_and_deploy(&bad, &c.url).expect_err("the trapping version must be refused");
+    let message = format!("{err:#}");
+    assert!(message.contains("422 update-rolled-back"), "{message}");
+    assert!(
+        message.contains("panic requested by record") || message.contains("trap"),
+        "the guest's message: {message}"
+    );
+    assert!(message.contains("every instance went back"), "{message}");
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Release);
+    let sent = producer.join().unwrap();
+    app.wait_drained(kafka, &[&a, &b, &c]);
+
+    // Per key: exactly 1..n (read_committed), version 1 then 2, nothing of
+    // the trapping version.
+    assert_eq!(app.assert_exactly_once(kafka), sent);
+    let mut versions: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for r in kafka.consume(&app.counts) {
+        versions
+            .entry(r["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(r["value"]["version"].as_i64().unwrap());
+    }
+    let (mut v1s, mut v2s) = (0, 0);
+    for (key, seq) in &versions {
+        let switch = seq.iter().position(|v| *v == 2).unwrap_or(seq.len());
+        assert!(seq[..switch].iter().all(|v| *v == 1) && seq[switch..].iter().all(|v| *v == 2), "key {key}: {seq:?}");
+        v1s += switch;
+        v2s += seq.len() - switch;
+    }
+    assert!(v1s > 0 && v2s > 0, "both versions ran: v1 {v1s}, v2 {v2s}");
+    let status = a.get(&format!("/v1/apps/{}", app.name)).unwrap();
+    let generations = status["cluster"]["generations"].as_array().unwrap();
+    assert_eq!(generations.last().unwrap()["rollback_of"], 3, "{status:#}");
+    let pauses: Vec<f64> = [&a, &b, &c]
+        .iter()
+        .filter_map(|s| {
+            let st = s.get(&format!("/v1/apps/{}", app.name)).ok()?;
+            st["swaps"].as_array()?.iter().find(|u| u["kind"] == "component-swap")?["max_pause_ms"].as_f64()
+        })
+        .collect();
+    eprintln!(
+        "cluster-wide swap under load: {sent} records, v1 {v1s} / v2 {v2s} outputs, deploy to every instance running {deploy_to_all:?}, \
+         longest task pause per instance {pauses:?} ms"
+    );
 }

@@ -365,7 +365,7 @@ pub fn wait_tasks(servers: &[&Server], app: &str, what: &str, split: impl Fn(&[u
 
 /// Produces `keys` keys round-robin straight to Kafka from a thread until
 /// stopped, 100 records every 20 ms.
-fn keep_producing(kafka: &Kafka, topic: &str, keys: usize) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+pub fn keep_producing(kafka: &Kafka, topic: &str, keys: usize) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
     let stop = Arc::new(AtomicBool::new(false));
     let (flag, bootstrap, topic) = (stop.clone(), kafka.bootstrap.clone(), topic.to_owned());
     let handle = std::thread::spawn(move || {
