@@ -116,6 +116,10 @@ pub enum Command {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        /// Print it again every second (restore progress, lag, the
+        /// cluster's instances) until interrupted.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// Create a processor crate from a template: src/lib.rs with a native
     /// unit test, app.yaml, input.jsonl and expected.jsonl that pass.
@@ -442,7 +446,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::client::query(&app, &store, key.as_deref(), prefix.as_deref(), limit, server.trim_end_matches('/'))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { app, server, json } => {
+        Command::Status { app, server, json, watch } => {
+            if watch {
+                crate::client::watch_status(&app, server.trim_end_matches('/'), std::time::Duration::from_secs(1))?;
+            }
             crate::client::status(&app, server.trim_end_matches('/'), json)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -97,6 +97,32 @@ pub fn upload_and_deploy(spec_path: &Path, server: &str) -> anyhow::Result<Value
     }
     let body = serde_json::to_vec(&spec)?;
     let answer = call("PUT", &format!("{server}/v1/apps/{}", spec.name), Some(("application/json", body)))?;
+    let cluster = &answer["cluster"];
+    if cluster.is_object() {
+        let instances = cluster["instances"].as_array().cloned().unwrap_or_default();
+        let generation = cluster["generation"].as_u64().unwrap_or(0);
+        let behind: Vec<&str> = instances
+            .iter()
+            .filter(|i| i["alive"] == true && i["generation"].as_u64() != Some(generation))
+            .filter_map(|i| i["id"].as_str())
+            .collect();
+        let running = instances.iter().filter(|i| i["generation"].as_u64() == Some(generation)).count();
+        match answer["action"].as_str() {
+            Some("pending") => eprintln!(
+                "{} generation {generation} accepted; {running} instance(s) run it, not yet: {} (see `weir status {}`)",
+                spec.name,
+                behind.join(", "),
+                spec.name
+            ),
+            action => eprintln!(
+                "{} {} (generation {generation}, on {running} instance(s) of cluster {})",
+                action.unwrap_or("deployed"),
+                spec.name,
+                cluster["cluster"].as_str().unwrap_or("?")
+            ),
+        }
+        return Ok(answer);
+    }
     match answer["action"].as_str() {
         Some("updated") => {
             let u = &answer["update"];
@@ -212,6 +238,23 @@ pub fn status(app: &str, server: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `weir status --watch`: the status again every `every`, the screen
+/// cleared in between, until interrupted.
+pub fn watch_status(app: &str, server: &str, every: std::time::Duration) -> anyhow::Result<()> {
+    loop {
+        let status = call("GET", &format!("{server}/v1/apps/{app}"), None);
+        // Clear the screen and go home (ANSI), then the status.
+        print!("\x1b[2J\x1b[H");
+        match status {
+            Ok(s) => print_status(&s),
+            Err(e) => println!("{server}: {e:#}"),
+        }
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        std::thread::sleep(every);
+    }
+}
+
 fn print_status(s: &Value) {
     println!(
         "{}: {} ({}, {}), lag {}",
@@ -223,13 +266,45 @@ fn print_status(s: &Value) {
     );
     for t in s["tasks"].as_array().into_iter().flatten() {
         let error = t["error"].as_str().map(|e| format!(" — {e}")).unwrap_or_default();
+        let lag: i64 = t["inputs"].as_array().into_iter().flatten().filter_map(|i| i["lag"].as_i64()).sum();
+        let restore = match (t["restore"][0].as_u64(), t["restore"][1].as_u64()) {
+            (Some(done), Some(total)) if done < total => format!(" restoring {done}/{total}"),
+            _ => String::new(),
+        };
         println!(
-            "  task {} {}: in {} dead-letters {} commits {}{error}",
+            "  task {} {}: in {} lag {lag} dead-letters {} commits {}{restore}{error}",
             t["id"].as_str().unwrap_or("?"),
             t["state"].as_str().unwrap_or("?"),
             t["records_in"],
             t["dead_letters"],
             t["commits"]
+        );
+    }
+    let cluster = &s["cluster"];
+    if cluster.is_object() {
+        println!("cluster {}: generation {}", cluster["cluster"].as_str().unwrap_or("?"), cluster["generation"]);
+        println!("  {:14} {:28} {:6} {:>10} {:9} tasks", "instance", "url", "alive", "generation", "state");
+        for i in cluster["instances"].as_array().into_iter().flatten() {
+            let tasks: Vec<&str> = i["tasks"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let error = i["error"].as_str().map(|e| format!("  — {e}")).unwrap_or_default();
+            println!(
+                "  {:14} {:28} {:6} {:>10} {:9} {}{error}",
+                i["id"].as_str().unwrap_or("?"),
+                i["url"].as_str().unwrap_or("?"),
+                if i["alive"] == true { "yes" } else { "no" },
+                i["generation"].as_u64().map_or("-".to_owned(), |g| g.to_string()),
+                i["state"].as_str().unwrap_or("-"),
+                tasks.join(",")
+            );
+        }
+    }
+    if let Some(last) = s["swaps"].as_array().and_then(|v| v.last()) {
+        println!(
+            "last update {}: {} ({} task(s) switched, longest pause {:.2} ms)",
+            last["id"],
+            last["state"].as_str().unwrap_or("?"),
+            last["switched"],
+            last["max_pause_ms"].as_f64().unwrap_or(0.0)
         );
     }
 }

@@ -278,3 +278,64 @@ fn a_cluster_wide_hot_swap_under_load_and_a_trapping_version_rolled_back_on_ever
          longest task pause per instance {pauses:?} ms"
     );
 }
+
+#[test]
+fn an_instance_that_cannot_load_the_application_fails_the_deploy_everywhere_and_a_frozen_one_catches_up() {
+    let kafka = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = unique("cluster");
+    let a = instance(dir.path(), "a", kafka, &cluster);
+    let b = instance(dir.path(), "b", kafka, &cluster);
+    // C may hold 4 wasm instances; key-count on 4 partitions reserves 8.
+    let c = kafka_server_with(&dir.path().join("c"), kafka, &[("WEIR_CLUSTER", &cluster), ("WEIR_MAX_INSTANCES", "4")]);
+    let app = KeyCountApp::new(dir.path(), "");
+    let err = weir::client::upload_and_deploy(&app.spec, &a.url).expect_err("C cannot run it");
+    let message = format!("{err:#}");
+    assert!(message.contains("422"), "{message}");
+    assert!(message.contains("max_instances"), "C's own error: {message}");
+    assert!(message.contains("removed again"), "{message}");
+    for s in [&a, &b, &c] {
+        wait_for(Duration::from_secs(30), "the application removed from every instance", || {
+            let (code, _) = request("GET", &format!("{}/v1/apps/{}", s.url, app.name), None, &[]);
+            (code == 404).then_some(())
+        });
+    }
+    drop(c);
+
+    // An instance frozen (SIGSTOP) during a deploy: the deploy answers with
+    // what it knows once the instance stops answering, and the instance
+    // applies the deploy when it runs again.
+    let mut c = instance(dir.path(), "c2", kafka, &cluster);
+    a.deploy(&app.spec);
+    let pid = c.pid();
+    // SAFETY: a signal to a child of this test.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let v2 = key_count_spec(dir.path(), &app, "v2.yaml", &weir_tests::key_count_v2().display().to_string(), "");
+    let answer = weir::client::upload_and_deploy(&v2, &b.url).expect("answered without the frozen instance");
+    let frozen = answer["cluster"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["url"] == c.url.as_str())
+        .cloned()
+        .unwrap_or_default();
+    let generation = answer["cluster"]["generation"].as_u64().unwrap();
+    assert_eq!(frozen["alive"], false, "{answer:#}");
+    assert_ne!(frozen["generation"], generation, "{answer:#}");
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = b.get(&format!("/v1/apps/{}", app.name)).unwrap();
+        let me = st["cluster"]["instances"].as_array().unwrap().iter().find(|i| i["url"] == c.url.as_str()).cloned();
+        let me = me.unwrap_or_default();
+        if me["alive"] == true && me["generation"] == generation && me["state"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the thawed instance: {me:#}\n{}", c.log_tail());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kafka.produce(&app.events, &events(20, 5, 0));
+    app.wait_drained(kafka, &[&a, &b, &c]);
+    assert_eq!(app.assert_exactly_once(kafka), 100);
+    c.stop();
+}

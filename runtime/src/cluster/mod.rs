@@ -38,6 +38,11 @@ use catalog::{AppRecord, Applied, Catalog, CatalogError, FORMAT, HEARTBEAT, Inst
 pub const DEPLOY_WAIT: Duration = Duration::from_secs(60);
 /// How often an agent reads the catalog.
 const AGENT_TICK: Duration = Duration::from_millis(200);
+/// How long an instance waits before it tries again a generation it failed
+/// to apply that is still the latest (a deploy that failed here while the
+/// deploy was waiting is rolled back by then; one that failed after the
+/// deploy answered, e.g. a swap timed out in a rebalance, is retried).
+const RETRY_FAILED: Duration = Duration::from_secs(10);
 
 /// This instance's membership of a cluster.
 pub struct Cluster {
@@ -46,6 +51,8 @@ pub struct Cluster {
     url: String,
     /// Per application: what this instance applied last.
     applied: Mutex<BTreeMap<String, Applied>>,
+    /// Per application: when applying its latest generation failed here.
+    failed_at: Mutex<BTreeMap<String, Instant>>,
     stop: AtomicBool,
     agent: Mutex<Option<JoinHandle<()>>>,
 }
@@ -71,6 +78,7 @@ impl Cluster {
             instance_id: node.instance_id().to_owned(),
             url: node.advertised_url().unwrap_or_default(),
             applied: Mutex::new(BTreeMap::new()),
+            failed_at: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
             agent: Mutex::new(None),
         });
@@ -121,17 +129,25 @@ impl Cluster {
         let latest: Vec<AppRecord> = self.catalog.read(|s| s.apps.values().filter_map(|h| h.last().cloned()).collect());
         let mut changed = false;
         for record in latest {
-            let done = self
-                .applied
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&record.app)
-                .is_some_and(|a| a.generation == record.generation);
-            if done {
+            let previous = self.applied.lock().unwrap_or_else(|e| e.into_inner()).get(&record.app).cloned();
+            let retry = previous.as_ref().is_some_and(|a| a.state == "failed")
+                && self
+                    .failed_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&record.app)
+                    .is_some_and(|at| at.elapsed() >= RETRY_FAILED);
+            if previous.is_some_and(|a| a.generation == record.generation) && !retry {
                 continue;
             }
             if let Some(applied) = self.apply(node, &record) {
-                tracing::info!(app = %record.app, generation = record.generation, state = %applied.state, "applied a cluster generation");
+                tracing::info!(app = %record.app, generation = record.generation, state = %applied.state, error = applied.error.as_deref().unwrap_or(""), "applied a cluster generation");
+                let mut failed_at = self.failed_at.lock().unwrap_or_else(|e| e.into_inner());
+                if applied.state == "failed" {
+                    failed_at.insert(record.app.clone(), Instant::now());
+                } else {
+                    failed_at.remove(&record.app);
+                }
                 self.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(record.app.clone(), applied);
                 changed = true;
             }
