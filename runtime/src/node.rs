@@ -260,7 +260,13 @@ impl Node {
             busy: Mutex::new(Default::default()),
             cluster: std::sync::OnceLock::new(),
         });
-        let saved = node.backend.applications().map_err(|e| OpenError::Other(e.to_string()))?;
+        // In a cluster the catalog says what runs: joining it starts the
+        // applications (a saved version may be one the cluster left).
+        let saved = if node.config.cluster.is_empty() {
+            node.backend.applications().map_err(|e| OpenError::Other(e.to_string()))?
+        } else {
+            Vec::new()
+        };
         for (name, definition) in saved {
             let resumed = serde_json::from_slice::<Spec>(&definition)
                 .map_err(|e| format!("saved definition is unreadable: {e}"))

@@ -158,6 +158,23 @@ fn an_instance_that_was_down_applies_what_it_missed_and_bad_cluster_settings_are
     b.restart();
     wait_tasks(&[&a, &b], &app.name, "B running what it missed", |owned| owned[1] >= 1);
 
+    // Updated while B is down: B starts on the new version at once (the
+    // catalog, not its data dir, says what runs), never on the one it saved.
+    b.stop();
+    let v2 = key_count_spec(dir.path(), &app, "v2.yaml", &weir_tests::key_count_v2().display().to_string(), "");
+    let answer = weir::client::upload_and_deploy(&v2, &a.url).expect("updated without B");
+    let v2_sha = answer["status"]["components"]["count"].as_str().unwrap().to_owned();
+    b.restart();
+    let status = b.get(&format!("/v1/apps/{}", app.name)).unwrap();
+    assert_eq!(status["components"]["count"], v2_sha.as_str(), "B runs v2 as soon as it listens: {status:#}");
+    wait_tasks(&[&a, &b], &app.name, "B back with tasks", |owned| owned[1] >= 1);
+    kafka.produce(&app.events, &events(10, 3, 0));
+    app.wait_drained(kafka, &[&a, &b]);
+    assert_eq!(app.assert_exactly_once(kafka), 30);
+    for r in kafka.consume(&app.counts) {
+        assert_eq!(r["value"]["version"], 2, "only v2 ran: {r}");
+    }
+
     // A cluster without Kafka is refused at start, saying why.
     let err = std::panic::catch_unwind(|| {
         crate::server::Server::start(
@@ -306,6 +323,7 @@ fn an_instance_that_cannot_load_the_application_fails_the_deploy_everywhere_and_
     // what it knows once the instance stops answering, and the instance
     // applies the deploy when it runs again.
     let mut c = instance(dir.path(), "c2", kafka, &cluster);
+    let c_id = c.get("/v1/cluster").unwrap()["instance"].as_str().unwrap().to_owned();
     a.deploy(&app.spec);
     let pid = c.pid();
     // SAFETY: a signal to a child of this test.
@@ -316,17 +334,17 @@ fn an_instance_that_cannot_load_the_application_fails_the_deploy_everywhere_and_
         .as_array()
         .unwrap()
         .iter()
-        .find(|i| i["url"] == c.url.as_str())
+        .find(|i| i["id"] == c_id.as_str())
         .cloned()
         .unwrap_or_default();
     let generation = answer["cluster"]["generation"].as_u64().unwrap();
     assert_eq!(frozen["alive"], false, "{answer:#}");
     assert_ne!(frozen["generation"], generation, "{answer:#}");
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let st = b.get(&format!("/v1/apps/{}", app.name)).unwrap();
-        let me = st["cluster"]["instances"].as_array().unwrap().iter().find(|i| i["url"] == c.url.as_str()).cloned();
+        let me = st["cluster"]["instances"].as_array().unwrap().iter().find(|i| i["id"] == c_id.as_str()).cloned();
         let me = me.unwrap_or_default();
         if me["alive"] == true && me["generation"] == generation && me["state"] == "running" {
             break;

@@ -776,7 +776,12 @@ fn a_hot_swap_on_kafka_loses_and_repeats_nothing() {
     let status = server.get(&format!("/v1/apps/{}", v1.name)).unwrap();
     let update = status["swaps"].as_array().unwrap().last().unwrap().clone();
     assert!(update["state"] == "switched" || update["state"] == "applied", "{update:#}");
-    assert_eq!(update["switched"], 4, "{update:#}");
+    // Every task switched: none is left on v1 (tasks the group moves during
+    // the update start on v2 and count as switched only while it is still
+    // switching, so the record's counter is not a task count here; the
+    // application's component is).
+    assert!(update["switched"].as_u64().unwrap() >= 1, "{update:#}");
+    assert_eq!(status["components"]["count"], update["to"]["count"], "{status:#}");
 }
 
 #[test]

@@ -14,11 +14,12 @@
 //!     Reassembly checks every chunk is there and the sha256 of the whole
 //!     ([`assemble`]): a missing or corrupt chunk refuses the component,
 //!     naming its sha256, and nothing of it is loaded.
-//! - `P.apps`: key = application name,
+//! - `P.apps`: key `<app>/<generation>/<instance>/<nonce>` (one key per
+//!   proposal, so compaction never removes one: the log keeps every
+//!   generation, which the rule below needs),
 //!   `{"format":1,"app","generation","spec"|null,"by","at_ms","rollback_of"?}`.
 //!   `spec` is the spec as JSON with every component referred to by
-//!   `sha256:`; `null` means deleted (a record, not a tombstone, so the
-//!   generation survives compaction). **Generations are ordered by the
+//!   `sha256:`; `null` means deleted. **Generations are ordered by the
 //!   log**: a record is accepted when its generation is the accepted one
 //!   plus one (1 for an application never seen); every reader applies the
 //!   same rule in offset order, so of two deploys racing from the same
@@ -216,7 +217,7 @@ impl CatalogState {
                 }
             }
             Part::Apps => match serde_json::from_slice::<AppRecord>(value) {
-                Ok(r) if r.format == FORMAT && r.app == key => {
+                Ok(r) if r.format == FORMAT && key.split('/').next() == Some(r.app.as_str()) => {
                     let history = self.apps.entry(r.app.clone()).or_default();
                     let current = history.last().map_or(0, |h| h.generation);
                     if r.generation == current + 1 {
@@ -269,23 +270,24 @@ impl CatalogState {
     }
 }
 
-/// Remembers the outcome of the catalog writer's last delivery: its offset.
+/// The outcomes of the catalog writer's deliveries (offset or error) by
+/// write number, so that a late report is never taken for another write's.
 #[derive(Default)]
 struct Delivered {
-    last: Mutex<Option<Result<i64, String>>>,
+    outcomes: Mutex<HashMap<usize, Result<i64, String>>>,
 }
 
 impl ClientContext for Delivered {}
 
 impl ProducerContext for Delivered {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, write: usize) {
         let outcome = match result {
             Ok(m) => Ok(m.offset()),
             Err((e, _)) => Err(e.to_string()),
         };
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+        self.outcomes.lock().unwrap_or_else(|e| e.into_inner()).insert(write, outcome);
     }
 }
 
@@ -296,6 +298,7 @@ pub struct Catalog {
     brokers: String,
     /// Writes one record at a time (the lock), waiting for its offset.
     producer: Mutex<BaseProducer<Delivered>>,
+    writes: std::sync::atomic::AtomicUsize,
     reader: Mutex<PlainConsumer>,
     /// Next offset to read per part.
     next: Mutex<BTreeMap<&'static str, i64>>,
@@ -332,9 +335,12 @@ impl Catalog {
         let producer: BaseProducer<Delivered> = client_config(brokers)
             .set("enable.idempotence", "true")
             .set("message.max.bytes", (CHUNK_BYTES + 64 * 1024).to_string())
+            // A write not acknowledged in time is given up, not retried into the next one's wait.
+            .set("message.timeout.ms", IO_TIMEOUT.as_millis().to_string())
             .create_with_context(Delivered::default())
             .map_err(|e| unavailable(format!("cannot create a producer: {e}")))?;
         let reader: PlainConsumer = reader_config(brokers, true)
+            .set("auto.offset.reset", "earliest")
             .create_with_context(QuietContext)
             .map_err(|e| unavailable(format!("cannot create a reader: {e}")))?;
         let mut tpl = TopicPartitionList::new();
@@ -346,6 +352,7 @@ impl Catalog {
             prefix: prefix.to_owned(),
             brokers: brokers.to_owned(),
             producer: Mutex::new(producer),
+            writes: std::sync::atomic::AtomicUsize::new(0),
             reader: Mutex::new(reader),
             next: Mutex::new(BTreeMap::new()),
             state: Mutex::new(CatalogState::default()),
@@ -359,7 +366,9 @@ impl Catalog {
     pub fn refresh(&self) -> Result<(), CatalogError> {
         let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let mut ends = BTreeMap::new();
-        for part in [Part::Components, Part::Apps, Part::Instances] {
+        // Components last: a generation read here was written after its
+        // components, so their end, taken after, covers them.
+        for part in [Part::Apps, Part::Instances, Part::Components] {
             let topic = Catalog::topic(&self.prefix, part);
             let (_, end) = reader
                 .fetch_watermarks(&topic, 0, IO_TIMEOUT)
@@ -405,12 +414,14 @@ impl Catalog {
         let topic = Catalog::topic(&self.prefix, part);
         let failed = |e: String| CatalogError::Kafka(format!("writing to {topic} on {}: {e}", self.brokers));
         let producer = self.producer.lock().unwrap_or_else(|e| e.into_inner());
-        *producer.context().last.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic).partition(0).key(key.as_bytes()).payload(value);
+        let write = self.writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&topic, write).partition(0).key(key.as_bytes()).payload(value);
         crate::backend::kafka::send(&producer, record).map_err(|e| failed(e.to_string()))?;
-        let delivered = || producer.context().last.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let outcomes = &producer.context().outcomes;
+        let delivered = || outcomes.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&write);
         crate::backend::kafka::serve_producer_until(&producer, IO_TIMEOUT, delivered);
-        let outcome = producer.context().last.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let outcome = outcomes.lock().unwrap_or_else(|e| e.into_inner()).remove(&write);
         match outcome {
             Some(Ok(offset)) => Ok(offset),
             Some(Err(e)) => Err(failed(e)),
@@ -474,7 +485,9 @@ impl Catalog {
             at_ms: now_ms(),
             rollback_of,
         };
-        let offset = self.write(Part::Apps, app, &serde_json::to_vec(&record).expect("json"))?;
+        let nonce = crate::backend::embedded::now_us();
+        let key = format!("{app}/{generation}/{by}/{nonce}");
+        let offset = self.write(Part::Apps, &key, &serde_json::to_vec(&record).expect("json"))?;
         self.refresh()?;
         let won = self.read(|s| s.accepted_at(offset));
         if !won {
@@ -556,21 +569,21 @@ mod tests {
     #[test]
     fn of_two_records_for_the_same_generation_the_first_in_the_log_wins_everywhere() {
         let mut state = CatalogState::default();
-        state.apply(Part::Apps, "a", Some(&app_record("a", 1, "x")), 0);
+        state.apply(Part::Apps, "a/1/x/1", Some(&app_record("a", 1, "x")), 0);
         // Two deploys based on generation 1 race: both write generation 2.
-        state.apply(Part::Apps, "a", Some(&app_record("a", 2, "x")), 1);
-        state.apply(Part::Apps, "a", Some(&app_record("a", 2, "y")), 2);
+        state.apply(Part::Apps, "a/2/x/2", Some(&app_record("a", 2, "x")), 1);
+        state.apply(Part::Apps, "a/2/y/3", Some(&app_record("a", 2, "y")), 2);
         assert_eq!(state.generation("a"), 2);
         assert_eq!(state.app("a").unwrap().by, "x");
         assert!(state.accepted_at(1) && !state.accepted_at(2));
         // A record skipping a generation is not accepted either.
-        state.apply(Part::Apps, "a", Some(&app_record("a", 4, "y")), 3);
+        state.apply(Part::Apps, "a/4/y/4", Some(&app_record("a", 4, "y")), 3);
         assert_eq!(state.generation("a"), 2);
         // Unknown formats and records filed under another key are skipped.
         let mut future: serde_json::Value = serde_json::from_slice(&app_record("a", 3, "z")).unwrap();
         future["format"] = 2.into();
-        state.apply(Part::Apps, "a", Some(&serde_json::to_vec(&future).unwrap()), 4);
-        state.apply(Part::Apps, "b", Some(&app_record("a", 3, "z")), 5);
+        state.apply(Part::Apps, "a/3/z/5", Some(&serde_json::to_vec(&future).unwrap()), 4);
+        state.apply(Part::Apps, "b/3/z/6", Some(&app_record("a", 3, "z")), 5);
         assert_eq!(state.generation("a"), 2);
     }
 

@@ -54,11 +54,20 @@ pub struct Cluster {
     /// Per application: when applying its latest generation failed here.
     failed_at: Mutex<BTreeMap<String, Instant>>,
     stop: AtomicBool,
-    agent: Mutex<Option<JoinHandle<()>>>,
+    /// The agent (applies generations) and the heartbeat (writes this
+    /// instance's record: a long swap must not make it look dead).
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 fn now_ms() -> i64 {
     crate::backend::embedded::now_us() / 1000
+}
+
+/// Why a component could not be fetched from the catalog.
+enum FetchError {
+    /// Its manifest has not been read yet.
+    NotYet,
+    Failed(String),
 }
 
 /// How a deploy's generation went across the cluster.
@@ -80,18 +89,23 @@ impl Cluster {
             applied: Mutex::new(BTreeMap::new()),
             failed_at: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
-            agent: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
         });
         // What the catalog holds is applied before the instance says it is
         // up, so a deploy sent to it right away finds it current.
         cluster.step(node);
         cluster.announce(node, false);
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| CatalogError::Kafka(format!("cannot start the cluster's {name} thread: {e}")))
+        };
         let (agent, weak) = (cluster.clone(), Arc::downgrade(node));
-        let handle = std::thread::Builder::new()
-            .name("weir-cluster".into())
-            .spawn(move || agent.run(weak))
-            .map_err(|e| CatalogError::Kafka(format!("cannot start the cluster agent: {e}")))?;
-        *cluster.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        let applying = spawn("weir-cluster", Box::new(move || agent.run(weak)))?;
+        let (beat, weak) = (cluster.clone(), Arc::downgrade(node));
+        let heartbeat = spawn("weir-heartbeat", Box::new(move || beat.heartbeat(weak)))?;
+        cluster.threads.lock().unwrap_or_else(|e| e.into_inner()).extend([applying, heartbeat]);
         tracing::info!(cluster = prefix, instance = %cluster.instance_id, "joined the cluster");
         Ok(cluster)
     }
@@ -100,22 +114,32 @@ impl Cluster {
     /// waiting for this one at once).
     pub fn leave(&self, node: &Node) {
         self.stop.store(true, Ordering::Release);
-        if let Some(h) = self.agent.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        for h in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner())) {
             let _ = h.join();
         }
         self.announce(node, true);
     }
 
     fn run(&self, node: Weak<Node>) {
-        let mut last_announce = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             std::thread::sleep(AGENT_TICK);
             let Some(node) = node.upgrade() else { return };
-            let changed = self.step(&node);
-            if changed || last_announce.elapsed() >= HEARTBEAT {
+            if self.step(&node) {
                 self.announce(&node, false);
-                last_announce = Instant::now();
             }
+        }
+    }
+
+    fn heartbeat(&self, node: Weak<Node>) {
+        let mut last = Instant::now();
+        while !self.stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(100));
+            if last.elapsed() < HEARTBEAT {
+                continue;
+            }
+            let Some(node) = node.upgrade() else { return };
+            self.announce(&node, false);
+            last = Instant::now();
         }
     }
 
@@ -130,6 +154,7 @@ impl Cluster {
         let mut changed = false;
         for record in latest {
             let previous = self.applied.lock().unwrap_or_else(|e| e.into_inner()).get(&record.app).cloned();
+            let previous_state = previous.clone();
             let retry = previous.as_ref().is_some_and(|a| a.state == "failed")
                 && self
                     .failed_at
@@ -137,9 +162,29 @@ impl Cluster {
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&record.app)
                     .is_some_and(|at| at.elapsed() >= RETRY_FAILED);
+            let mut previous = previous;
+            if let Some(p) = previous.as_mut().filter(|p| p.generation == record.generation && p.state == "running")
+                && let Some(spec) = &record.spec
+                && node.running_spec(&record.app).and_then(|s| serde_json::to_value(s).ok()).as_ref() != Some(spec)
+            {
+                // Rolled back here after the deploy answered (a trap once its
+                // probation wait was over): say so, and try again later.
+                p.state = "failed".into();
+                p.error = Some("the new version failed here after it was applied and was rolled back locally".into());
+                self.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(record.app.clone(), p.clone());
+                self.failed_at.lock().unwrap_or_else(|e| e.into_inner()).insert(record.app.clone(), Instant::now());
+                changed = true;
+                continue;
+            }
             if previous.is_some_and(|a| a.generation == record.generation) && !retry {
                 continue;
             }
+            // Others wait for this instance while it applies.
+            self.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                record.app.clone(),
+                Applied { generation: record.generation, state: "applying".into(), error: None, tasks: Vec::new() },
+            );
+            self.announce(node, false);
             if let Some(applied) = self.apply(node, &record) {
                 tracing::info!(app = %record.app, generation = record.generation, state = %applied.state, error = applied.error.as_deref().unwrap_or(""), "applied a cluster generation");
                 let mut failed_at = self.failed_at.lock().unwrap_or_else(|e| e.into_inner());
@@ -150,6 +195,11 @@ impl Cluster {
                 }
                 self.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(record.app.clone(), applied);
                 changed = true;
+            } else if let Some(p) = previous_state {
+                // Not applied yet (busy, or its component not read yet): as before.
+                self.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(record.app.clone(), p);
+            } else {
+                self.applied.lock().unwrap_or_else(|e| e.into_inner()).remove(&record.app);
             }
         }
         changed
@@ -176,10 +226,12 @@ impl Cluster {
             Err(e) => return Some(applied("failed", Some(format!("the catalog's spec is unreadable: {e}")))),
         };
         for p in spec.processors.values() {
-            if let Some(hex) = p.component.strip_prefix("sha256:")
-                && let Err(e) = self.fetch_component(node, hex)
-            {
-                return Some(applied("failed", Some(e)));
+            let Some(hex) = p.component.strip_prefix("sha256:") else { continue };
+            match self.fetch_component(node, hex) {
+                Ok(()) => {}
+                // Not read yet (written just before the generation): next tick.
+                Err(FetchError::NotYet) => return None,
+                Err(FetchError::Failed(e)) => return Some(applied("failed", Some(e))),
             }
         }
         if node.running_spec(&record.app).as_ref() == Some(&spec) {
@@ -193,12 +245,15 @@ impl Cluster {
     }
 
     /// Makes sure component `hex` is in the local registry, from the catalog.
-    fn fetch_component(&self, node: &Node, hex: &str) -> Result<(), String> {
+    fn fetch_component(&self, node: &Node, hex: &str) -> Result<(), FetchError> {
         if node.registry.has(hex) {
             return Ok(());
         }
-        let bytes = self.catalog.read(|s| s.component(hex)).map_err(|e| e.to_string())?;
-        node.registry.add(&bytes).map_err(|e| format!("component sha256:{hex}: {e}"))?;
+        let bytes = self.catalog.read(|s| s.component(hex)).map_err(|e| match e {
+            CatalogError::UnknownComponent { .. } => FetchError::NotYet,
+            e => FetchError::Failed(e.to_string()),
+        })?;
+        node.registry.add(&bytes).map_err(|e| FetchError::Failed(format!("component sha256:{hex}: {e}")))?;
         Ok(())
     }
 
@@ -289,12 +344,7 @@ impl Cluster {
             Outcome::Failed { instance, error } => {
                 // Every instance goes back to the previous generation's spec
                 // (or, for a create, the application is removed again).
-                let previous = self.catalog.read(|s| {
-                    s.apps
-                        .get(&name)
-                        .and_then(|h| h.iter().rev().find(|r| r.generation < generation))
-                        .and_then(|r| r.spec.clone())
-                });
+                let previous = self.catalog.read(|s| rollback_target(s.apps.get(&name)?, generation));
                 let back = self
                     .catalog
                     .propose(&name, Some(generation), previous.clone(), &self.instance_id, Some(generation))
@@ -350,7 +400,10 @@ impl Cluster {
                         .filter(|a| a.generation == generation && a.state == "failed")
                         .map(|a| (i.id.clone(), a.error.clone().unwrap_or_default()))
                 });
-                let waiting = alive.iter().any(|i| i.apps.get(app).is_none_or(|a| a.generation < generation))
+                // Done: at this generation and not still applying it, or past it.
+                let done =
+                    |a: &Applied| a.generation > generation || (a.generation == generation && a.state != "applying");
+                let waiting = alive.iter().any(|i| i.apps.get(app).is_none_or(|a| !done(a)))
                     || !alive.iter().any(|i| i.id == self.instance_id);
                 (failed, waiting)
             });
@@ -427,11 +480,61 @@ impl Cluster {
     }
 }
 
+/// The spec to go back to when `failed` failed: the latest earlier
+/// generation that was not itself rolled back and differs from it (`None`:
+/// there is none, the application goes away).
+fn rollback_target(history: &[AppRecord], failed: u64) -> Option<Value> {
+    let failed_spec = history.iter().find(|r| r.generation == failed).and_then(|r| r.spec.clone());
+    let rolled_back: Vec<u64> = history.iter().filter_map(|r| r.rollback_of).collect();
+    history
+        .iter()
+        .rev()
+        .filter(|r| r.generation < failed && !rolled_back.contains(&r.generation))
+        .find(|r| r.spec.is_none() || r.spec != failed_spec)
+        .and_then(|r| r.spec.clone())
+}
+
 fn conflict(e: CatalogError) -> DeployError {
     match e {
         e @ (CatalogError::StaleGeneration { .. } | CatalogError::LostRace { .. }) => {
             DeployError::Conflict(e.to_string())
         }
         e => DeployError::Cluster(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(generation: u64, spec: Option<&str>, rollback_of: Option<u64>) -> AppRecord {
+        AppRecord {
+            format: FORMAT,
+            app: "a".into(),
+            generation,
+            spec: spec.map(|s| json!({ "v": s })),
+            by: "i".into(),
+            at_ms: 0,
+            rollback_of,
+        }
+    }
+
+    #[test]
+    fn a_failed_generation_goes_back_to_the_latest_one_not_itself_rolled_back() {
+        // 1 = v1, 2 = v2, 3 = bad (failed), 4 = back to v2 (rollback of 3).
+        let history = vec![
+            record(1, Some("v1"), None),
+            record(2, Some("v2"), None),
+            record(3, Some("bad"), None),
+            record(4, Some("v2"), Some(3)),
+        ];
+        assert_eq!(rollback_target(&history[..3], 3), Some(json!({ "v": "v2" })));
+        // Generation 4 failing somewhere goes to v1, never to the bad 3.
+        assert_eq!(rollback_target(&history, 4), Some(json!({ "v": "v1" })));
+        // A create that failed has nothing to go back to.
+        assert_eq!(rollback_target(&history[..1], 1), None);
+        // Back past a delete: the application goes away again.
+        let deleted = vec![record(1, Some("v1"), None), record(2, None, None), record(3, Some("v3"), None)];
+        assert_eq!(rollback_target(&deleted, 3), None);
     }
 }
