@@ -283,9 +283,28 @@ fn print_status(s: &Value) {
     let cluster = &s["cluster"];
     if cluster.is_object() {
         println!("cluster {}: generation {}", cluster["cluster"].as_str().unwrap_or("?"), cluster["generation"]);
-        println!("  {:14} {:28} {:6} {:>10} {:9} tasks", "instance", "url", "alive", "generation", "state");
+        println!(
+            "  {:14} {:28} {:6} {:>10} {:9} tasks (state, lag)",
+            "instance", "url", "alive", "generation", "state"
+        );
         for i in cluster["instances"].as_array().into_iter().flatten() {
-            let tasks: Vec<&str> = i["tasks"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let tasks: Vec<String> = i["tasks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let restore = match (t["restore"][0].as_u64(), t["restore"][1].as_u64()) {
+                        (Some(d), Some(n)) => format!(" restoring {d}/{n}"),
+                        _ => String::new(),
+                    };
+                    format!(
+                        "{} {} lag {}{restore}",
+                        t["id"].as_str().unwrap_or("?"),
+                        t["state"].as_str().unwrap_or("?"),
+                        t["lag"]
+                    )
+                })
+                .collect();
             let error = i["error"].as_str().map(|e| format!("  — {e}")).unwrap_or_default();
             println!(
                 "  {:14} {:28} {:6} {:>10} {:9} {}{error}",
@@ -294,7 +313,7 @@ fn print_status(s: &Value) {
                 if i["alive"] == true { "yes" } else { "no" },
                 i["generation"].as_u64().map_or("-".to_owned(), |g| g.to_string()),
                 i["state"].as_str().unwrap_or("-"),
-                tasks.join(",")
+                tasks.join("; ")
             );
         }
     }

@@ -12,8 +12,11 @@ use crate::broker::{Kafka, shared, unique};
 use crate::kafka::{KeyCountApp, events, kafka_server_with, owned_tasks, query_count, wait_for, wait_tasks};
 use crate::server::Server;
 
+/// One instance of `cluster`. One worker thread each: with the range
+/// assignor, N instances then split 4 partitions as evenly as they can
+/// (with two, a fourth instance's members could both get none).
 fn instance(dir: &Path, name: &str, kafka: &Kafka, cluster: &str) -> Server {
-    kafka_server_with(&dir.join(name), kafka, &[("WEIR_CLUSTER", cluster)])
+    kafka_server_with(&dir.join(name), kafka, &[("WEIR_CLUSTER", cluster), ("WEIR_WORKERS", "1")])
 }
 
 /// A raw request with optional headers: (status, parsed body).
@@ -89,6 +92,21 @@ fn one_instance_s_api_drives_the_cluster_deploy_runs_everywhere_generations_race
         instances.iter().all(|i| i["alive"] == true && i["generation"] == 1 && i["state"] == "running"),
         "{status:#}"
     );
+    // Every instance's tasks, seen from C: the four partitions, each once,
+    // running, with their lag; every instance on the same component.
+    wait_for(Duration::from_secs(10), "every instance's tasks in C's view", || {
+        let status = c.get(&format!("/v1/apps/{}", app.name)).ok()?;
+        let instances = status["cluster"]["instances"].as_array()?.clone();
+        let mut partitions: Vec<u64> = instances
+            .iter()
+            .flat_map(|i| i["tasks"].as_array().cloned().unwrap_or_default())
+            .filter(|t| t["state"] == "running" && t["lag"].is_i64())
+            .filter_map(|t| t["partition"].as_u64())
+            .collect();
+        partitions.sort();
+        let one_component = instances.iter().all(|i| i["components"] == status["components"]);
+        (partitions == [0, 1, 2, 3] && one_component).then_some(())
+    });
     let overview = b.get("/v1/cluster").unwrap();
     assert_eq!(overview["instances"].as_array().unwrap().len(), 3, "{overview:#}");
     assert_eq!(overview["apps"][0]["name"], app.name.as_str());
@@ -112,8 +130,12 @@ fn one_instance_s_api_drives_the_cluster_deploy_runs_everywhere_generations_race
     for s in [&a, &b, &c] {
         wait_for(Duration::from_secs(30), "every instance on generation 2", || {
             let st = s.get(&format!("/v1/apps/{}", app.name)).ok()?;
-            let mine = st["cluster"]["instances"].as_array()?.iter().all(|i| i["generation"] == 2);
-            mine.then_some(())
+            // Each instance's swap history is in the cluster view too.
+            let all = st["cluster"]["instances"].as_array()?.iter().all(|i| {
+                i["generation"] == 2
+                    && i["swaps"].as_array().and_then(|u| u.last()).is_some_and(|u| u["kind"] == "component-swap")
+            });
+            all.then_some(())
         });
     }
 
@@ -304,7 +326,11 @@ fn an_instance_that_cannot_load_the_application_fails_the_deploy_everywhere_and_
     let a = instance(dir.path(), "a", kafka, &cluster);
     let b = instance(dir.path(), "b", kafka, &cluster);
     // C may hold 4 wasm instances; key-count on 4 partitions reserves 8.
-    let c = kafka_server_with(&dir.path().join("c"), kafka, &[("WEIR_CLUSTER", &cluster), ("WEIR_MAX_INSTANCES", "4")]);
+    let c = kafka_server_with(
+        &dir.path().join("c"),
+        kafka,
+        &[("WEIR_CLUSTER", &cluster), ("WEIR_WORKERS", "1"), ("WEIR_MAX_INSTANCES", "4")],
+    );
     let app = KeyCountApp::new(dir.path(), "");
     let err = weir::client::upload_and_deploy(&app.spec, &a.url).expect_err("C cannot run it");
     let message = format!("{err:#}");
@@ -356,4 +382,58 @@ fn an_instance_that_cannot_load_the_application_fails_the_deploy_everywhere_and_
     app.wait_drained(kafka, &[&a, &b, &c]);
     assert_eq!(app.assert_exactly_once(kafka), 100);
     c.stop();
+}
+
+#[test]
+fn a_corrupt_or_incomplete_component_in_the_catalog_is_refused_naming_it_and_an_unreachable_catalog_stops_the_start() {
+    let kafka = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = unique("cluster");
+    let a = instance(dir.path(), "a", kafka, &cluster);
+    let app = KeyCountApp::new(dir.path(), "");
+    // Two components written into the catalog by hand: one whose chunk does
+    // not hash to its sha256, one whose second chunk never came.
+    let components = format!("{cluster}.components");
+    let sha = |text: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+    let (corrupt, incomplete) = (sha("the real component"), sha("part one and part two"));
+    let manifest = |sha: &str, chunks: u32| {
+        serde_json::json!({ "format": 1, "sha256": sha, "size": 21, "chunks": chunks }).to_string()
+    };
+    let line = |key: String, value: String| serde_json::json!({ "key": key, "value": value }).to_string();
+    let records = [
+        line(format!("chunk/{corrupt}/0"), "not the real component".into()),
+        line(format!("component/{corrupt}"), manifest(&corrupt, 1)),
+        line(format!("chunk/{incomplete}/0"), "part one".into()),
+        line(format!("component/{incomplete}"), manifest(&incomplete, 2)),
+    ];
+    kafka.produce(&components, &records.join("\n"));
+    for (sha, says) in [(&corrupt, "is corrupt"), (&incomplete, "chunk 1 of 2 is missing")] {
+        let spec = key_count_spec(dir.path(), &app, "bad-component.yaml", &format!("sha256:{sha}"), "");
+        let err = weir::client::upload_and_deploy(&spec, &a.url).expect_err("refused");
+        let message = format!("{err:#}");
+        assert!(message.contains("422 cannot-deploy"), "{message}");
+        assert!(message.contains(sha.as_str()) && message.contains(says), "names the component and why: {message}");
+        // Nothing of it was kept.
+        let (code, _) = request("GET", &format!("{}/v1/apps/{}", a.url, app.name), None, &[]);
+        assert_eq!(code, 404);
+        assert!(a.get("/v1/components").unwrap().to_string().find(sha.as_str()).is_none(), "nothing half-loaded");
+    }
+
+    // A catalog that cannot be read or created (no broker there): the
+    // instance does not start, and says why.
+    let nowhere = format!("127.0.0.1:{}", crate::broker::free_port());
+    let started = std::panic::catch_unwind(|| {
+        crate::server::Server::start(
+            &dir.path().join("nowhere"),
+            crate::server::Options {
+                env: vec![("WEIR_BROKERS".into(), nowhere.clone()), ("WEIR_CLUSTER".into(), cluster.clone())],
+                ..Default::default()
+            },
+        )
+    });
+    let message = match started {
+        Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+        Ok(_) => panic!("an instance started without its cluster catalog"),
+    };
+    assert!(message.contains(&format!("the cluster catalog `{cluster}` is not usable")), "{message}");
 }

@@ -28,7 +28,9 @@
 //!   tells its caller it lost ([`Catalog::propose`]).
 //! - `P.instances`: key = instance id, written by that instance every
 //!   [`HEARTBEAT`] and whenever what it runs changes:
-//!   `{"format":1,"id","url","at_ms","stopped","apps":{name:{"generation","state","error"?,"tasks"}}}`.
+//!   `{"format":1,"id","url","at_ms","stopped","apps":{name:{"generation","state","error"?,"tasks","components","swaps"}}}`
+//!   (`tasks`: `{"id","partition","state","lag","restore"?}`; `swaps`: its
+//!   latest updates, `{"id","kind","state","max_pause_ms","error"?}`).
 //!   An instance whose last record is older than [`ALIVE_WITHIN`] (or says
 //!   `stopped`) is not alive: a deploy does not wait for it.
 
@@ -111,7 +113,7 @@ pub struct AppRecord {
 }
 
 /// What an instance runs of one application.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Applied {
     /// The generation it applied last (or failed to).
     pub generation: u64,
@@ -120,13 +122,45 @@ pub struct Applied {
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Ids of the tasks it runs.
+    /// The tasks it runs.
     #[serde(default)]
-    pub tasks: Vec<String>,
+    pub tasks: Vec<TaskBrief>,
+    /// Processor → the component it runs here (`sha256:<hex>`).
+    #[serde(default)]
+    pub components: BTreeMap<String, String>,
+    /// Its latest updates here (at most [`SWAPS_KEPT`]), oldest first.
+    #[serde(default)]
+    pub swaps: Vec<SwapBrief>,
+}
+
+/// How many of an instance's latest updates its record carries per application.
+pub const SWAPS_KEPT: usize = 5;
+
+/// One task of an instance, as other instances see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskBrief {
+    pub id: String,
+    pub partition: u32,
+    pub state: String,
+    pub lag: i64,
+    /// Records restored / to restore, while restoring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<(u64, u64)>,
+}
+
+/// One update of an instance, as other instances see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapBrief {
+    pub id: u64,
+    pub kind: String,
+    pub state: String,
+    pub max_pause_ms: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// An instance's record in `P.instances`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub format: u32,
     pub id: String,

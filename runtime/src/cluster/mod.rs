@@ -32,7 +32,9 @@ use serde_json::{Value, json};
 
 use crate::node::{DeployError, Deployment, Node};
 use crate::topology::Spec;
-use catalog::{AppRecord, Applied, Catalog, CatalogError, FORMAT, HEARTBEAT, InstanceRecord};
+use catalog::{
+    AppRecord, Applied, Catalog, CatalogError, FORMAT, HEARTBEAT, InstanceRecord, SWAPS_KEPT, SwapBrief, TaskBrief,
+};
 
 /// How long a deploy waits for every live instance to apply it.
 pub const DEPLOY_WAIT: Duration = Duration::from_secs(60);
@@ -182,7 +184,7 @@ impl Cluster {
             // Others wait for this instance while it applies.
             self.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(
                 record.app.clone(),
-                Applied { generation: record.generation, state: "applying".into(), error: None, tasks: Vec::new() },
+                Applied { generation: record.generation, state: "applying".into(), ..Applied::default() },
             );
             self.announce(node, false);
             if let Some(applied) = self.apply(node, &record) {
@@ -212,7 +214,7 @@ impl Cluster {
             generation: record.generation,
             state: state.into(),
             error,
-            tasks: Vec::new(),
+            ..Applied::default()
         };
         let Some(value) = &record.spec else {
             return match node.undeploy_local(&record.app) {
@@ -279,16 +281,33 @@ impl Cluster {
     fn announce(&self, node: &Node, stopped: bool) {
         let mut apps = self.applied.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (name, applied) in apps.iter_mut() {
-            applied.tasks = node
-                .status(name)
-                .map(|s| {
-                    s.tasks
-                        .iter()
-                        .filter(|t| t.state == crate::status::TaskState::Running)
-                        .map(|t| t.id.clone())
-                        .collect()
+            let Some(status) = node.status(name) else { continue };
+            applied.tasks = status
+                .tasks
+                .iter()
+                .map(|t| TaskBrief {
+                    id: t.id.clone(),
+                    partition: t.partition,
+                    state: serde_json::to_value(t.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    lag: t.inputs.iter().map(|i| i.lag).sum(),
+                    restore: t.restore.filter(|(done, total)| done < total),
                 })
-                .unwrap_or_default();
+                .collect();
+            applied.components = status.components.clone();
+            let from = status.swaps.len().saturating_sub(SWAPS_KEPT);
+            applied.swaps = status.swaps[from..]
+                .iter()
+                .map(|u| SwapBrief {
+                    id: u.id,
+                    kind: u.kind.clone(),
+                    state: u.state.clone(),
+                    max_pause_ms: u.max_pause_ms,
+                    error: u.error.clone(),
+                })
+                .collect();
         }
         let url = node.advertised_url().unwrap_or_else(|| self.url.clone());
         let record =
@@ -303,10 +322,14 @@ impl Cluster {
         let name = spec.name.clone();
         let unavailable = |e: CatalogError| DeployError::Cluster(e.to_string());
         self.catalog.refresh().map_err(unavailable)?;
-        for p in spec.processors.values() {
-            // A component pushed to another instance: fetched here first.
+        for (processor, p) in &spec.processors {
+            // A component pushed to another instance: fetched here first. A
+            // corrupt or incomplete one is refused, naming it; one the catalog
+            // does not have is left to resolving (which says it is unknown).
             if let Some(hex) = p.component.strip_prefix("sha256:") {
-                let _ = self.fetch_component(node, hex);
+                if let Err(FetchError::Failed(error)) = self.fetch_component(node, hex) {
+                    return Err(DeployError::Start { app: name, error: format!("processor `{processor}`: {error}") });
+                }
             } else if node.registry.resolve(&p.component).is_err() {
                 self.fetch_named(node, &p.component);
             }
@@ -440,6 +463,8 @@ impl Cluster {
                         "state": applied.map(|a| a.state.clone()),
                         "error": applied.and_then(|a| a.error.clone()),
                         "tasks": applied.map(|a| a.tasks.clone()).unwrap_or_default(),
+                        "components": applied.map(|a| a.components.clone()).unwrap_or_default(),
+                        "swaps": applied.map(|a| a.swaps.clone()).unwrap_or_default(),
                     })
                 })
                 .collect();
