@@ -2,6 +2,7 @@
 //! baseline in the same run and prints a ratio, because the machines are
 //! shared and noisy: absolute numbers mean little, ratios travel.
 
+pub mod cluster;
 pub mod kafka;
 pub mod restore;
 

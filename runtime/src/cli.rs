@@ -220,6 +220,25 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// One deploy and one hot swap of key-count for a cluster of
+    /// --instances instances against one instance alone, in the same run:
+    /// seconds until the deploy answers and every task runs, until the swap
+    /// answers, and the longest task pause; last lines `ratio cluster/single
+    /// deploy` and `ratio cluster/single swap`. `./dev bench-cluster` starts
+    /// a broker first.
+    Cluster {
+        /// Bootstrap servers of the Kafka cluster.
+        #[arg(long, env = "WEIR_BROKERS", hide_env_values = true)]
+        brokers: String,
+        /// Directory of the built guest components (key_count.wasm, key_count_v2.wasm).
+        #[arg(long, default_value = "target/wasm32-wasip2/guest")]
+        guests: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        instances: usize,
+        /// Ignored (`./dev bench-*` passes it to every bench).
+        #[arg(long, hide = true)]
+        kafka_streams: Option<PathBuf>,
+    },
     /// Restore of a store of --keys keys: on Kafka (--brokers) from its
     /// changelog with an empty data dir, from a local checkpoint with a
     /// --tail-percent tail, and by Kafka Streams from the same changelog
@@ -462,6 +481,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let settings =
                     crate::bench::EmbeddedBench { guests, records, latency_rate, only, ..Default::default() };
                 crate::bench::embedded(settings)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            BenchCommand::Cluster { brokers, guests, instances, kafka_streams: _ } => {
+                crate::bench::cluster::run(crate::bench::cluster::ClusterBench { brokers, guests, instances })?;
                 Ok(ExitCode::SUCCESS)
             }
             BenchCommand::Restore { brokers, guests, kafka_streams, keys, value_bytes, tail_percent } => {

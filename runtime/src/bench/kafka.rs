@@ -551,6 +551,18 @@ pub(super) fn spawn_weir_serve(
     data_dir: &Path,
     log: &Path,
 ) -> anyhow::Result<(Child, String)> {
+    spawn_weir_serve_with(brokers, workers, commit_interval, data_dir, log, &[])
+}
+
+/// [`spawn_weir_serve`] with more `WEIR_*` variables.
+pub(super) fn spawn_weir_serve_with(
+    brokers: Option<&str>,
+    workers: usize,
+    commit_interval: Duration,
+    data_dir: &Path,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Child, String)> {
     let mut command = Command::new(std::env::current_exe()?);
     command.arg("serve").arg("--data-dir").arg(data_dir).args(["--http", "127.0.0.1:0"]);
     if let Some(brokers) = brokers {
@@ -561,6 +573,7 @@ pub(super) fn spawn_weir_serve(
         .arg(format!("{}ms", commit_interval.as_millis()))
         .env("WEIR_WORKERS", workers.to_string())
         .env("WEIR_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log)?)
