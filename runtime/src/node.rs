@@ -403,18 +403,23 @@ impl Node {
 
     /// The status, or (not running here yet) an empty one saying `pending`.
     pub fn status_or_pending(&self, name: &str) -> AppStatus {
-        self.status(name).unwrap_or_else(|| AppStatus {
+        self.status(name).unwrap_or_else(|| self.status_without_tasks(name, "pending".into()))
+    }
+
+    /// The status of an application that runs no task here, saying `state`.
+    fn status_without_tasks(&self, name: &str, state: String) -> AppStatus {
+        AppStatus {
             name: name.to_owned(),
             backend: if self.on_kafka() { "kafka" } else { "embedded" }.into(),
             guarantee: String::new(),
-            state: "pending".into(),
+            state,
             lag: 0,
             tasks: Vec::new(),
             components: BTreeMap::new(),
             component_versions: BTreeMap::new(),
             swaps: Vec::new(),
             global_inputs: Vec::new(),
-        })
+        }
     }
 
     fn deploy_claimed(&self, spec: Spec) -> Result<Deployment, DeployError> {
@@ -682,18 +687,8 @@ impl Node {
             }
             return Some(status);
         }
-        self.broken.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|error| AppStatus {
-            name: name.to_owned(),
-            backend: if self.on_kafka() { "kafka" } else { "embedded" }.into(),
-            guarantee: String::new(),
-            state: format!("failed: {error}"),
-            lag: 0,
-            tasks: Vec::new(),
-            components: BTreeMap::new(),
-            component_versions: BTreeMap::new(),
-            swaps: Vec::new(),
-            global_inputs: Vec::new(),
-        })
+        let broken = self.broken.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        broken.map(|error| self.status_without_tasks(name, format!("failed: {error}")))
     }
 
     /// Names of deployed applications (running or not).

@@ -39,27 +39,40 @@ fn request(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-/// The spec an application runs, as JSON with `sha256:` components (what a
-/// client re-sends with an `If-Match`).
-fn running_spec_yaml(server: &Server, app: &str, counts_key: &str) -> String {
-    let status = server.get(&format!("/v1/apps/{app}")).unwrap();
-    let sha = status["components"]["count"].as_str().unwrap().to_owned();
+/// key-count of `app` with `component` and a config line, as YAML.
+fn key_count_yaml(app: &KeyCountApp, component: &str, config: &str) -> String {
     format!(
-        r#"name: {app}
-topics: {{ {app}-events: 4, {app}-counts: 4 }}
+        r#"name: {name}
+topics: {{ {events}: 4, {counts}: 4 }}
 sources:
-  events: {{ topic: {app}-events, to: [count] }}
+  events: {{ topic: {events}, to: [count] }}
 processors:
   count:
-    component: "{sha}"
-    config: {{ note: "{counts_key}" }}
+    component: "{component}"
+    config: {{ {config} }}
     stores: [counts]
     outputs: {{ counts: counts }}
 stores: {{ counts: {{}} }}
 sinks:
-  counts: {{ topic: {app}-counts }}
-"#
+  counts: {{ topic: {counts} }}
+"#,
+        name = app.name,
+        events = app.events,
+        counts = app.counts
     )
+}
+
+/// key-count of `app` with `component` and a config line, as a spec file.
+fn key_count_spec(dir: &Path, app: &KeyCountApp, file: &str, component: &str, config: &str) -> std::path::PathBuf {
+    crate::server::write_spec(dir, file, &key_count_yaml(app, component, config))
+}
+
+/// The spec `app` runs on `server` (its component by `sha256:`) with a
+/// `note` config: what a client re-sends with an `If-Match`.
+fn running_spec_yaml(server: &Server, app: &KeyCountApp, note: &str) -> String {
+    let status = server.get(&format!("/v1/apps/{}", app.name)).unwrap();
+    let sha = status["components"]["count"].as_str().unwrap().to_owned();
+    key_count_yaml(app, &sha, &format!("note: \"{note}\""))
 }
 
 #[test]
@@ -114,10 +127,10 @@ fn one_instance_s_api_drives_the_cluster_deploy_runs_everywhere_generations_race
     // Optimistic concurrency: a deploy based on a generation that is not
     // current is refused; two racing from the current one: exactly one wins.
     let url = |s: &Server| format!("{}/v1/apps/{}", s.url, app.name);
-    let (code, body) = request("PUT", &url(&b), Some(&running_spec_yaml(&a, &app.name, "stale")), &[("if-match", "7")]);
+    let (code, body) = request("PUT", &url(&b), Some(&running_spec_yaml(&a, &app, "stale")), &[("if-match", "7")]);
     assert_eq!(code, 409, "{body:#}");
     assert_eq!(body["error"], "stale-generation", "{body:#}");
-    let (spec_a, spec_b) = (running_spec_yaml(&a, &app.name, "from-a"), running_spec_yaml(&a, &app.name, "from-b"));
+    let (spec_a, spec_b) = (running_spec_yaml(&a, &app, "from-a"), running_spec_yaml(&a, &app, "from-b"));
     let (ua, ub) = (url(&a), url(&b));
     let racer_a = std::thread::spawn(move || request("PUT", &ua, Some(&spec_a), &[("if-match", "1")]));
     let racer_b = std::thread::spawn(move || request("PUT", &ub, Some(&spec_b), &[("if-match", "1")]));
@@ -209,30 +222,6 @@ fn an_instance_that_was_down_applies_what_it_missed_and_bad_cluster_settings_are
         Ok(_) => panic!("a cluster on the embedded backend started"),
     };
     assert!(message.contains("needs Kafka"), "{message}");
-}
-
-/// key-count of `app` with `component` and a config line, as a spec file.
-fn key_count_spec(dir: &Path, app: &KeyCountApp, file: &str, component: &str, config: &str) -> std::path::PathBuf {
-    let yaml = format!(
-        r#"name: {name}
-topics: {{ {events}: 4, {counts}: 4 }}
-sources:
-  events: {{ topic: {events}, to: [count] }}
-processors:
-  count:
-    component: "{component}"
-    config: {{ {config} }}
-    stores: [counts]
-    outputs: {{ counts: counts }}
-stores: {{ counts: {{}} }}
-sinks:
-  counts: {{ topic: {counts} }}
-"#,
-        name = app.name,
-        events = app.events,
-        counts = app.counts
-    );
-    crate::server::write_spec(dir, file, &yaml)
 }
 
 #[test]
