@@ -75,23 +75,27 @@ fn running_spec_yaml(server: &Server, app: &KeyCountApp, note: &str) -> String {
     key_count_yaml(app, &sha, &format!("note: \"{note}\""))
 }
 
+/// Three instances of a new cluster with key-count deployed through the
+/// first, its tasks spread over all three.
+fn three_running(dir: &Path, kafka: &Kafka) -> (String, [Server; 3], KeyCountApp) {
+    let cluster = unique("cluster");
+    let instances = ["a", "b", "c"].map(|name| instance(dir, name, kafka, &cluster));
+    let app = KeyCountApp::new(dir, "");
+    instances[0].deploy(&app.spec);
+    let [a, b, c] = &instances;
+    wait_tasks(&[a, b, c], &app.name, "the tasks spread over the three instances", |owned| {
+        owned.iter().all(|n| *n >= 1)
+    });
+    (cluster, instances, app)
+}
+
 #[test]
 fn one_instance_s_api_drives_the_cluster_deploy_runs_everywhere_generations_race_and_delete_stops_all() {
     let kafka = shared();
     let dir = tempfile::tempdir().unwrap();
-    let cluster = unique("cluster");
-    let (a, b, c) = (
-        instance(dir.path(), "a", kafka, &cluster),
-        instance(dir.path(), "b", kafka, &cluster),
-        instance(dir.path(), "c", kafka, &cluster),
-    );
-    let app = KeyCountApp::new(dir.path(), "");
+    let (cluster, [a, b, c], app) = three_running(dir.path(), kafka);
 
-    // Deployed to A only: B and C run it too, the tasks spread over all three.
-    a.deploy(&app.spec);
-    wait_tasks(&[&a, &b, &c], &app.name, "the tasks spread over the three instances", |owned| {
-        owned.iter().all(|n| *n >= 1)
-    });
+    // Deployed to A only (three_running): B and C run it too.
     kafka.produce(&app.events, &events(30, 10, 0));
     app.wait_drained(kafka, &[&a, &b, &c]);
     assert_eq!(app.assert_exactly_once(kafka), 300);
@@ -228,17 +232,7 @@ fn an_instance_that_was_down_applies_what_it_missed_and_bad_cluster_settings_are
 fn a_cluster_wide_hot_swap_under_load_and_a_trapping_version_rolled_back_on_every_instance() {
     let kafka = shared();
     let dir = tempfile::tempdir().unwrap();
-    let cluster = unique("cluster");
-    let (a, b, c) = (
-        instance(dir.path(), "a", kafka, &cluster),
-        instance(dir.path(), "b", kafka, &cluster),
-        instance(dir.path(), "c", kafka, &cluster),
-    );
-    let app = KeyCountApp::new(dir.path(), "");
-    a.deploy(&app.spec);
-    wait_tasks(&[&a, &b, &c], &app.name, "the tasks spread over the three instances", |owned| {
-        owned.iter().all(|n| *n >= 1)
-    });
+    let (_, [a, b, c], app) = three_running(dir.path(), kafka);
     let (stop, producer) = crate::kafka::keep_producing(kafka, &app.events, 40);
     std::thread::sleep(Duration::from_millis(1500));
 
