@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod kafka;
+mod more_vs_native;
 pub mod restore;
 
 use std::collections::BTreeMap;
@@ -80,7 +81,9 @@ pub fn component_vs_native(component: Option<PathBuf>, records: usize, batch: us
     println!("native     {n:8.1} ns/record");
     println!("component  {c:8.1} ns/record");
     println!("ratio {:.2}", c / n);
-    Ok(())
+    // The same for key-count and enrichment, from beside the component.
+    let guests = component.parent().unwrap_or(std::path::Path::new("."));
+    more_vs_native::run(&engine, guests, records, batch, ROUNDS)
 }
 
 fn run_native(orders: &[(Vec<u8>, Vec<u8>)], adjustments: &[(Vec<u8>, Vec<u8>)]) -> anyhow::Result<(f64, usize)> {
