@@ -109,7 +109,8 @@ fn run_native(orders: &[(Vec<u8>, Vec<u8>)], adjustments: &[(Vec<u8>, Vec<u8>)])
     Ok((elapsed.as_nanos() as f64 / orders.len() as f64, emitted))
 }
 
-fn guest_record(key: &[u8], value: &[u8], topic: &Arc<str>, offset: usize) -> TaskRecord {
+/// An input record as the host hands it to a component.
+pub(crate) fn guest_record(key: &[u8], value: &[u8], topic: &Arc<str>, offset: usize) -> TaskRecord {
     TaskRecord {
         key: Some(key.to_vec()),
         value: Some(value.to_vec()),

@@ -158,21 +158,8 @@ fn run_component(
     let time = CallTime::default();
     instance.init(&mut stores, time, &case.config).map_err(|f| anyhow::anyhow!("init: {}", f.message))?;
     let topic: Arc<str> = Arc::from(case.topic);
-    let input: Vec<TaskRecord> = case
-        .input
-        .iter()
-        .enumerate()
-        .map(|(i, (k, v))| TaskRecord {
-            key: Some(k.clone()),
-            value: Some(v.clone()),
-            old_value: None,
-            timestamp: 0,
-            headers: Vec::new(),
-            topic: topic.clone(),
-            partition: 0,
-            offset: i as i64,
-        })
-        .collect();
+    let input: Vec<TaskRecord> =
+        case.input.iter().enumerate().map(|(i, (k, v))| super::guest_record(k, v, &topic, i)).collect();
     let stream_times = vec![0; batch];
     let mut emitted = 0;
     let started = Instant::now();
