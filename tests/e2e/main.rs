@@ -7,6 +7,7 @@ mod bad_state;
 mod broker;
 mod cluster;
 mod common;
+mod console;
 mod crash;
 mod examples;
 mod hardening;

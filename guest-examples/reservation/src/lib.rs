@@ -12,7 +12,7 @@
 //! One component, two roles (config `role`):
 //! - `rekey`: order → output `by-product`, keyed by `product_id`.
 //! - `reserve`: adjustments (`adjustments_topic`, default `adjustments`) add
-//!   `delta` to stock; orders reserve `qty` if that much is left and go to
+//!   `delta` to stock (one that would overflow it traps); orders reserve `qty` if that much is left and go to
 //!   `validated`, else to `rejected`, keyed by order id.
 //!
 //! Build: `cargo guests`.
@@ -89,7 +89,14 @@ impl Processor for Reservation {
             Role::Reserve if rec.topic() == self.adjustments_topic => {
                 let adj: Adjustment = rec.json()?;
                 let stock = ctx.store::<String, i64>("stock");
-                let level = stock.get(&adj.product_id)?.unwrap_or(0) + adj.delta;
+                let current = stock.get(&adj.product_id)?.unwrap_or(0);
+                // A stock level past i64 means the adjustments are wrong
+                // upstream: stop loudly rather than wrap around. The panic
+                // traps the call; weir dead-letters this one adjustment (kind
+                // `trap`), rebuilds the instance and goes on with the rest.
+                let level = current
+                    .checked_add(adj.delta)
+                    .unwrap_or_else(|| panic!("stock of {} overflows: {current} + {}", adj.product_id, adj.delta));
                 stock.put(&adj.product_id, &level)
             }
             Role::Reserve => {
@@ -159,5 +166,15 @@ mod tests {
         assert!(d.process(Record::new("p1", "not json").on_topic("rekeyed")).is_err());
         let mut bad = TestDriver::new(Reservation::default()).with_config("role", "nope");
         assert!(bad.init().unwrap_err().message().contains("expected `rekey` or `reserve`"));
+    }
+
+    #[test]
+    #[should_panic(expected = "stock of p1 overflows")]
+    fn an_adjustment_overflowing_the_stock_panics() {
+        let mut d = reserve();
+        let adjust =
+            |delta| Record::from_json("p1", &Adjustment { product_id: "p1".into(), delta }).on_topic("adjustments");
+        d.process(adjust(5)).unwrap();
+        let _ = d.process(adjust(i64::MAX));
     }
 }

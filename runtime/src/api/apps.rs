@@ -40,7 +40,8 @@ pub async fn list(State(node): State<Arc<Node>>) -> ApiResult<impl IntoResponse>
 }
 
 /// An application's status: tasks, partitions, positions and lag, component
-/// versions per processor, counters, last errors, update history.
+/// versions per processor, counters, last errors, update history; its
+/// `topology` (nodes and edges, see `Topology::describe`) and `spec`.
 #[utoipa::path(get, path = "/v1/apps/{name}", tag = "applications", params(("name" = String, Path, description = "application")),
     responses((status = 200, description = "status"), (status = 404, description = "unknown application")))]
 pub async fn status(State(node): State<Arc<Node>>, NamePath(name): NamePath<String>) -> ApiResult<impl IntoResponse> {
@@ -58,6 +59,12 @@ pub async fn status(State(node): State<Arc<Node>>, NamePath(name): NamePath<Stri
         };
         if let Some(view) = view {
             status["cluster"] = view;
+        }
+        // The graph and the spec it was compiled from: what the console
+        // draws, and what it edits for a swap.
+        if let Some(topology) = node.topology(&name) {
+            status["topology"] = topology.describe();
+            status["spec"] = serde_json::to_value(&topology.spec).expect("specs serialise");
         }
         Ok(Json(status))
     })

@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod components;
+pub mod console;
 pub mod extract;
 pub mod stores;
 pub mod topics;
@@ -261,12 +262,13 @@ pub fn document(token: bool, token_reads: bool) -> serde_json::Value {
 }
 
 /// Bearer-token check: mutating routes always (when a token is configured),
-/// reads when `api_token_reads` is set. Health and readiness stay open.
+/// reads when `api_token_reads` is set. Health, readiness and the console's
+/// files stay open (the console asks for the token and sends it itself).
 async fn authorize(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
     let Some(token) = node.config.api_token.as_deref() else { return next.run(request).await };
     let path = request.uri().path();
     let mutating = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let open = path == "/healthz" || path == "/readyz";
+    let open = path == "/healthz" || path == "/readyz" || console::is_console_path(path);
     if open || (!mutating && !node.config.api_token_reads) {
         return next.run(request).await;
     }
@@ -310,6 +312,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(topics::routes())
         .merge(stores::routes())
         .merge(components::routes())
+        .merge(console::routes())
         .fallback(|| async { ApiError::not_found("not-found", "no such route (the API lives under /v1)") })
         .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
             ApiError::new(

@@ -13,6 +13,7 @@
 //! problem with the path of the offending field (`processors.reserve.stores[0]`).
 
 mod compile;
+mod describe;
 pub mod spec;
 
 use std::collections::BTreeMap;
