@@ -195,7 +195,7 @@ function overviewPage(main) {
     appsBody.replaceChildren(...body.apps.map((a, i) => {
       const s = statuses[i] || {};
       const tasks = s.tasks || [];
-      const r = rates.sample(a.name, now, sum(tasks, t => t.records_in), sum(tasks, emittedOf));
+      const r = rates.sample(a.name, now, ...appCounters(s));
       return h("tr", { "data-app": a.name },
         h("td", {}, h("a", { href: `#/apps/${encodeURIComponent(a.name)}` }, a.name)),
         stateCell(a.state), h("td", {}, s.guarantee || "–"), h("td", {}, s.backend || "–"),
@@ -214,6 +214,13 @@ function sum(items, f) {
 
 function emittedOf(task) {
   return Object.values(task.emitted || {}).reduce((a, b) => a + b, 0);
+}
+
+/** Records in and out of an application so far: its tasks here, or in a
+ * cluster every instance's tasks (from their heartbeats). */
+function appCounters(status) {
+  const tasks = status.cluster ? (status.cluster.instances || []).flatMap(i => i.tasks || []) : status.tasks || [];
+  return [sum(tasks, t => t.records_in), sum(tasks, t => (t.emitted ? emittedOf(t) : t.records_out))];
 }
 
 /** Per-second rates from successive counter samples, by key. */
@@ -355,7 +362,7 @@ function appPage(main, name) {
     const { body: s } = await api("GET", `/v1/apps/${encodeURIComponent(name)}`);
     const now = Date.now();
     const tasks = s.tasks || [];
-    const r = rates.sample("app", now, sum(tasks, t => t.records_in), sum(tasks, emittedOf));
+    const r = rates.sample("app", now, ...appCounters(s));
     summary.replaceChildren(h("table", {}, h("tbody", {},
       h("tr", {}, h("th", {}, "state"), stateCell(s.state), h("th", {}, "guarantee"), h("td", {}, s.guarantee || "–"), h("th", {}, "backend"), h("td", {}, s.backend)),
       h("tr", {}, h("th", {}, "lag"), h("td", { class: "num", id: "app-lag" }, fmt.num(s.lag)), h("th", {}, "in/s"), h("td", { class: "num" }, fmt.rate(r.in)), h("th", {}, "out/s"), h("td", { class: "num" }, fmt.rate(r.out))),
@@ -476,7 +483,8 @@ function shortComponent(c) {
 
 /** Colours processors: failed tasks of their sub-topology, recent dead letters. */
 function paintHealth(container, status, recentDeadByProcessor) {
-  const failedSubs = new Set((status.tasks || []).filter(t => t.state === "failed" || t.error).map(t => t.subtopology));
+  const everyTask = (status.tasks || []).concat(((status.cluster && status.cluster.instances) || []).flatMap(i => i.tasks || []));
+  const failedSubs = new Set(everyTask.filter(t => t.state === "failed" || t.error).map(subtopologyOf));
   for (const el of container.querySelectorAll("g.node.kind-processor")) {
     const id = el.getAttribute("data-id");
     const node = status.topology.nodes.find(n => n.id === id);
@@ -490,6 +498,11 @@ function paintHealth(container, status, recentDeadByProcessor) {
   }
 }
 
+/** A task's sub-topology: in its status, or the first part of its id (`1_3`). */
+function subtopologyOf(task) {
+  return task.subtopology ?? Number(String(task.id).split("_")[0]);
+}
+
 function renderTasks(body, status, now, taskRates) {
   const versions = status.component_versions || {};
   const processorsOf = sub => ((status.topology && status.topology.nodes) || []).filter(n => n.kind === "processor" && n.subtopology === sub).map(n => n.name);
@@ -498,15 +511,21 @@ function renderTasks(body, status, now, taskRates) {
   const sources = status.cluster
     ? (status.cluster.instances || []).flatMap(i => (i.tasks || []).map(t => ({ instance: i.id, task: t })))
     : (status.tasks || []).map(t => ({ instance: local, task: t }));
+  // This instance's tasks have every counter; another instance's, the brief
+  // its heartbeat carries (partition, state, lag, restore progress).
+  const here = status.cluster ? status.cluster.instance : local;
   const detailed = new Map((status.tasks || []).map(t => [t.id, t]));
   for (const { instance, task: brief } of sources) {
-    const t = detailed.get(brief.id) && !status.cluster ? detailed.get(brief.id) : Object.assign({}, brief, detailed.get(brief.id) || {});
-    const r = taskRates.sample(`${instance}/${t.id}`, now, t.records_in || 0, emittedOf(t));
+    const t = instance === here && detailed.has(brief.id) ? Object.assign({}, brief, detailed.get(brief.id)) : brief;
+    const out = t.emitted ? emittedOf(t) : t.records_out || 0;
+    const r = taskRates.sample(`${instance}/${t.id}`, now, t.records_in || 0, out);
     const lag = t.inputs ? sum(t.inputs, i => i.lag) : t.lag;
-    const restore = t.restore ? `${fmt.num(t.restore[0])} / ${fmt.num(t.restore[1])}` : t.restore_ms !== undefined && t.restore_ms !== null ? `done in ${t.restore_ms} ms` : "–";
-    rows.push(h("tr", { "data-task": t.id },
+    const restoring = t.restore && (t.state === "restoring" || t.restore[0] < t.restore[1]);
+    const restore = restoring ? `${fmt.num(t.restore[0])} / ${fmt.num(t.restore[1])}`
+      : t.restore_ms !== undefined && t.restore_ms !== null ? `done in ${t.restore_ms} ms` : "–";
+    rows.push(h("tr", { "data-task": t.id, "data-instance": instance || "" },
       h("td", {}, t.id), h("td", {}, instance || "–"), h("td", { class: "num" }, t.partition),
-      h("td", {}, processorsOf(t.subtopology).map(p => `${p}: ${versions[p] || "?"}`).join(", ")),
+      h("td", {}, processorsOf(subtopologyOf(t)).map(p => `${p}: ${versions[p] || "?"}`).join(", ")),
       stateCell(t.state),
       h("td", { class: "num" }, fmt.rate(r.in)), h("td", { class: "num" }, fmt.rate(r.out)),
       h("td", { class: "num records-in" }, fmt.num(t.records_in)), h("td", { class: "num" }, fmt.num(lag)),
@@ -547,9 +566,7 @@ async function renderDeadLetters(body, topic, seen) {
   const now = Date.now();
   const recent = () => new Map([...seen.warnUntil].filter(([, until]) => until > now));
   if (!info) { body.replaceChildren(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No dead letter yet."))); return recent(); }
-  const ends = info.end_offsets || [];
-  const from = Math.max(0, Math.max(0, ...ends) - DEAD_LETTERS_SHOWN);
-  const { body: read } = await api("GET", `/v1/topics/${encodeURIComponent(topic)}/records?from=${from}&limit=${DEAD_LETTERS_SHOWN * Math.max(1, ends.length)}`);
+  const { body: read } = await api("GET", `/v1/topics/${encodeURIComponent(topic)}/records?last=${DEAD_LETTERS_SHOWN}&limit=${DEAD_LETTERS_SHOWN * Math.max(1, info.partitions || 1)}`);
   const records = (read.records || []).slice().sort((a, b) => (b.timestamp - a.timestamp) || (b.offset - a.offset)).slice(0, DEAD_LETTERS_SHOWN);
   const known = new Set();
   body.replaceChildren(...records.map(rec => {

@@ -439,11 +439,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Produce { topic, server, brokers } => {
-            let input = std::io::stdin().lock();
+            let (bar, input) = crate::progress::stdin(&format!("producing to {topic}"));
             let n = match brokers.filter(|b| !b.is_empty()) {
                 Some(brokers) => crate::backend::kafka::produce_jsonl(&brokers, &topic, input)? as u64,
                 None => crate::client::produce(&topic, server.trim_end_matches('/'), input)?,
             };
+            bar.finish_and_clear();
             eprintln!("produced {n} records to {topic}");
             Ok(ExitCode::SUCCESS)
         }
@@ -451,7 +452,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             match brokers.filter(|b| !b.is_empty()) {
                 Some(brokers) => {
-                    let read = crate::backend::kafka::ReadOptions { from, limit, partition, uncommitted, offsets };
+                    let read =
+                        crate::backend::kafka::ReadOptions { from, last: None, limit, partition, uncommitted, offsets };
                     crate::backend::kafka::consume(&brokers, &topic, &read, &mut out)?;
                 }
                 None => {

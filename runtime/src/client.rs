@@ -27,20 +27,47 @@ fn agent() -> ureq::Agent {
 /// Sends a body. Large bodies ask the server first (`Expect: 100-continue`),
 /// so a body the server refuses by size is never sent and its 413 reaches the
 /// user instead of a broken pipe.
+/// With `progress`, the body goes through a bar (its length declared, so the
+/// server still sees `Content-Length`).
 fn upload(
     request: ureq::RequestBuilder<ureq::typestate::WithBody>,
     content_type: &str,
     auth: &str,
     body: &[u8],
+    progress: Option<&indicatif::ProgressBar>,
 ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
     let request = request.header("content-type", content_type).header("authorization", auth);
     let request = if body.len() > 64 * 1024 { request.header("expect", "100-continue") } else { request };
-    request.send(body)
+    match progress {
+        Some(bar) => {
+            let mut reader = crate::progress::reading(bar, body);
+            request.header("content-length", body.len()).send(ureq::SendBody::from_reader(&mut reader))
+        }
+        None => request.send(body),
+    }
 }
 
 /// Sends a request; returns the JSON body of a 2xx answer, or an error
 /// carrying the server's `detail`.
 pub fn call(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::Result<Value> {
+    call_with_progress(method, url, body, None)
+}
+
+/// [`call`], the body's sending shown as a progress bar saying `what`
+/// (on a terminal).
+pub fn call_showing(method: &str, url: &str, body: (&str, Vec<u8>), what: &str) -> anyhow::Result<Value> {
+    let bar = crate::progress::bytes(Some(body.1.len() as u64), what);
+    let answer = call_with_progress(method, url, Some(body), Some(&bar));
+    bar.finish_and_clear();
+    answer
+}
+
+fn call_with_progress(
+    method: &str,
+    url: &str,
+    body: Option<(&str, Vec<u8>)>,
+    progress: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<Value> {
     let agent = agent();
     // The API's bearer token, when the server requires one.
     let auth = std::env::var("WEIR_API_TOKEN").ok().filter(|t| !t.is_empty()).map(|t| format!("Bearer {t}"));
@@ -48,8 +75,8 @@ pub fn call(method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::R
     let response = match (method, body) {
         ("GET", _) => agent.get(url).header("authorization", auth).call(),
         ("DELETE", _) => agent.delete(url).header("authorization", auth).call(),
-        ("POST", Some((ct, b))) => upload(agent.post(url), ct, auth, &b),
-        ("PUT", Some((ct, b))) => upload(agent.put(url), ct, auth, &b),
+        ("POST", Some((ct, b))) => upload(agent.post(url), ct, auth, &b, progress),
+        ("PUT", Some((ct, b))) => upload(agent.put(url), ct, auth, &b, progress),
         _ => unreachable!("method {method} with body"),
     }
     .with_context(|| format!("cannot reach weir at {url}"))?;
@@ -88,7 +115,8 @@ pub fn upload_and_deploy(spec_path: &Path, server: &str) -> anyhow::Result<Value
         }
         let bytes =
             std::fs::read(&path).with_context(|| format!("processor `{name}`: cannot read {}", path.display()))?;
-        let answer = call("POST", &format!("{server}/v1/components"), Some(("application/wasm", bytes)))
+        let what = format!("uploading {}", file_name(&path));
+        let answer = call_showing("POST", &format!("{server}/v1/components"), ("application/wasm", bytes), &what)
             .with_context(|| format!("processor `{name}`: uploading {}", path.display()))?;
         let reference = answer["reference"].as_str().context("upload answer without reference")?.to_owned();
         eprintln!("uploaded {} as {reference}", path.display());
@@ -364,13 +392,18 @@ fn encode_path(s: &str) -> String {
         .collect()
 }
 
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 /// Uploads a component under a name (and version).
 pub fn push(file: &Path, name: &str, version: Option<&str>, server: &str) -> anyhow::Result<Value> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let version = version.map(|v| format!("&version={}", encode_path(v))).unwrap_or_default();
-    call(
+    call_showing(
         "POST",
         &format!("{server}/v1/components?name={}{version}", encode_path(name)),
-        Some(("application/wasm", bytes)),
+        ("application/wasm", bytes),
+        &format!("uploading {}", file_name(file)),
     )
 }

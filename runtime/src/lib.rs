@@ -31,6 +31,7 @@ pub mod jsonl;
 pub mod metrics;
 pub mod node;
 pub mod partitioner;
+pub mod progress;
 pub mod record;
 pub mod registry;
 pub mod serve;

@@ -124,6 +124,18 @@ fn one_instance_s_api_drives_the_cluster_deploy_runs_everywhere_generations_race
         let one_component = instances.iter().all(|i| i["components"] == status["components"]);
         (partitions == [0, 1, 2, 3] && one_component).then_some(())
     });
+    // The console on C shows the same: every instance, every task (in Chromium).
+    let ids: Vec<&str> = instances.iter().filter_map(|i| i["id"].as_str()).collect();
+    crate::console::browser_steps(
+        &[
+            ("WEIR_SCENARIO", "cluster"),
+            ("WEIR_URL", &c.url),
+            ("WEIR_APP", &app.name),
+            ("WEIR_INSTANCES", &ids.join(",")),
+        ],
+        &weir_tests::workspace_dir().join("target/console-screenshots"),
+        &c,
+    );
     let overview = b.get("/v1/cluster").unwrap();
     assert_eq!(overview["instances"].as_array().unwrap().len(), 3, "{overview:#}");
     assert_eq!(overview["apps"][0]["name"], app.name.as_str());

@@ -42,16 +42,40 @@ fn second_build(component: &Path, out: &Path) {
     std::fs::write(out, bytes).unwrap();
 }
 
-#[test]
-fn the_console_shows_and_drives_the_reservation_example_in_chromium() {
+/// Runs tests/console/console.test.mjs in Debian's headless Chromium with
+/// `env` (a scenario's inputs, see the script), screenshots into
+/// `screenshots`; fails the test with the script's output and the server's
+/// log unless every step passed.
+pub fn browser_steps(env: &[(&str, &str)], screenshots: &Path, server: &Server) {
     let chromium = std::env::var("WEIR_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).is_file(),
         "the console test runs Debian's Chromium at {chromium}: `apt-get install chromium` (./dev test does)"
     );
-    let workspace = weir_tests::workspace_dir();
-    let console_tests = workspace.join("tests/console");
+    let console_tests = weir_tests::workspace_dir().join("tests/console");
     playwright(&console_tests);
+    let mut node = Command::new("node");
+    node.arg(console_tests.join("console.test.mjs"))
+        .current_dir(&console_tests)
+        .env("WEIR_SCREENSHOTS", screenshots)
+        .env("WEIR_CHROMIUM", &chromium);
+    for (k, v) in env {
+        node.env(k, v);
+    }
+    let run = node.output().expect("the console test needs Node.js (./dev test installs it)");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success() && stdout.contains("console test passed"),
+        "the browser steps failed (screenshot: {}/failure.png):\n{stdout}\n{stderr}\nserver log:\n{}",
+        screenshots.display(),
+        server.log_tail()
+    );
+}
+
+#[test]
+fn the_console_shows_and_drives_the_reservation_example_in_chromium() {
+    let workspace = weir_tests::workspace_dir();
 
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
@@ -84,26 +108,8 @@ fn the_console_shows_and_drives_the_reservation_example_in_chromium() {
     let v2 = dir.path().join("reservation-v2.wasm");
     second_build(&weir_tests::guest("reservation"), &v2);
     let screenshots = workspace.join("target/console-screenshots");
-    let _ = std::fs::remove_dir_all(&screenshots);
-    let run = Command::new("node")
-        .arg(console_tests.join("console.test.mjs"))
-        .current_dir(&console_tests)
-        .env("WEIR_URL", &server.url)
-        .env("WEIR_TOKEN", TOKEN)
-        .env("WEIR_V2_WASM", &v2)
-        .env("WEIR_SCREENSHOTS", &screenshots)
-        .env("WEIR_CHROMIUM", &chromium)
-        .output()
-        .expect("the console test needs Node.js (./dev test installs it)");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "the browser steps failed (screenshot: {}/failure.png):\n{stdout}\n{stderr}\nserver log:\n{}",
-        screenshots.display(),
-        server.log_tail()
-    );
-    assert!(stdout.contains("console test passed"), "{stdout}");
+    let v2 = v2.to_string_lossy().into_owned();
+    browser_steps(&[("WEIR_URL", &server.url), ("WEIR_TOKEN", TOKEN), ("WEIR_V2_WASM", &v2)], &screenshots, &server);
     for shot in [
         "01-overview-read-only",
         "02-wrong-token-refused",

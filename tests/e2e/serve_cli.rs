@@ -169,3 +169,138 @@ fn retention_drops_old_records_by_age_and_by_size() {
     let (end, first, kept) = end_and_first(&server);
     assert_eq!((end, first, kept), (201, Some(200), 1), "new records get the next offset");
 }
+
+/// Runs a shell command line under a pseudo-terminal (util-linux `script`),
+/// as a person at a terminal would; returns everything the terminal got.
+fn on_a_terminal(command: &str) -> String {
+    let out = Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .env("WEIR_LOG", "warn")
+        .env("COLUMNS", "120")
+        .output()
+        .expect("util-linux `script` runs commands on a pseudo-terminal");
+    assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn producing_a_file_and_uploading_show_progress_bars_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), Options::default());
+    let url = &server.url;
+    let (ok, _, err) = weir(&["produce", "t", "--server", url], Some(r#"{"key": "k", "value": 1}"#));
+    assert!(!ok && err.contains("`t`"), "producing to a missing topic is refused, naming it: {err}");
+    weir::client::call(
+        "POST",
+        &format!("{url}/v1/topics"),
+        Some(("application/json", br#"{"name": "t", "partitions": 2}"#.to_vec())),
+    )
+    .unwrap();
+    let records = dir.path().join("records.jsonl");
+    let lines: String = (0..60_000)
+        .map(|i| format!("{{\"key\": \"k{i}\", \"value\": {{\"n\": {i}, \"pad\": \"{:040}\"}}}}\n", i))
+        .collect();
+    std::fs::write(&records, lines).unwrap();
+    let weir_bin = env!("CARGO_BIN_EXE_weir");
+
+    let shown = on_a_terminal(&format!("{weir_bin} produce t --server {url} < {}", records.display()));
+    assert!(shown.contains("producing to t ["), "a bar while producing the file: {shown}");
+    assert!(shown.contains("MiB"), "the bar counts bytes of the file's size: {shown}");
+    assert!(shown.contains("produced 60000 records to t"), "{shown}");
+    let file = std::fs::File::open(&records).unwrap();
+    let piped = Command::new(weir_bin).args(["produce", "t", "--server", url]).stdin(file).output().unwrap();
+    assert!(piped.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stderr),
+        "produced 60000 records to t\n",
+        "no bar when stderr is no terminal"
+    );
+    assert_eq!(server.consume_all("t").len(), 120_000, "both runs produced every record");
+    // The latest records of each partition (what the console's dead-letter browser asks for).
+    let latest = server.get("/v1/topics/t/records?last=3").unwrap();
+    let mut offsets: Vec<(u64, u64)> = latest["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap()))
+        .collect();
+    offsets.sort();
+    let ends: Vec<u64> = server.get("/v1/topics").unwrap()["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "t")
+        .unwrap()["end_offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_u64().unwrap())
+        .collect();
+    let want: Vec<(u64, u64)> =
+        (0..2u64).flat_map(|p| (ends[p as usize] - 3..ends[p as usize]).map(move |o| (p, o))).collect();
+    assert_eq!(offsets, want, "?last=3: the last three of each partition");
+
+    let component = weir_tests::guest("reservation");
+    let shown = on_a_terminal(&format!("{weir_bin} push {} --name reservation --server {url}", component.display()));
+    assert!(shown.contains("uploading reservation.wasm ["), "a bar while uploading: {shown}");
+    assert!(shown.contains("reservation@1"), "{shown}");
+}
+
+#[test]
+fn status_watch_refreshes_counts_and_lag_until_interrupted() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), Options::default());
+    let example = weir_tests::workspace_dir().join("guest-examples/reservation");
+    server.deploy(&example.join("app.yaml"));
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["status", "reservation", "--watch", "--server", &server.url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut screen = Vec::new();
+    let frames = |screen: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(screen).split("\x1b[2J\x1b[H").filter(|f| !f.is_empty()).map(str::to_owned).collect()
+    };
+    let records_in = |frame: &str| -> u64 {
+        frame.split(": in ").skip(1).filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok()).sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut produced = false;
+    loop {
+        assert!(Instant::now() < deadline, "no refreshed frame with the new records: {:?}", frames(&screen));
+        if let Ok(bytes) = rx.recv_timeout(Duration::from_millis(200)) {
+            screen.extend(bytes);
+        }
+        let all = frames(&screen);
+        let Some(last) = all.last() else { continue };
+        assert!(last.starts_with("reservation: running (embedded, exactly-once), lag"), "{last}");
+        if !produced {
+            let input = std::fs::read_to_string(example.join("input.jsonl")).unwrap();
+            server
+                .produce(
+                    "orders",
+                    &input.lines().filter(|l| l.contains(r#""topic": "orders""#)).collect::<Vec<_>>().join("\n"),
+                )
+                .unwrap();
+            produced = true;
+        } else if records_in(last) >= 9 + 9 - 2 {
+            // 9 orders read by `rekey`, the 7 it passes on read by `reserve`.
+            assert!(all.len() >= 2, "the first frame showed nothing yet, a later one the records");
+            assert_eq!(records_in(&all[0]), 0, "{}", all[0]);
+            break;
+        }
+    }
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+}

@@ -262,13 +262,16 @@ fn inject_topic(line: &str, topic: &str) -> String {
 pub struct ReadQuery {
     /// Offset to start from, in every partition read (default 0).
     from: Option<i64>,
+    /// Instead of `from`: the last this many offsets of every partition read
+    /// (the latest records; on Kafka transaction markers count too).
+    last: Option<u32>,
     /// Most records returned (default 1000).
     limit: Option<usize>,
     /// One partition only.
     partition: Option<u32>,
 }
 
-/// Read records from an offset (in each partition read), at most `limit`.
+/// Read records from an offset, or the last `last` (in each partition read), at most `limit`.
 #[utoipa::path(get, path = "/v1/topics/{topic}/records", tag = "topics", params(("topic" = String, Path, description = "topic"), ReadQuery),
     responses((status = 200, description = "records with offsets"), (status = 404, description = "unknown topic or partition")))]
 pub async fn read(
@@ -288,6 +291,7 @@ pub async fn read(
             }
             let read = kafka::ReadOptions {
                 from: q.from.unwrap_or(0).max(0),
+                last: q.last.map(i64::from),
                 limit: Some(q.limit.unwrap_or(1000).min(100_000)),
                 partition: q.partition,
                 uncommitted: false,
@@ -319,6 +323,7 @@ pub async fn read(
         let mut records = Vec::new();
         for p in partitions {
             let room = limit.saturating_sub(records.len());
+            let from = q.last.map_or(from, |n| (t.end_offset(p) - i64::from(n)).max(0));
             for r in node.backend.read(&t, p, from, room).map_err(|e| ApiError::internal(e.to_string()))? {
                 let line = OutputLine::new(&r.topic, r.partition, &r.record);
                 let mut v = serde_json::to_value(line).expect("json");

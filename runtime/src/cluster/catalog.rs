@@ -146,6 +146,12 @@ pub struct TaskBrief {
     /// Records restored / to restore, while restoring.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<(u64, u64)>,
+    /// Records read and emitted by the task so far (0 from instances of
+    /// before these fields: the record format's additions are optional).
+    #[serde(default)]
+    pub records_in: u64,
+    #[serde(default)]
+    pub records_out: u64,
 }
 
 /// One update of an instance, as other instances see it.

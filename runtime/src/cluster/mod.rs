@@ -294,6 +294,8 @@ impl Cluster {
                         .unwrap_or_default(),
                     lag: t.inputs.iter().map(|i| i.lag).sum(),
                     restore: t.restore.filter(|(done, total)| done < total),
+                    records_in: t.records_in,
+                    records_out: t.emitted.values().sum(),
                 })
                 .collect();
             applied.components = status.components.clone();
@@ -474,6 +476,7 @@ impl Cluster {
                 .collect();
             Some(json!({
                 "cluster": self.catalog.prefix,
+                "instance": self.instance_id,
                 "generation": current.generation,
                 "deleted": current.spec.is_none(),
                 "instances": instances,

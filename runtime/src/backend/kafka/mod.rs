@@ -403,6 +403,9 @@ pub fn to_record<M: Message>(m: &M) -> Record {
 pub struct ReadOptions {
     /// Offset to start from in each partition.
     pub from: i64,
+    /// Instead of `from`: this many offsets before each partition's end
+    /// (transaction markers take offsets too, so at most this many records).
+    pub last: Option<i64>,
     pub limit: Option<usize>,
     pub partition: Option<u32>,
     /// Also records of open or aborted transactions.
@@ -415,7 +418,7 @@ pub struct ReadOptions {
 /// committed records only unless `uncommitted`; each partition from `from`
 /// to its end. Returns how many it printed.
 pub fn consume(brokers: &str, topic: &str, read: &ReadOptions, out: &mut impl Write) -> anyhow::Result<usize> {
-    let ReadOptions { from, limit, partition, uncommitted, offsets } = read.clone();
+    let ReadOptions { from, last, limit, partition, uncommitted, offsets } = read.clone();
     let counts = partition_counts(brokers).map_err(anyhow::Error::msg)?;
     let partitions =
         *counts.get(topic).ok_or_else(|| anyhow::anyhow!("topic `{topic}` does not exist on {brokers}"))?;
@@ -429,7 +432,11 @@ pub fn consume(brokers: &str, topic: &str, read: &ReadOptions, out: &mut impl Wr
     // partition order.
     let mut tpl = TopicPartitionList::new();
     for p in &wanted {
-        tpl.add_partition_offset(topic, *p as i32, Offset::Offset(from))?;
+        let start = match last {
+            Some(n) => Offset::OffsetTail(n.max(0)),
+            None => Offset::Offset(from),
+        };
+        tpl.add_partition_offset(topic, *p as i32, start)?;
     }
     consumer.assign(&tpl)?;
     let mut lines: BTreeMap<u32, Vec<serde_json::Value>> = wanted.iter().map(|p| (*p, Vec::new())).collect();
