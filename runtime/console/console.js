@@ -619,14 +619,16 @@ function buildStoreBrowser(section, app, topology) {
   const store = h("select", { name: "store" }, stores.map(s => h("option", { value: s }, s)));
   const key = h("input", { name: "key", placeholder: "key, or a prefix" });
   const results = h("tbody");
-  const show = entries => results.replaceChildren(...(entries.length ? entries.map(e => h("tr", {}, h("td", {}, e.key), h("td", { class: "num" }, e.partition ?? "–"), h("td", { class: "preview" }, fmt.preview(e.value))))
-    : [h("tr", {}, h("td", { colspan: 3, class: "muted" }, "nothing found"))]));
+  const show = entries => results.replaceChildren(...(entries.length
+    ? entries.map(e => h("tr", {}, h("td", {}, e.key), h("td", { class: "num" }, e.partition ?? "–"),
+      h("td", { class: "served-by" }, e.served_by || "this instance"), h("td", { class: "preview" }, fmt.preview(e.value))))
+    : [h("tr", {}, h("td", { colspan: 4, class: "muted" }, "nothing found"))]));
   const run = async exact => {
     const base = `/v1/apps/${encodeURIComponent(app)}/stores/${encodeURIComponent(store.value)}`;
     try {
       if (exact) {
         const { body } = await api("GET", `${base}/keys/${encodeURIComponent(key.value)}`);
-        show([{ key: key.value, partition: body.partition, value: body.value }]);
+        show([{ key: key.value, partition: body.partition, served_by: body.served_by, value: body.value }]);
       } else {
         const { body } = await api("GET", `${base}?prefix=${encodeURIComponent(key.value)}&limit=100`);
         show(body.entries || []);
@@ -640,8 +642,9 @@ function buildStoreBrowser(section, app, topology) {
     h("button", { type: "submit", name: "lookup" }, "Look up key"),
     h("button", { type: "button", name: "scan", onclick: () => run(false) }, "Scan prefix"));
   form.addEventListener("submit", ev => { ev.preventDefault(); run(true); });
-  section.append(form, h("table", { id: "store-results" }, h("thead", {}, h("tr", {}, h("th", {}, "key"), h("th", {}, "partition"), h("th", {}, "value"))), results),
-    h("p", { class: "muted" }, "Served by interactive queries: keys on another instance are fetched from it."));
+  section.append(form, h("table", { id: "store-results" }, h("thead", {}, h("tr", {}, ["key", "partition", "served by", "value"].map(t => h("th", {}, t)))), results),
+    h("p", { class: "muted" }, "Served by interactive queries: keys on another instance are fetched from it. Showing the first 100 entries."));
+  run(false); // the first entries at once, before anyone asks
 }
 
 async function deleteApp(ev, name) {

@@ -135,15 +135,66 @@ fn edge(from: &str, to: &str, kind: &str) -> Value {
 mod tests {
     use crate::topology::parse_spec;
 
-    #[test]
-    fn the_reservation_graph_has_every_node_and_edge_of_its_spec() {
-        let spec = parse_spec(include_str!("../../../guest-examples/reservation/app.yaml")).unwrap();
-        let topology = crate::topology::Topology::compile(spec).unwrap();
-        let graph = topology.describe();
+    fn graph(spec_yaml: &str) -> serde_json::Value {
+        crate::topology::Topology::compile(parse_spec(spec_yaml).unwrap()).unwrap().describe()
+    }
+
+    fn node_ids(graph: &serde_json::Value) -> Vec<&str> {
         let mut ids: Vec<&str> = graph["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
         ids.sort();
+        ids
+    }
+
+    fn edge_lines(graph: &serde_json::Value) -> Vec<String> {
+        let line = |e: &serde_json::Value| {
+            format!("{} -{}-> {}", e["from"].as_str().unwrap(), e["kind"].as_str().unwrap(), e["to"].as_str().unwrap())
+        };
+        let mut edges: Vec<String> = graph["edges"].as_array().unwrap().iter().map(line).collect();
+        edges.sort();
+        edges
+    }
+
+    #[test]
+    fn a_table_and_a_global_table_are_nodes_with_their_stores_read_by_processors() {
+        let graph = graph(include_str!("../../../guest-examples/enrichment/app.yaml"));
         assert_eq!(
-            ids,
+            node_ids(&graph),
+            [
+                "global-table:products",
+                "processor:by-customer",
+                "processor:by-product",
+                "sink:orders-enriched",
+                "sink:orders-unmatched",
+                "source:orders",
+                "store:customers",
+                "store:products",
+                "table:customers",
+            ]
+        );
+        assert_eq!(
+            edge_lines(&graph),
+            [
+                "global-table:products -store-> store:products",
+                "processor:by-customer -reads-store-> store:customers",
+                "processor:by-customer -records-> processor:by-product",
+                "processor:by-customer -sink-> sink:orders-unmatched",
+                "processor:by-product -reads-store-> store:products",
+                "processor:by-product -sink-> sink:orders-enriched",
+                "processor:by-product -sink-> sink:orders-unmatched",
+                "source:orders -records-> processor:by-customer",
+                "table:customers -store-> store:customers",
+            ]
+        );
+        let node = |id: &str| graph["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap().clone();
+        assert_eq!(node("global-table:products")["subtopology"], serde_json::Value::Null, "global: in no sub-topology");
+        assert_eq!(node("table:customers")["topic"], "customers");
+    }
+
+    #[test]
+    fn the_reservation_graph_has_every_node_and_edge_of_its_spec() {
+        let graph = graph(include_str!("../../../guest-examples/reservation/app.yaml"));
+        assert_eq!(
+            node_ids(&graph),
             [
                 "processor:rekey",
                 "processor:reserve",
@@ -155,22 +206,8 @@ mod tests {
                 "store:stock",
             ]
         );
-        let mut edges: Vec<String> = graph["edges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} -{}-> {}",
-                    e["from"].as_str().unwrap(),
-                    e["kind"].as_str().unwrap(),
-                    e["to"].as_str().unwrap()
-                )
-            })
-            .collect();
-        edges.sort();
         assert_eq!(
-            edges,
+            edge_lines(&graph),
             [
                 "processor:rekey -repartition-> repartition:orders-by-product",
                 "processor:reserve -sink-> sink:orders-rejected",
