@@ -16,7 +16,13 @@ fn main() {
     println!("cargo:rerun-if-changed=console/package-lock.json");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("console");
     let installed = |root: &Path| ASSETS.iter().all(|a| root.join("node_modules").join(a).is_file());
-    if !installed(&out) || lock_changed(&out) {
+    // The stamp is written only after `npm ci` succeeded: modules left by a
+    // failed install, or installed from other package files, never count.
+    let wanted = stamp();
+    let stamp_file = out.join("installed.stamp");
+    if !installed(&out) || std::fs::read(&stamp_file).ok().as_deref() != Some(&wanted[..]) {
+        let _ = std::fs::remove_file(&stamp_file);
+        let _ = std::fs::remove_dir_all(out.join("node_modules"));
         std::fs::create_dir_all(&out).expect("create OUT_DIR/console");
         for file in ["package.json", "package-lock.json"] {
             std::fs::copy(Path::new("console").join(file), out.join(file)).expect("copy the console's package files");
@@ -37,6 +43,7 @@ fn main() {
             ),
         }
         assert!(installed(&out), "npm ci ran but the console's dist files are missing: {ASSETS:?}");
+        std::fs::write(&stamp_file, &wanted).expect("write the install stamp");
     }
     for asset in ASSETS {
         let name = Path::new(asset).file_name().and_then(|n| n.to_str()).expect("asset names");
@@ -44,10 +51,14 @@ fn main() {
     }
 }
 
-/// Whether the lock file differs from the one the installed modules came from.
-fn lock_changed(out: &Path) -> bool {
-    let read = |p: PathBuf| std::fs::read(p).ok();
-    read(Path::new("console").join("package-lock.json")) != read(out.join("package-lock.json"))
+/// What the installed modules must come from: both package files, as they are.
+fn stamp() -> Vec<u8> {
+    let mut stamp = Vec::new();
+    for file in ["package.json", "package-lock.json"] {
+        stamp.extend(std::fs::read(Path::new("console").join(file)).expect("the console's package files"));
+        stamp.push(0);
+    }
+    stamp
 }
 
 /// `uPlot.min.css` → `UPLOT_MIN_CSS`.

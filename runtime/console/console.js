@@ -54,8 +54,8 @@ class ApiFailure extends Error {
   }
 }
 
-async function api(method, path, body, contentType) {
-  const headers = {};
+async function api(method, path, body, contentType, extraHeaders) {
+  const headers = Object.assign({}, extraHeaders || {});
   if (session.token) headers["Authorization"] = `Bearer ${session.token}`;
   if (body !== undefined) headers["Content-Type"] = contentType || "application/json";
   const response = await fetch(path, { method, headers, body });
@@ -116,6 +116,13 @@ function stateCell(state) {
   return h("td", { class: `state-${state}` }, state);
 }
 
+/** A link for an http(s) URL; anything else (a `javascript:` URL planted in
+ * the catalog, say) is shown as text only. */
+function linkIfHttp(url) {
+  if (!url) return "–";
+  return /^https?:\/\//i.test(url) ? h("a", { href: url }, url) : url;
+}
+
 function canAct() {
   return !session.writesNeedToken || session.token !== "";
 }
@@ -130,24 +137,37 @@ function actionButton(label, attrs) {
 // ---- polling and routing ----------------------------------------------------
 
 let page = null; // the current page: { stop() }
+let pageNumber = 0; // bumped on every navigation: a late answer for an old page writes nothing
 
 function route() {
   if (page) page.stop();
+  pageNumber++;
   flash("");
   const main = document.getElementById("main");
   main.replaceChildren();
   const hash = location.hash || "#/";
   const m = hash.match(/^#\/apps\/([^/]+)$/);
-  page = m ? appPage(main, decodeURIComponent(m[1])) : overviewPage(main);
+  let app = null;
+  try { app = m ? decodeURIComponent(m[1]) : null; } catch (_) { app = null; }
+  page = app !== null ? appPage(main, app) : overviewPage(main);
 }
 
-/** Calls `tick` now and every POLL_MS until stopped; errors show, polling goes on. */
+/** Runs `f` only while the page that asked is still the current one. */
+function forThisPage(f) {
+  const mine = pageNumber;
+  return (...args) => { if (mine === pageNumber) f(...args); };
+}
+
+/** Calls `tick` now and every POLL_MS until stopped; errors show, polling
+ * goes on. `tick` gets `alive()`: false once the page was left (check it
+ * after every await before writing outside the page's own elements). */
 function poller(tick) {
   let stopped = false;
   let timer = null;
+  const alive = () => !stopped;
   const run = async () => {
     if (stopped) return;
-    try { await tick(); } catch (e) { if (!stopped) showPollError(e); }
+    try { await tick(alive); } catch (e) { if (!stopped) showPollError(e); }
     if (!stopped) timer = setTimeout(run, POLL_MS);
   };
   run();
@@ -187,15 +207,15 @@ function overviewPage(main) {
         h("tr", {}, h("td", {}, name), h("td", {}, (Array.isArray(versions) ? versions : Object.keys(versions)).map(v => (typeof v === "object" ? v.version : v)).join(", ")))),
       ...(body.unnamed || []).map(sha => h("tr", {}, h("td", { class: "muted" }, "(unnamed)"), h("td", { class: "preview" }, `sha256:${sha}`))));
   };
-  refreshComponents().catch(showPollError);
-  return poller(async () => {
+  refreshComponents().catch(forThisPage(showPollError));
+  return poller(async alive => {
     const { body } = await api("GET", "/v1/apps");
     const statuses = await Promise.all(body.apps.map(a => api("GET", `/v1/apps/${encodeURIComponent(a.name)}`).then(r => r.body).catch(() => null)));
     const now = Date.now();
     appsBody.replaceChildren(...body.apps.map((a, i) => {
       const s = statuses[i] || {};
       const tasks = s.tasks || [];
-      const r = rates.sample(a.name, now, ...appCounters(s));
+      const r = appRates(rates, a.name, s, now);
       return h("tr", { "data-app": a.name },
         h("td", {}, h("a", { href: `#/apps/${encodeURIComponent(a.name)}` }, a.name)),
         stateCell(a.state), h("td", {}, s.guarantee || "–"), h("td", {}, s.backend || "–"),
@@ -204,7 +224,7 @@ function overviewPage(main) {
     }));
     if (body.apps.length === 0) appsBody.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No application is deployed. Deploy a spec below, or `weir deploy app.yaml`.")));
     await renderCluster(clusterSection);
-    document.getElementById("poll-error").textContent = "";
+    if (alive()) document.getElementById("poll-error").textContent = "";
   });
 }
 
@@ -216,23 +236,49 @@ function emittedOf(task) {
   return Object.values(task.emitted || {}).reduce((a, b) => a + b, 0);
 }
 
-/** Records in and out of an application so far: its tasks here, or in a
- * cluster every instance's tasks (from their heartbeats). */
-function appCounters(status) {
-  const tasks = status.cluster ? (status.cluster.instances || []).flatMap(i => i.tasks || []) : status.tasks || [];
-  return [sum(tasks, t => t.records_in), sum(tasks, t => (t.emitted ? emittedOf(t) : t.records_out))];
-}
 
-/** Per-second rates from successive counter samples, by key. */
+
+/** Per-second rates from successive counter samples, by key. A sample
+ * taken at the same time as the last one (another instance's heartbeat,
+ * not renewed since the previous poll) keeps the last rate. */
 class Rates {
   constructor() { this.last = new Map(); }
   sample(key, t, inCount, outCount) {
     const prev = this.last.get(key);
-    this.last.set(key, { t, inCount, outCount });
-    if (!prev || t <= prev.t) return { in: null, out: null };
-    const dt = (t - prev.t) / 1000;
-    return { in: Math.max(0, inCount - prev.inCount) / dt, out: Math.max(0, outCount - prev.outCount) / dt };
+    if (prev && t <= prev.t) return prev.rate;
+    const rate = !prev ? { in: null, out: null } : {
+      in: Math.max(0, inCount - prev.inCount) / ((t - prev.t) / 1000),
+      out: Math.max(0, outCount - prev.outCount) / ((t - prev.t) / 1000),
+    };
+    this.last.set(key, { t, inCount, outCount, rate });
+    return rate;
   }
+}
+
+/** The instances of a cluster view still alive (a dead one's last tasks
+ * have moved to the others). */
+function liveInstances(status) {
+  return ((status.cluster && status.cluster.instances) || []).filter(i => i.alive);
+}
+
+function outOf(task) {
+  return task.emitted ? emittedOf(task) : task.records_out || 0;
+}
+
+/** An application's records in and out per second: from its tasks here, or
+ * in a cluster from every live instance's heartbeat (each at its own time). */
+function appRates(rates, key, status, now) {
+  if (!status.cluster) {
+    const tasks = status.tasks || [];
+    return rates.sample(key, now, sum(tasks, t => t.records_in), sum(tasks, outOf));
+  }
+  let total = { in: null, out: null };
+  for (const i of liveInstances(status)) {
+    const tasks = i.tasks || [];
+    const r = rates.sample(`${key}/${i.id}`, i.at_ms || now, sum(tasks, t => t.records_in), sum(tasks, outOf));
+    if (r.in !== null) total = { in: (total.in || 0) + r.in, out: (total.out || 0) + r.out };
+  }
+  return total;
 }
 
 let inNoCluster = false;
@@ -258,7 +304,7 @@ function instancesTable(instances) {
   return h("table", { class: "instances" },
     h("thead", {}, h("tr", {}, ["instance", "URL", "alive", "applied", "tasks"].map(t => h("th", {}, t)))),
     h("tbody", {}, instances.map(i => h("tr", { "data-instance": i.id },
-      h("td", {}, i.id), h("td", {}, i.url ? h("a", { href: i.url }, i.url) : "–"),
+      h("td", {}, i.id), h("td", {}, linkIfHttp(i.url)),
       h("td", { class: `alive-${!!i.alive}` }, i.alive ? "alive" : "not alive"),
       h("td", {}, applied(i) || "–"),
       h("td", { class: "num" }, taskCount(i))))));
@@ -358,11 +404,12 @@ function appPage(main, name) {
   let recentDeadByProcessor = new Map();
   let tick = 0;
 
-  return poller(async () => {
+  return poller(async alive => {
     const { body: s } = await api("GET", `/v1/apps/${encodeURIComponent(name)}`);
+    if (!alive()) return;
     const now = Date.now();
     const tasks = s.tasks || [];
-    const r = rates.sample("app", now, ...appCounters(s));
+    const r = appRates(rates, "app", s, now);
     summary.replaceChildren(h("table", {}, h("tbody", {},
       h("tr", {}, h("th", {}, "state"), stateCell(s.state), h("th", {}, "guarantee"), h("td", {}, s.guarantee || "–"), h("th", {}, "backend"), h("td", {}, s.backend)),
       h("tr", {}, h("th", {}, "lag"), h("td", { class: "num", id: "app-lag" }, fmt.num(s.lag)), h("th", {}, "in/s"), h("td", { class: "num" }, fmt.rate(r.in)), h("th", {}, "out/s"), h("td", { class: "num" }, fmt.rate(r.out))),
@@ -384,14 +431,16 @@ function appPage(main, name) {
     renderTasks(tasksBody, s, now, taskRates);
     renderSwaps(swapsBody, s.swaps || []);
     renderInstances(instances, s.cluster);
-    if (s.spec && swapFormFor !== JSON.stringify(s.spec.processors)) {
-      swapFormFor = JSON.stringify(s.spec.processors);
-      await buildSwapForm(swapForm, name, s.spec);
+    const specKey = s.spec ? toJson(s.spec) : null;
+    if (specKey && swapFormFor !== specKey) {
+      // Rebuilt on any change of the spec: a swap sends the spec as it runs now.
+      await buildSwapForm(swapForm, name, s.spec, s.cluster ? s.cluster.generation : null);
+      swapFormFor = specKey;
     }
     if (s.topology && storesFor === null) { storesFor = name; buildStoreBrowser(storeSection, name, s.topology); }
     if (deadTopic && tick % 2 === 0) recentDeadByProcessor = await renderDeadLetters(deadBody, deadTopic, deadSeen);
     tick++;
-    document.getElementById("poll-error").textContent = "";
+    if (alive()) document.getElementById("poll-error").textContent = "";
   });
 }
 
@@ -483,7 +532,7 @@ function shortComponent(c) {
 
 /** Colours processors: failed tasks of their sub-topology, recent dead letters. */
 function paintHealth(container, status, recentDeadByProcessor) {
-  const everyTask = (status.tasks || []).concat(((status.cluster && status.cluster.instances) || []).flatMap(i => i.tasks || []));
+  const everyTask = (status.tasks || []).concat(liveInstances(status).flatMap(i => i.tasks || []));
   const failedSubs = new Set(everyTask.filter(t => t.state === "failed" || t.error).map(subtopologyOf));
   for (const el of container.querySelectorAll("g.node.kind-processor")) {
     const id = el.getAttribute("data-id");
@@ -509,16 +558,16 @@ function renderTasks(body, status, now, taskRates) {
   const rows = [];
   const local = status.cluster ? null : "this instance";
   const sources = status.cluster
-    ? (status.cluster.instances || []).flatMap(i => (i.tasks || []).map(t => ({ instance: i.id, task: t })))
-    : (status.tasks || []).map(t => ({ instance: local, task: t }));
+    ? liveInstances(status).flatMap(i => (i.tasks || []).map(t => ({ instance: i.id, at: i.at_ms, task: t })))
+    : (status.tasks || []).map(t => ({ instance: local, at: now, task: t }));
   // This instance's tasks have every counter; another instance's, the brief
   // its heartbeat carries (partition, state, lag, restore progress).
   const here = status.cluster ? status.cluster.instance : local;
   const detailed = new Map((status.tasks || []).map(t => [t.id, t]));
-  for (const { instance, task: brief } of sources) {
+  for (const { instance, at, task: brief } of sources) {
     const t = instance === here && detailed.has(brief.id) ? Object.assign({}, brief, detailed.get(brief.id)) : brief;
-    const out = t.emitted ? emittedOf(t) : t.records_out || 0;
-    const r = taskRates.sample(`${instance}/${t.id}`, now, t.records_in || 0, out);
+    // Another instance's counters are as of its last heartbeat.
+    const r = taskRates.sample(`${instance}/${t.id}`, instance === here ? now : at || now, t.records_in || 0, outOf(t));
     const lag = t.inputs ? sum(t.inputs, i => i.lag) : t.lag;
     const restoring = t.restore && (t.state === "restoring" || t.restore[0] < t.restore[1]);
     const restore = restoring ? `${fmt.num(t.restore[0])} / ${fmt.num(t.restore[1])}`
@@ -575,7 +624,7 @@ async function renderDeadLetters(body, topic, seen) {
     known.add(id);
     if (seen.known && !seen.known.has(id) && hd["weir.processor"]) seen.warnUntil.set(hd["weir.processor"], now + 15000);
     return h("tr", { "data-offset": `${rec.partition}:${rec.offset}` },
-      h("td", { class: "num" }, `${rec.partition}:${rec.offset}`), h("td", {}, fmt.time(rec.timestamp)), h("td", {}, rec.key ?? "–"),
+      h("td", { class: "num" }, `${rec.partition}:${rec.offset}`), h("td", {}, fmt.time(rec.timestamp)), h("td", {}, rec.key === null || rec.key === undefined ? "–" : fmt.preview(rec.key)),
       h("td", { class: "dl-error" }, hd["weir.error"] || ""), h("td", { class: "dl-kind" }, hd["weir.error.kind"] || ""),
       h("td", {}, hd["weir.processor"] || ""),
       h("td", {}, `${hd["weir.source.topic"] || "?"}/${hd["weir.source.partition"] || "?"}@${hd["weir.source.offset"] || "?"}`),
@@ -587,7 +636,7 @@ async function renderDeadLetters(body, topic, seen) {
 }
 
 /** Processor → a registered component version; the update is the running spec with that one reference changed. */
-async function buildSwapForm(form, app, spec) {
+async function buildSwapForm(form, app, spec, generation) {
   const body = await learnComponentNames();
   const choices = [];
   for (const [name, versions] of Object.entries(body.components || {})) {
@@ -600,11 +649,14 @@ async function buildSwapForm(form, app, spec) {
   form.replaceChildren(...[processor, h("span", {}, "→"), version, actionButton("Swap"), note].filter(Boolean));
   form.onsubmit = async ev => {
     ev.preventDefault();
-    const updated = JSON.parse(JSON.stringify(spec));
+    const updated = structuredClone(spec);
     updated.processors[processor.value].component = version.value;
     flash(`swapping ${processor.value} to ${version.value}…`, "info");
     try {
-      const { body: d } = await api("PUT", `/v1/apps/${encodeURIComponent(app)}`, JSON.stringify(updated), "application/json");
+      // In a cluster, only over the generation this form was built from:
+      // a deploy in between makes it 409 instead of undoing that deploy.
+      const extra = generation !== null && generation !== undefined ? { "If-Match": String(generation) } : {};
+      const { body: d } = await api("PUT", `/v1/apps/${encodeURIComponent(app)}`, toJson(updated), "application/json", extra);
       const u = d.update;
       flash(u ? `update ${u.id}: ${u.state}${u.max_pause_ms !== undefined ? `, longest pause ${u.max_pause_ms.toFixed(2)} ms` : ""}` : d.action, "info");
     } catch (e) {
@@ -614,13 +666,14 @@ async function buildSwapForm(form, app, spec) {
 }
 
 function buildStoreBrowser(section, app, topology) {
+  const flashHere = forThisPage(flash);
   const stores = topology.nodes.filter(n => n.kind === "store").map(n => n.name);
   if (stores.length === 0) { section.append(h("p", { class: "muted" }, "This application has no store.")); return; }
   const store = h("select", { name: "store" }, stores.map(s => h("option", { value: s }, s)));
   const key = h("input", { name: "key", placeholder: "key, or a prefix" });
   const results = h("tbody");
   const show = entries => results.replaceChildren(...(entries.length
-    ? entries.map(e => h("tr", {}, h("td", {}, e.key), h("td", { class: "num" }, e.partition ?? "–"),
+    ? entries.map(e => h("tr", {}, h("td", {}, fmt.preview(e.key)), h("td", { class: "num" }, e.partition ?? "–"),
       h("td", { class: "served-by" }, e.served_by || "this instance"), h("td", { class: "preview" }, fmt.preview(e.value))))
     : [h("tr", {}, h("td", { colspan: 4, class: "muted" }, "nothing found"))]));
   const run = async exact => {
@@ -635,7 +688,7 @@ function buildStoreBrowser(section, app, topology) {
       }
     } catch (e) {
       if (e instanceof ApiFailure && e.status === 404 && exact) show([]);
-      else flash(describeFailure("query", e), "error");
+      else flashHere(describeFailure("query", e), "error");
     }
   };
   const form = h("form", { class: "action", id: "store-form" }, store, key,

@@ -126,6 +126,13 @@ pub struct Deployment {
     pub cluster: Option<serde_json::Value>,
 }
 
+/// Whether a hot swap's commits wait for the cluster to confirm it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    No,
+    ForTheCluster,
+}
+
 /// How long a deploy waits for a trap on probation once every task switched
 /// (how long it waits for the switch: [`crate::backend::control::SWITCH_TIMEOUT`]).
 const PROBATION_WAIT: Duration = Duration::from_secs(2);
@@ -389,11 +396,27 @@ impl Node {
         }
     }
 
-    /// Deploys on this instance only (the cluster's agent applies
-    /// generations through this).
+    /// Deploys on this instance only.
     pub fn deploy_local(&self, spec: Spec) -> Result<Deployment, DeployError> {
         let _claim = self.claim(&spec.name)?;
         self.deploy_claimed(spec)
+    }
+
+    /// [`deploy_local`](Self::deploy_local) for the cluster's agent applying
+    /// a generation: a hot swap's commits are held for the cluster
+    /// ([`crate::backend::control::ClusterHold`]); the agent releases or
+    /// refuses the update the answer's record names.
+    pub fn apply_for_cluster(&self, spec: Spec) -> Result<Deployment, DeployError> {
+        let _claim = self.claim(&spec.name)?;
+        if self.apps.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&spec.name) {
+            return self.update_now(spec, Hold::ForTheCluster);
+        }
+        self.deploy_claimed(spec)
+    }
+
+    /// The control plane of an application running here.
+    pub fn control(&self, name: &str) -> Option<Arc<crate::backend::control::Control>> {
+        self.apps.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|d| d.app.control().clone())
     }
 
     /// The spec an application runs here.
@@ -425,7 +448,7 @@ impl Node {
     fn deploy_claimed(&self, spec: Spec) -> Result<Deployment, DeployError> {
         let name = spec.name.clone();
         if self.apps.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&name) {
-            return self.update_now(spec);
+            return self.update_now(spec, Hold::No);
         }
         self.start(spec.clone(), Vec::new())?;
         let definition = serde_json::to_vec(&spec).expect("specs serialise");
@@ -450,10 +473,10 @@ impl Node {
     /// commit; stores that remain keep their state.
     pub fn update(&self, spec: Spec) -> Result<Deployment, DeployError> {
         let _claim = self.claim(&spec.name)?;
-        self.update_now(spec)
+        self.update_now(spec, Hold::No)
     }
 
-    fn update_now(&self, spec: Spec) -> Result<Deployment, DeployError> {
+    fn update_now(&self, spec: Spec, hold: Hold) -> Result<Deployment, DeployError> {
         let name = spec.name.clone();
         let new = self.prepare(spec.clone())?;
         let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
@@ -463,7 +486,14 @@ impl Node {
         };
         let old = deployed.app.runtime();
         if shape(&old.topology.spec) == shape(&spec) && old.topology.partitions == new.topology.partitions {
-            let id = deployed.app.update(new).map_err(|_| DeployError::Busy(name.clone()))?;
+            let control = deployed.app.control().clone();
+            if hold == Hold::ForTheCluster {
+                control.hold_next_update();
+            }
+            let id = deployed.app.update(new).map_err(|_| {
+                control.release(control.generation() + 1);
+                DeployError::Busy(name.clone())
+            })?;
             drop(apps);
             let record = self.wait_for_switch(&name, id).ok_or_else(|| DeployError::Gone(name.clone()))?;
             if record.state == "rolled-back" {

@@ -126,16 +126,20 @@ fn one_instance_s_api_drives_the_cluster_deploy_runs_everywhere_generations_race
     });
     // The console on C shows the same: every instance, every task (in Chromium).
     let ids: Vec<&str> = instances.iter().filter_map(|i| i["id"].as_str()).collect();
+    let screenshots = weir_tests::workspace_dir().join("target/console-screenshots/cluster");
+    let _ = std::fs::remove_dir_all(&screenshots);
+    let instances_arg = ids.join(",");
     crate::console::browser_steps(
         &[
             ("WEIR_SCENARIO", "cluster"),
             ("WEIR_URL", &c.url),
             ("WEIR_APP", &app.name),
-            ("WEIR_INSTANCES", &ids.join(",")),
+            ("WEIR_INSTANCES", &instances_arg),
         ],
-        &weir_tests::workspace_dir().join("target/console-screenshots"),
+        &screenshots,
         &c,
     );
+    assert!(screenshots.join("cluster-02-app.png").is_file());
     let overview = b.get("/v1/cluster").unwrap();
     assert_eq!(overview["instances"].as_array().unwrap().len(), 3, "{overview:#}");
     assert_eq!(overview["apps"][0]["name"], app.name.as_str());
@@ -274,6 +278,35 @@ fn a_cluster_wide_hot_swap_under_load_and_a_trapping_version_rolled_back_on_ever
         "the guest's message: {message}"
     );
     assert!(message.contains("every instance went back"), "{message}");
+
+    // A version that traps on one instance only (the one owning partition
+    // 3), sent to A: the others run it through its probation and process
+    // records with it, yet none of it is committed anywhere, because every
+    // instance holds a swap's commits until all of them ran it.
+    let partial =
+        key_count_spec(dir.path(), &app, "partial.yaml", "{guests}/misbehave.wasm", "out: counts, trap_partition: 3");
+    let err = weir::client::upload_and_deploy(&partial, &a.url).expect_err("a version trapping on one instance");
+    let message = format!("{err:#}");
+    assert!(message.contains("422 update-rolled-back"), "{message}");
+    assert!(message.contains("trap on partition 3"), "the guest's message: {message}");
+    assert!(message.contains("every instance went back"), "{message}");
+    // The instances that did not trap refused it for the cluster, with
+    // nothing of it committed.
+    let refused = wait_for(Duration::from_secs(20), "an instance refusing the swap for the cluster", || {
+        let status = a.get(&format!("/v1/apps/{}", app.name)).ok()?;
+        let swaps: Vec<Value> = status["cluster"]["instances"]
+            .as_array()?
+            .iter()
+            .flat_map(|i| i["swaps"].as_array().cloned().unwrap_or_default())
+            .collect();
+        swaps
+            .iter()
+            .any(|s| {
+                s["state"] == "rolled-back" && s["error"].as_str().is_some_and(|e| e.contains("with nothing committed"))
+            })
+            .then_some(swaps)
+    });
+    assert!(!refused.is_empty());
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Release);
     let sent = producer.join().unwrap();
@@ -283,7 +316,10 @@ fn a_cluster_wide_hot_swap_under_load_and_a_trapping_version_rolled_back_on_ever
     // the trapping version.
     assert_eq!(app.assert_exactly_once(kafka), sent);
     let mut versions: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
-    for r in kafka.consume(&app.counts) {
+    let outputs = kafka.consume(&app.counts);
+    let leaked: Vec<&Value> = outputs.iter().filter(|r| !r["value"]["version"].is_i64()).collect();
+    assert!(leaked.is_empty(), "records of the rolled-back versions were committed: {leaked:?}");
+    for r in outputs {
         versions
             .entry(r["key"].as_str().unwrap().to_owned())
             .or_default()
@@ -299,7 +335,9 @@ fn a_cluster_wide_hot_swap_under_load_and_a_trapping_version_rolled_back_on_ever
     assert!(v1s > 0 && v2s > 0, "both versions ran: v1 {v1s}, v2 {v2s}");
     let status = a.get(&format!("/v1/apps/{}", app.name)).unwrap();
     let generations = status["cluster"]["generations"].as_array().unwrap();
-    assert_eq!(generations.last().unwrap()["rollback_of"], 3, "{status:#}");
+    // Each failed version was followed by its rollback.
+    let rollbacks = generations.iter().filter(|g| g["rollback_of"].is_u64()).count();
+    assert_eq!(rollbacks, 2, "{status:#}");
     let pauses: Vec<f64> = [&a, &b, &c]
         .iter()
         .filter_map(|s| {

@@ -14,8 +14,11 @@ use crate::server::{Options, Server};
 
 const TOKEN: &str = "console-s3cret";
 
-/// `npm ci` in tests/console unless playwright-core is there already.
+/// `npm ci` in tests/console unless playwright-core is there already (once
+/// at a time: the console tests of this binary may run in parallel).
 fn playwright(dir: &Path) {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     if dir.join("node_modules/playwright-core/package.json").is_file() {
         return;
     }
@@ -107,7 +110,8 @@ fn the_console_shows_and_drives_the_reservation_example_in_chromium() {
 
     let v2 = dir.path().join("reservation-v2.wasm");
     second_build(&weir_tests::guest("reservation"), &v2);
-    let screenshots = workspace.join("target/console-screenshots");
+    let screenshots = workspace.join("target/console-screenshots/reservation");
+    let _ = std::fs::remove_dir_all(&screenshots);
     let v2 = v2.to_string_lossy().into_owned();
     browser_steps(&[("WEIR_URL", &server.url), ("WEIR_TOKEN", TOKEN), ("WEIR_V2_WASM", &v2)], &screenshots, &server);
     for shot in [

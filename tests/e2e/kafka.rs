@@ -81,7 +81,16 @@ pub fn wait_drained(kafka: &Kafka, servers: &[&Server], app: &str, topics: &[&st
     while drained(kafka, servers, app, topics, &mut last_records).is_none() {
         if Instant::now() > deadline {
             let logs: Vec<String> = servers.iter().map(|s| s.log_tail()).collect();
-            panic!("timed out waiting for {what}\n{}", logs.join("\n-----\n"));
+            let statuses: Vec<String> = servers
+                .iter()
+                .map(|s| format!("{:#}", s.get(&format!("/v1/apps/{app}")).unwrap_or_default()))
+                .collect();
+            let ends: Vec<String> = topics.iter().map(|t| format!("{t}: {:?}", kafka.ends(t))).collect();
+            panic!(
+                "timed out waiting for {what}\nends: {ends:?}\nstatus:\n{}\nlogs:\n{}",
+                statuses.join("\n-----\n"),
+                logs.join("\n-----\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

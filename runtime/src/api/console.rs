@@ -49,15 +49,29 @@ pub fn routes() -> Router<Arc<Node>> {
     Router::new().route("/", get(index)).route("/console/{file}", get(asset))
 }
 
+/// Headers of every console file: never framed by another site (the page
+/// acts with the user's token), never sniffed as another type.
+fn served(content_type: &'static str, bytes: &'static [u8]) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
 async fn index() -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], INDEX).into_response()
+    served("text/html; charset=utf-8", INDEX)
 }
 
 async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|a| a.name == file) {
-        Some(a) => {
-            ([(header::CONTENT_TYPE, a.content_type), (header::CACHE_CONTROL, "no-cache")], a.bytes).into_response()
-        }
+        Some(a) => served(a.content_type, a.bytes),
         None => ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("the console has no file `{file}`"))
             .into_response(),
     }

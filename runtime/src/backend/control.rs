@@ -43,6 +43,21 @@ pub struct Control {
     pub(crate) metrics: Arc<AppMetrics>,
     /// See [`SWITCH_TIMEOUT`].
     switch_timeout: Mutex<Duration>,
+    /// A cluster-wide probation (see [`ClusterHold`]).
+    cluster_hold: Mutex<Option<ClusterHold>>,
+}
+
+/// An update the cluster has not confirmed yet. In a weir cluster a hot swap
+/// is on probation on every instance at once: until every live instance ran
+/// the new version through its local probation, no instance commits work of
+/// it (exactly-once: its outputs stay in the tasks, its transaction is not
+/// committed). Released, commits go on and the version passes; refused
+/// (another instance failed it, or the cluster did not confirm in time), it
+/// rolls back like a local probation failure: each task drops its
+/// uncommitted work of it and goes back, so nothing of it was committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterHold {
+    pub update: u64,
 }
 
 /// See [`EmbeddedApp::on_rollback`].
@@ -70,7 +85,49 @@ impl Control {
             on_rollback: Mutex::new(None),
             metrics: Arc::new(AppMetrics::default()),
             switch_timeout: Mutex::new(SWITCH_TIMEOUT),
+            cluster_hold: Mutex::new(None),
         }
+    }
+
+    /// Holds the commits of the next update (the one [`begin`](Self::begin)
+    /// starts next) until the cluster releases or refuses it. Set before the
+    /// update begins, so no task can commit work of it in between.
+    pub fn hold_next_update(&self) {
+        let next = self.generation() + 1;
+        *self.cluster_hold.lock().unwrap_or_else(|e| e.into_inner()) = Some(ClusterHold { update: next });
+    }
+
+    /// The update the cluster holds, if any.
+    pub fn cluster_hold(&self) -> Option<ClusterHold> {
+        self.cluster_hold.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The cluster confirmed update `update`: its commits go on.
+    pub fn release(&self, update: u64) {
+        let mut hold = self.cluster_hold.lock().unwrap_or_else(|e| e.into_inner());
+        if hold.as_ref().is_some_and(|h| h.update == update) {
+            *hold = None;
+        }
+    }
+
+    /// The cluster refused update `update`: it rolls back here (see
+    /// [`failed`](Self::failed)); the workers drop its uncommitted work.
+    /// The rollback is recorded before the hold ends, so a worker that sees
+    /// no hold any more also sees the update rolled back. False when it was
+    /// not held (released already, or another update).
+    pub fn refuse(&self, update: u64, error: String) -> bool {
+        if self.cluster_hold().is_none_or(|h| h.update != update) {
+            return false;
+        }
+        self.failed(update, error);
+        self.release(update);
+        true
+    }
+
+    /// Whether update `update` was rolled back (its work must never commit).
+    pub fn rolled_back(&self, update: u64) -> bool {
+        let swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
+        swaps.iter().rev().find(|r| r.id == update).is_some_and(|r| r.state == "rolled-back")
     }
 
     pub fn current(&self) -> (u64, Arc<AppRuntime>) {
@@ -126,6 +183,14 @@ impl Control {
         }
         let mut runtime = self.runtime.write().unwrap_or_else(|e| e.into_inner());
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        {
+            // A hold is for the update it names: an older one (refused, or
+            // set for an update that never began) ends with this one.
+            let mut hold = self.cluster_hold.lock().unwrap_or_else(|e| e.into_inner());
+            if hold.as_ref().is_some_and(|h| h.update != generation) {
+                *hold = None;
+            }
+        }
         swaps.push(SwapRecord {
             id: generation,
             started_ms: now_us() / 1000,

@@ -45,6 +45,20 @@ const AGENT_TICK: Duration = Duration::from_millis(200);
 /// deploy was waiting is rolled back by then; one that failed after the
 /// deploy answered, e.g. a swap timed out in a rebalance, is retried).
 const RETRY_FAILED: Duration = Duration::from_secs(10);
+/// How long an instance holds a hot swap's commits for the cluster (see
+/// [`crate::backend::control::ClusterHold`]) before it refuses the swap: longer
+/// than an instance that stopped answering takes to count as dead, so a
+/// frozen instance is left behind instead of failing the swap everywhere.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A hot swap applied here whose commits wait for the cluster.
+#[derive(Debug, Clone)]
+struct Held {
+    generation: u64,
+    /// The local update's id (its control plane's generation).
+    update: u64,
+    since: Instant,
+}
 
 /// This instance's membership of a cluster.
 pub struct Cluster {
@@ -55,6 +69,8 @@ pub struct Cluster {
     applied: Mutex<BTreeMap<String, Applied>>,
     /// Per application: when applying its latest generation failed here.
     failed_at: Mutex<BTreeMap<String, Instant>>,
+    /// Per application: the hot swap here whose commits wait for the cluster.
+    held: Mutex<BTreeMap<String, Held>>,
     stop: AtomicBool,
     /// The agent (applies generations) and the heartbeat (writes this
     /// instance's record: a long swap must not make it look dead).
@@ -90,6 +106,7 @@ impl Cluster {
             url: node.advertised_url().unwrap_or_default(),
             applied: Mutex::new(BTreeMap::new()),
             failed_at: Mutex::new(BTreeMap::new()),
+            held: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
         });
@@ -152,8 +169,10 @@ impl Cluster {
             tracing::warn!(error = %e, "cannot read the cluster catalog; retrying");
             return false;
         }
+        // Held swaps first: one a newer generation replaces is refused before
+        // that generation applies (its work must never commit).
+        let mut changed = self.tend_holds(node);
         let latest: Vec<AppRecord> = self.catalog.read(|s| s.apps.values().filter_map(|h| h.last().cloned()).collect());
-        let mut changed = false;
         for record in latest {
             let previous = self.applied.lock().unwrap_or_else(|e| e.into_inner()).get(&record.app).cloned();
             let previous_state = previous.clone();
@@ -239,11 +258,108 @@ impl Cluster {
         if node.running_spec(&record.app).as_ref() == Some(&spec) {
             return Some(applied("running", None));
         }
-        match node.deploy_local(spec) {
-            Ok(_) => Some(applied("running", None)),
+        match node.apply_for_cluster(spec) {
+            Ok(d) => {
+                // A hot swap's commits wait until every live instance runs it.
+                let swap = d.update.filter(|u| u.kind == "component-swap" && u.state != "rolled-back");
+                let control = node.control(&record.app);
+                if let (Some(u), Some(control)) = (swap, control)
+                    && control.cluster_hold().is_some_and(|h| h.update == u.id)
+                {
+                    let held = Held { generation: record.generation, update: u.id, since: Instant::now() };
+                    self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(record.app.clone(), held);
+                }
+                Some(applied("running", None))
+            }
             Err(DeployError::Busy(_) | DeployError::Gone(_)) => None,
             Err(e) => Some(applied("failed", Some(e.to_string()))),
         }
+    }
+
+    /// Releases each held swap once every live instance runs its generation;
+    /// refuses it (it rolls back here, nothing of it committed) when an
+    /// instance failed it, a newer generation replaced it, or the cluster
+    /// did not confirm it within [`HOLD_TIMEOUT`]. True when a refusal
+    /// changed what this instance reports.
+    fn tend_holds(&self, node: &Node) -> bool {
+        let held: Vec<(String, Held)> =
+            self.held.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(a, h)| (a.clone(), h.clone())).collect();
+        let mut changed = false;
+        for (app, h) in held {
+            let forget = || self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&app);
+            let Some(control) = node.control(&app).filter(|c| c.cluster_hold().is_some_and(|c| c.update == h.update))
+            else {
+                forget(); // Rolled back here, or replaced: nothing held any more.
+                continue;
+            };
+            let now = now_ms();
+            let verdict: Result<bool, String> = self.catalog.read(|s| {
+                let latest = s.app(&app).map(|r| r.generation);
+                if latest != Some(h.generation) {
+                    return Err(format!(
+                        "generation {} was replaced by generation {} before every instance ran it",
+                        h.generation,
+                        latest.unwrap_or(0)
+                    ));
+                }
+                let mut waiting = Vec::new();
+                for i in s.instances.values().filter(|i| i.alive(now) || i.id == self.instance_id) {
+                    match i.apps.get(&app) {
+                        Some(a) if a.generation == h.generation && a.state == "failed" => {
+                            return Err(format!(
+                                "instance {} failed generation {}: {}",
+                                i.id,
+                                h.generation,
+                                a.error.as_deref().unwrap_or("?")
+                            ));
+                        }
+                        Some(a) if a.generation == h.generation && a.state == "running" => {}
+                        _ => waiting.push(i.id.clone()),
+                    }
+                }
+                if waiting.is_empty() {
+                    return Ok(true);
+                }
+                if h.since.elapsed() >= HOLD_TIMEOUT {
+                    return Err(format!(
+                        "not every instance ran generation {} within {HOLD_TIMEOUT:?} (waiting for {})",
+                        h.generation,
+                        waiting.join(", ")
+                    ));
+                }
+                Ok(false)
+            });
+            match verdict {
+                Ok(true) => {
+                    tracing::info!(
+                        app,
+                        generation = h.generation,
+                        "every live instance runs the generation: its commits go on"
+                    );
+                    control.release(h.update);
+                    forget();
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(app, generation = h.generation, "swap refused for the cluster: {error}");
+                    let error = format!("rolled back here with nothing committed: {error}");
+                    if control.refuse(h.update, error.clone()) {
+                        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(a) = applied.get_mut(&app).filter(|a| a.generation == h.generation) {
+                            a.state = "failed".into();
+                            a.error = Some(error);
+                            self.failed_at
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(app.clone(), Instant::now());
+                            changed = true;
+                        }
+                    }
+                    forget();
+                }
+            }
+        }
+        changed
     }
 
     /// Makes sure component `hex` is in the local registry, from the catalog.
@@ -461,6 +577,7 @@ impl Cluster {
                         "id": i.id,
                         "url": i.url,
                         "alive": i.alive(now),
+                        "at_ms": i.at_ms,
                         "generation": applied.map(|a| a.generation),
                         "state": applied.map(|a| a.state.clone()),
                         "error": applied.and_then(|a| a.error.clone()),

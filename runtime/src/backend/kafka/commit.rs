@@ -146,6 +146,17 @@ impl Worker {
     /// rebalance moves partitions, and at a stop.
     pub(super) fn commit_all(&mut self, consumer: &GroupConsumer) {
         self.settle(consumer);
+        if let Some(update) = self.cluster_holds()
+            && self.has_work_of(update)
+        {
+            // Tasks close (a rebalance, a stop) while the cluster holds an
+            // update: its work may not be committed, so it is dropped; the
+            // partitions' next owner reads it again.
+            tracing::info!(app = %self.app(), update, "tasks close while the cluster holds an update: open work dropped");
+            self.abandon_open_work(consumer);
+            self.last_commit = Instant::now();
+            return;
+        }
         self.begin_commit(consumer);
         self.settle(consumer);
         self.last_commit = Instant::now();
@@ -173,6 +184,14 @@ impl Worker {
         if self.fatal.is_some() || !open {
             return;
         }
+        if let Some(update) = self.cluster_holds()
+            && self.has_work_of(update)
+        {
+            return; // Until the cluster confirms the update (see `ClusterHold`).
+        }
+        // After the hold check: a hold refused meanwhile is a rollback
+        // recorded already, and its work goes here.
+        self.drop_rolled_back_work(consumer);
         let started = Instant::now();
         match self.prepare_commit(consumer, started) {
             Ok(in_flight) => {

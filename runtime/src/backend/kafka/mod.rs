@@ -111,6 +111,9 @@ pub fn reader_config(brokers: &str, committed_only: bool) -> ClientConfig {
     c.set("group.id", "weir-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        // An offset below the log's start (retention deleted it, or a tail
+        // longer than the log) reads from the start, never from the end.
+        .set("auto.offset.reset", "earliest")
         // An empty fetch answers this soon: reaching a partition's end is quick.
         .set("fetch.wait.max.ms", "50")
         .set("isolation.level", if committed_only { "read_committed" } else { "read_uncommitted" });

@@ -304,7 +304,7 @@ impl WorkerSetup {
                 w.last_commit = Instant::now();
                 w.begin_commit(&consumer);
             }
-            w.switch_versions();
+            w.switch_versions(&consumer);
             if last_lag.elapsed() >= LAG_REFRESH {
                 w.refresh_lag(&offsets);
                 last_lag = Instant::now();
@@ -358,7 +358,10 @@ impl Worker {
             let Some(&subtopology) = self.routes.get(&*r.topic) else { continue };
             per_task.entry(TaskId { subtopology, partition: r.partition }).or_default().push(r);
         }
-        self.switch_versions();
+        self.switch_versions(consumer);
+        // Outputs stay in their tasks while a commit is in flight, and while
+        // the cluster holds an update (nothing of it may reach Kafka yet).
+        let hold_outputs = self.cluster_holds().is_some();
         let rewinds = self.rewinds;
         for (id, records) in per_task {
             if self.rewinds != rewinds || self.fatal.is_some() {
@@ -385,8 +388,7 @@ impl Worker {
                 self.control.metrics.processed_during_commit.fetch_add(count, Ordering::Relaxed);
             }
             match result {
-                // While a commit is in flight the outputs stay in the task.
-                Ok(()) if self.in_flight.is_some() => {}
+                Ok(()) if self.in_flight.is_some() || hold_outputs => {}
                 Ok(()) => {
                     let produced = task.take_produced();
                     self.send_eagerly(consumer, produced);
@@ -403,7 +405,7 @@ impl Worker {
             let Some(owned) = self.tasks.get_mut(&id) else { continue };
             let Some(task) = owned.task.as_mut() else { continue };
             match task.advance_wall_clock(now_ms) {
-                Ok(()) if self.in_flight.is_some() => {}
+                Ok(()) if self.in_flight.is_some() || hold_outputs => {}
                 Ok(()) => {
                     let produced = task.take_produced();
                     self.send_eagerly(consumer, produced);
@@ -485,7 +487,10 @@ impl Worker {
 
     /// Moves tasks with nothing uncommitted (at a commit boundary) to the
     /// version the control plane wants: instantiate + init; stores kept.
-    fn switch_versions(&mut self) {
+    /// Tasks of a rolled-back update go back first, their uncommitted work
+    /// dropped.
+    fn switch_versions(&mut self, consumer: &GroupConsumer) {
+        self.drop_rolled_back_work(consumer);
         if self.committing() {
             return; // A swap waits for a commit boundary with nothing in flight.
         }
@@ -519,6 +524,67 @@ impl Worker {
             }
         }
     }
+    /// The update the cluster holds, when this worker must hold its commits
+    /// (exactly-once only: at-least-once sends outputs as they come).
+    pub(super) fn cluster_holds(&self) -> Option<u64> {
+        self.control.cluster_hold().filter(|_| self.exactly_once).map(|h| h.update)
+    }
+
+    /// Some task has uncommitted work of update `update` (a swapped version
+    /// on probation, or a task started on it).
+    pub(super) fn has_work_of(&self, update: u64) -> bool {
+        self.tasks.values().any(|o| {
+            o.generation == update
+                && o.task.as_ref().is_some_and(|t| t.has_uncommitted() && (t.in_probation() || o.proving))
+        })
+    }
+
+    /// Tasks still running a version on probation that was rolled back (by
+    /// another task's trap, here or in another worker, or refused by the
+    /// cluster) drop their uncommitted work of it and go back to the
+    /// version before it; the consumer reads it again from the committed
+    /// offsets. Checked before every commit: none of it is ever committed.
+    pub(super) fn drop_rolled_back_work(&mut self, consumer: &GroupConsumer) {
+        let current = self.control.generation();
+        let rolled_back: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, o)| {
+                o.generation != current
+                    && o.task.as_ref().is_some_and(|t| t.in_probation() || o.proving)
+                    && self.control.rolled_back(o.generation)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if rolled_back.is_empty() {
+            return;
+        }
+        self.settle(consumer);
+        for id in &rolled_back {
+            let Some(owned) = self.tasks.get_mut(id) else { continue };
+            let Some(task) = owned.task.as_mut() else { continue };
+            drop(task.take_produced());
+            task.abort();
+            // A task started on the rolled-back version has nothing to go
+            // back to: it switches to the current one (nothing uncommitted now).
+            owned.generation = if task.rollback_swap() { current } else { u64::MAX };
+            owned.proving = false;
+            tracing::warn!(task = %id, "the version on probation was rolled back: its uncommitted work dropped, back to the previous version");
+        }
+        if self.sent_in_transaction {
+            self.abandon_open_work(consumer);
+        } else {
+            for id in &rolled_back {
+                let Some(owned) = self.tasks.get(id) else { continue };
+                for ((topic, p), (committed, _)) in &owned.inputs {
+                    if let Err(e) = consumer.seek(topic, *p as i32, Offset::Offset(*committed), KAFKA_TIMEOUT) {
+                        tracing::warn!(topic, partition = p, error = %e, "seek back failed");
+                    }
+                }
+            }
+        }
+    }
+
     /// Closes the tasks of revoked partitions (already committed).
     fn close_tasks(&mut self, revoked: &TopicPartitionList) {
         let ids: Vec<TaskId> = revoked

@@ -10,13 +10,17 @@
 //! makes it panic. Config `stream_every` / `wall_every` (ms) schedule
 //! punctuations, each of which emits `{"punctuation": kind, "at": timestamp}`.
 //! Config `always=<value>` behaves on every record as if its value were that
-//! (`always=panic`: a version that traps on everything).
+//! (`always=panic`: a version that traps on everything); `trap_partition=N`
+//! panics on every record of partition N (a version that traps on the one
+//! instance owning it); `out=<name>` forwards to that output instead of `out`.
 
 use weir_sdk::prelude::*;
 
 #[derive(Default)]
 pub struct Misbehave {
     always: Option<Vec<u8>>,
+    trap_partition: Option<u32>,
+    out: Option<String>,
 }
 
 impl Processor for Misbehave {
@@ -27,6 +31,8 @@ impl Processor for Misbehave {
             _ => {}
         }
         self.always = config.get("always").map(|v| v.as_bytes().to_vec());
+        self.trap_partition = config.parse::<u32>("trap_partition")?;
+        self.out = config.get("out").map(str::to_owned);
         if let Some(ms) = config.parse::<u64>("stream_every")? {
             ctx.schedule(Punctuation::StreamTime, std::time::Duration::from_millis(ms))?;
         }
@@ -45,6 +51,10 @@ impl Processor for Misbehave {
     }
 
     fn process(&mut self, ctx: &mut Context, rec: Record) -> Result<()> {
+        if self.trap_partition == Some(rec.partition()) {
+            panic!("misbehave: trap on partition {}", rec.partition());
+        }
+        let out = self.out.as_deref().unwrap_or("out");
         let what = self.always.clone().unwrap_or_else(|| rec.value().unwrap_or_default().to_vec());
         match what.as_slice() {
             b"loop" => {
@@ -68,9 +78,9 @@ impl Processor for Misbehave {
             b"print" => {
                 println!("misbehave says hello on stdout");
                 eprintln!("misbehave says hello on stderr");
-                ctx.forward("out", &rec)
+                ctx.forward(out, &rec)
             }
-            _ => ctx.forward("out", &rec),
+            _ => ctx.forward(out, &rec),
         }
     }
 }
