@@ -144,6 +144,17 @@ fn one_instance_s_api_drives_the_cluster_deploy_runs_everywhere_generations_race
     assert_eq!(overview["instances"].as_array().unwrap().len(), 3, "{overview:#}");
     assert_eq!(overview["apps"][0]["name"], app.name.as_str());
 
+    // Versions of a name are numbered across the cluster: pushed to A, then
+    // (other bytes) to B, they are 1 and 2, and B lists both.
+    let name = unique("kc");
+    let first = weir::client::push(&weir_tests::guest("key-count"), &name, None, &a.url).unwrap();
+    let second = weir::client::push(&weir_tests::key_count_v2(), &name, None, &b.url).unwrap();
+    assert_eq!((first["version"].as_str(), second["version"].as_str()), (Some("1"), Some("2")), "{first} {second}");
+    let listed = b.get(&format!("/v1/components/{name}")).unwrap();
+    let versions: Vec<&str> =
+        listed["versions"].as_array().unwrap().iter().filter_map(|v| v["version"].as_str()).collect();
+    assert_eq!(versions, ["1", "2"], "{listed:#}");
+
     // Optimistic concurrency: a deploy based on a generation that is not
     // current is refused; two racing from the current one: exactly one wins.
     let url = |s: &Server| format!("{}/v1/apps/{}", s.url, app.name);

@@ -113,6 +113,13 @@ pub async fn upload(
         check_name("component version", version)?;
     }
     blocking(move || {
+        if let (Some(cluster), Some(name)) = (node.cluster(), &q.name) {
+            // Versions are numbered across the cluster: this instance first
+            // learns the versions pushed to the others under the name.
+            cluster
+                .learn_versions(&node, name)
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster-unavailable", e))?;
+        }
         let (loaded, entry) = match &q.name {
             Some(name) => {
                 let (c, e) = node.registry.add_named(&bytes, name, q.version.as_deref()).map_err(registry_error)?;

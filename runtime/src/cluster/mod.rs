@@ -378,6 +378,32 @@ impl Cluster {
     /// Copies a component pushed by name to another instance into the
     /// local registry under the same name and version (quietly: if it is
     /// not in the catalog, resolving the spec says so).
+    /// Copies into the local registry every version pushed to the cluster
+    /// under `name` that this instance does not have yet, so a push here
+    /// numbers on from the cluster's latest version, not this instance's.
+    /// (Two pushes of one name to two instances at the same moment can
+    /// still pick the same number; the catalog keeps the later one.)
+    pub fn learn_versions(&self, node: &Node, name: &str) -> Result<(), String> {
+        self.catalog.refresh().map_err(|e| e.to_string())?;
+        let known: Vec<String> = node.registry.versions(name).into_iter().map(|v| v.version).collect();
+        let missing: Vec<(String, Result<Vec<u8>, CatalogError>)> = self.catalog.read(|s| {
+            s.manifests
+                .values()
+                .filter(|m| m.name.as_deref() == Some(name))
+                .filter_map(|m| m.version.clone().map(|v| (v, m.sha256.clone())))
+                .filter(|(v, _)| !known.contains(v))
+                .map(|(v, sha)| (v, s.component(&sha)))
+                .collect()
+        });
+        for (version, bytes) in missing {
+            let bytes = bytes.map_err(|e| format!("component {name}@{version} in the catalog: {e}"))?;
+            if let Err(e) = node.registry.add_named(&bytes, name, Some(&version)) {
+                tracing::warn!(component = name, version, error = %e, "cannot copy a version from the cluster catalog");
+            }
+        }
+        Ok(())
+    }
+
     fn fetch_named(&self, node: &Node, reference: &str) {
         let (name, version) = match reference.split_once('@') {
             Some((n, v)) => (n, Some(v)),
