@@ -491,7 +491,7 @@ impl Node {
                 control.hold_next_update();
             }
             let id = deployed.app.update(new).map_err(|_| {
-                control.release(control.generation() + 1);
+                control.clear_hold_request();
                 DeployError::Busy(name.clone())
             })?;
             drop(apps);

@@ -45,6 +45,8 @@ pub struct Control {
     switch_timeout: Mutex<Duration>,
     /// A cluster-wide probation (see [`ClusterHold`]).
     cluster_hold: Mutex<Option<ClusterHold>>,
+    /// The next update begins held (see [`Control::hold_next_update`]).
+    hold_requested: std::sync::atomic::AtomicBool,
 }
 
 /// An update the cluster has not confirmed yet. In a weir cluster a hot swap
@@ -86,15 +88,22 @@ impl Control {
             metrics: Arc::new(AppMetrics::default()),
             switch_timeout: Mutex::new(SWITCH_TIMEOUT),
             cluster_hold: Mutex::new(None),
+            hold_requested: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Holds the commits of the next update (the one [`begin`](Self::begin)
-    /// starts next) until the cluster releases or refuses it. Set before the
-    /// update begins, so no task can commit work of it in between.
+    /// Holds the commits of the update the next [`begin`](Self::begin)
+    /// starts until the cluster releases or refuses it. `begin` turns this
+    /// into the hold under its lock, with the id it assigns, so no task can
+    /// commit work of the update in between and no other bump of the
+    /// generation can misdirect it. Cleared by [`clear_hold_request`](Self::clear_hold_request)
+    /// when the update does not begin.
     pub fn hold_next_update(&self) {
-        let next = self.generation() + 1;
-        *self.cluster_hold.lock().unwrap_or_else(|e| e.into_inner()) = Some(ClusterHold { update: next });
+        self.hold_requested.store(true, Ordering::Release);
+    }
+
+    pub fn clear_hold_request(&self) {
+        self.hold_requested.store(false, Ordering::Release);
     }
 
     /// The update the cluster holds, if any.
@@ -119,7 +128,9 @@ impl Control {
         if self.cluster_hold().is_none_or(|h| h.update != update) {
             return false;
         }
-        self.failed(update, error);
+        // Even an update every local task passed already (a task whose code
+        // did not change, or none here) goes back: the cluster refused it.
+        self.roll_back(update, error, true);
         self.release(update);
         true
     }
@@ -183,14 +194,11 @@ impl Control {
         }
         let mut runtime = self.runtime.write().unwrap_or_else(|e| e.into_inner());
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        {
-            // A hold is for the update it names: an older one (refused, or
-            // set for an update that never began) ends with this one.
-            let mut hold = self.cluster_hold.lock().unwrap_or_else(|e| e.into_inner());
-            if hold.as_ref().is_some_and(|h| h.update != generation) {
-                *hold = None;
-            }
-        }
+        // A hold is for the update it names: an older one ends with this
+        // one, which is held itself if the cluster's agent asked for that.
+        let held = self.hold_requested.swap(false, Ordering::AcqRel);
+        *self.cluster_hold.lock().unwrap_or_else(|e| e.into_inner()) =
+            held.then_some(ClusterHold { update: generation });
         swaps.push(SwapRecord {
             id: generation,
             started_ms: now_us() / 1000,
@@ -273,8 +281,17 @@ impl Control {
     /// on probation of a version a newer update replaced) changes nothing
     /// here, and false tells the task to switch to the current version.
     pub fn failed(&self, generation: u64, error: String) -> bool {
+        self.roll_back(generation, error, false)
+    }
+
+    /// [`failed`](Self::failed); `even_if_applied`: also an update that
+    /// went `applied` (not one rolled back already).
+    fn roll_back(&self, generation: u64, error: String, even_if_applied: bool) -> bool {
         let mut swaps = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(record) = swaps.last_mut().filter(|r| r.id == generation && !is_final(&r.state)) else {
+        let Some(record) = swaps
+            .last_mut()
+            .filter(|r| r.id == generation && (!is_final(&r.state) || (even_if_applied && r.state == "applied")))
+        else {
             return false;
         };
         tracing::error!(update = generation, "update rolled back: {error}");

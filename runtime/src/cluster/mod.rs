@@ -258,19 +258,25 @@ impl Cluster {
         if node.running_spec(&record.app).as_ref() == Some(&spec) {
             return Some(applied("running", None));
         }
-        match node.apply_for_cluster(spec) {
-            Ok(d) => {
-                // A hot swap's commits wait until every live instance runs it.
-                let swap = d.update.filter(|u| u.kind == "component-swap" && u.state != "rolled-back");
-                let control = node.control(&record.app);
-                if let (Some(u), Some(control)) = (swap, control)
-                    && control.cluster_hold().is_some_and(|h| h.update == u.id)
-                {
-                    let held = Held { generation: record.generation, update: u.id, since: Instant::now() };
-                    self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(record.app.clone(), held);
-                }
-                Some(applied("running", None))
+        let result = node.apply_for_cluster(spec);
+        // A hot swap's commits wait until every live instance runs it; a
+        // hold this instance does not follow up (the apply failed after the
+        // swap began, say) is refused at once, or it would hold forever.
+        let control = node.control(&record.app);
+        let hold = control.as_ref().and_then(|c| c.cluster_hold());
+        let swap = result.as_ref().ok().and_then(|d| d.update.as_ref()).filter(|u| u.kind == "component-swap");
+        match (hold, swap, &control) {
+            (Some(h), Some(u), Some(_)) if h.update == u.id && u.state != "rolled-back" => {
+                let held = Held { generation: record.generation, update: u.id, since: Instant::now() };
+                self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(record.app.clone(), held);
             }
+            (Some(h), _, Some(control)) => {
+                control.refuse(h.update, format!("applying generation {} did not finish here", record.generation));
+            }
+            _ => {}
+        }
+        match result {
+            Ok(_) => Some(applied("running", None)),
             Err(DeployError::Busy(_) | DeployError::Gone(_)) => None,
             Err(e) => Some(applied("failed", Some(e.to_string()))),
         }

@@ -41,7 +41,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use rocksdb::WriteBatch;
 
 use super::runner::KAFKA_TIMEOUT;
-use super::worker::{GroupConsumer, STREAM_TIME_METADATA, Worker};
+use super::worker::{GroupConsumer, OwnedTask, STREAM_TIME_METADATA, Worker};
 use crate::record::ProducedRecord;
 use crate::state::rocks::StoreKey;
 use crate::status::TaskState;
@@ -179,21 +179,20 @@ impl Worker {
         debug_assert!(self.in_flight.is_none(), "a commit is already in flight");
         // Records sent without anything else open (wall-clock punctuation)
         // are committed too: a transaction left open would time out.
-        let open =
-            self.sent_in_transaction || self.tasks.values().any(|t| t.task.as_ref().is_some_and(Task::has_uncommitted));
+        // The work of an update the cluster holds stays out of commits
+        // until it is released (see `ClusterHold`); the other tasks commit.
+        // A hold refused after this check is a rollback recorded already,
+        // whose work the next line drops.
+        let held = self.cluster_holds();
+        self.drop_rolled_back_work(consumer);
+        let committable =
+            |o: &OwnedTask| Some(o.generation) != held && o.task.as_ref().is_some_and(Task::has_uncommitted);
+        let open = self.sent_in_transaction || self.tasks.values().any(committable);
         if self.fatal.is_some() || !open {
             return;
         }
-        if let Some(update) = self.cluster_holds()
-            && self.has_work_of(update)
-        {
-            return; // Until the cluster confirms the update (see `ClusterHold`).
-        }
-        // After the hold check: a hold refused meanwhile is a rollback
-        // recorded already, and its work goes here.
-        self.drop_rolled_back_work(consumer);
         let started = Instant::now();
-        match self.prepare_commit(consumer, started) {
+        match self.prepare_commit(consumer, started, held) {
             Ok(in_flight) => {
                 // A commit that ends a swapped version's probation is waited
                 // for at once: a trap after it is no longer the version's
@@ -217,7 +216,12 @@ impl Worker {
 
     /// The worker-thread half: freeze, send, gather offsets; then hand the
     /// rest to a commit thread.
-    fn prepare_commit(&mut self, consumer: &GroupConsumer, started: Instant) -> Result<InFlightCommit, CommitError> {
+    fn prepare_commit(
+        &mut self,
+        consumer: &GroupConsumer,
+        started: Instant,
+        held: Option<u64>,
+    ) -> Result<InFlightCommit, CommitError> {
         if self.exactly_once && !self.in_transaction {
             self.producer.begin_transaction()?;
             self.in_transaction = true;
@@ -229,7 +233,7 @@ impl Worker {
         let mut proves_probation = false;
         for (id, owned) in &mut self.tasks {
             let Some(task) = owned.task.as_mut() else { continue };
-            if !task.has_uncommitted() {
+            if !task.has_uncommitted() || Some(owned.generation) == held {
                 continue;
             }
             if task.in_probation() {

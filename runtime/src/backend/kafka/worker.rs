@@ -358,11 +358,13 @@ impl Worker {
             let Some(&subtopology) = self.routes.get(&*r.topic) else { continue };
             per_task.entry(TaskId { subtopology, partition: r.partition }).or_default().push(r);
         }
+        // Taken before switching: a rolled-back version's work dropped there
+        // rewinds, and then nothing of this batch may be processed.
+        let rewinds = self.rewinds;
         self.switch_versions(consumer);
         // Outputs stay in their tasks while a commit is in flight, and while
         // the cluster holds an update (nothing of it may reach Kafka yet).
         let hold_outputs = self.cluster_holds().is_some();
-        let rewinds = self.rewinds;
         for (id, records) in per_task {
             if self.rewinds != rewinds || self.fatal.is_some() {
                 // Rewound (or stopped): the rest of the batch comes again from
@@ -530,30 +532,24 @@ impl Worker {
         self.control.cluster_hold().filter(|_| self.exactly_once).map(|h| h.update)
     }
 
-    /// Some task has uncommitted work of update `update` (a swapped version
-    /// on probation, or a task started on it).
+    /// Some task running update `update` (swapped to it, or started on it)
+    /// has uncommitted work.
     pub(super) fn has_work_of(&self, update: u64) -> bool {
-        self.tasks.values().any(|o| {
-            o.generation == update
-                && o.task.as_ref().is_some_and(|t| t.has_uncommitted() && (t.in_probation() || o.proving))
-        })
+        self.tasks.values().any(|o| o.generation == update && o.task.as_ref().is_some_and(Task::has_uncommitted))
     }
 
-    /// Tasks still running a version on probation that was rolled back (by
-    /// another task's trap, here or in another worker, or refused by the
-    /// cluster) drop their uncommitted work of it and go back to the
-    /// version before it; the consumer reads it again from the committed
-    /// offsets. Checked before every commit: none of it is ever committed.
+    /// Tasks still running a version that was rolled back (by another
+    /// task's trap, here or in another worker, or refused by the cluster)
+    /// go back to the version before it, and every task's open work is
+    /// dropped: the consumer reads it again from the committed offsets.
+    /// Checked before every commit and every batch: none of it is ever
+    /// committed, and nothing polled before is processed after.
     pub(super) fn drop_rolled_back_work(&mut self, consumer: &GroupConsumer) {
         let current = self.control.generation();
         let rolled_back: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, o)| {
-                o.generation != current
-                    && o.task.as_ref().is_some_and(|t| t.in_probation() || o.proving)
-                    && self.control.rolled_back(o.generation)
-            })
+            .filter(|(_, o)| o.generation != current && o.task.is_some() && self.control.rolled_back(o.generation))
             .map(|(id, _)| *id)
             .collect();
         if rolled_back.is_empty() {
@@ -569,20 +565,9 @@ impl Worker {
             // back to: it switches to the current one (nothing uncommitted now).
             owned.generation = if task.rollback_swap() { current } else { u64::MAX };
             owned.proving = false;
-            tracing::warn!(task = %id, "the version on probation was rolled back: its uncommitted work dropped, back to the previous version");
+            tracing::warn!(task = %id, "the version was rolled back: its uncommitted work dropped, back to the previous version");
         }
-        if self.sent_in_transaction {
-            self.abandon_open_work(consumer);
-        } else {
-            for id in &rolled_back {
-                let Some(owned) = self.tasks.get(id) else { continue };
-                for ((topic, p), (committed, _)) in &owned.inputs {
-                    if let Err(e) = consumer.seek(topic, *p as i32, Offset::Offset(*committed), KAFKA_TIMEOUT) {
-                        tracing::warn!(topic, partition = p, error = %e, "seek back failed");
-                    }
-                }
-            }
-        }
+        self.abandon_open_work(consumer);
     }
 
     /// Closes the tasks of revoked partitions (already committed).
