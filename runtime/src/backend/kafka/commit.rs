@@ -223,6 +223,9 @@ impl Worker {
         held: Option<u64>,
     ) -> Result<InFlightCommit, CommitError> {
         if self.exactly_once && !self.in_transaction {
+            if !self.finish_pending_abort() {
+                return Err(CommitError::Failed("an earlier abort has not finished yet".into()));
+            }
             self.producer.begin_transaction()?;
             self.in_transaction = true;
         }
@@ -404,6 +407,9 @@ impl Worker {
             return;
         }
         if self.exactly_once && !self.in_transaction {
+            if !self.finish_pending_abort() {
+                return self.abandon_open_work(consumer);
+            }
             match self.producer.begin_transaction() {
                 Ok(()) => self.in_transaction = true,
                 Err(e) if is_fatal(&e) => return self.stop_fatally(&e),
@@ -427,18 +433,42 @@ impl Worker {
     /// commit in flight is settled first (its failure leads back here).
     pub(super) fn abandon_open_work(&mut self, consumer: &GroupConsumer) {
         self.settle(consumer);
-        if self.exactly_once
-            && self.in_transaction
-            && let Err(abort) = self.producer.abort_transaction(KAFKA_TIMEOUT)
-        {
-            tracing::warn!(error = %abort, "abort failed");
-            if is_fatal(&abort) {
-                return self.stop_fatally(&abort);
+        if self.exactly_once && (self.in_transaction || self.abort_pending) {
+            match self.producer.abort_transaction(KAFKA_TIMEOUT) {
+                Ok(()) => self.abort_pending = false,
+                Err(abort) if is_fatal(&abort) => return self.stop_fatally(&abort),
+                Err(abort) => {
+                    // Called again before the next transaction begins.
+                    tracing::warn!(error = %abort, "abort failed; it is tried again before the next transaction");
+                    self.abort_pending = true;
+                }
             }
         }
         self.in_transaction = false;
         self.sent_in_transaction = false;
         self.rewind(consumer);
+    }
+
+    /// Finishes an abort that failed before (see `abort_pending`); true
+    /// when no abort is pending any more.
+    fn finish_pending_abort(&mut self) -> bool {
+        if !self.abort_pending {
+            return true;
+        }
+        match self.producer.abort_transaction(KAFKA_TIMEOUT) {
+            Ok(()) => {
+                self.abort_pending = false;
+                true
+            }
+            Err(e) if is_fatal(&e) => {
+                self.stop_fatally(&e);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(app = %self.app(), error = %e, "the earlier abort has not finished yet");
+                false
+            }
+        }
     }
 
     /// Drops every task's open work and seeks back to the committed offsets.

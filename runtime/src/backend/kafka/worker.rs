@@ -135,6 +135,10 @@ pub(super) struct Worker {
     pub(super) transactional_id: String,
     /// A transaction is open on the producer (exactly-once).
     pub(super) in_transaction: bool,
+    /// An abort failed without being fatal (it timed out): librdkafka
+    /// finishes it only when it is called again, and begins no transaction
+    /// before that.
+    pub(super) abort_pending: bool,
     /// Records were sent since the last commit (into the open transaction,
     /// under exactly-once): dropping one task's open work then means
     /// abandoning everyone's.
@@ -219,6 +223,7 @@ impl WorkerSetup {
             fatal: None,
             transactional_id: transactional_id(&app, &settings.instance_id, index),
             in_transaction: false,
+            abort_pending: false,
             sent_in_transaction: false,
             in_flight: None,
             rewinds: 0,
