@@ -41,25 +41,7 @@ fn request(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]
 
 /// key-count of `app` with `component` and a config line, as YAML.
 fn key_count_yaml(app: &KeyCountApp, component: &str, config: &str) -> String {
-    format!(
-        r#"name: {name}
-topics: {{ {events}: 4, {counts}: 4 }}
-sources:
-  events: {{ topic: {events}, to: [count] }}
-processors:
-  count:
-    component: "{component}"
-    config: {{ {config} }}
-    stores: [counts]
-    outputs: {{ counts: counts }}
-stores: {{ counts: {{}} }}
-sinks:
-  counts: {{ topic: {counts} }}
-"#,
-        name = app.name,
-        events = app.events,
-        counts = app.counts
-    )
+    crate::hot_swap::key_count_named(&app.name, &app.events, &app.counts, component, config)
 }
 
 /// key-count of `app` with `component` and a config line, as a spec file.

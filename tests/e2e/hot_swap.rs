@@ -14,12 +14,17 @@ use crate::server::{Options, Server, write_spec};
 
 /// key-count with `{component}` and an optional extra config line.
 pub fn key_count(component: &str, config: &str) -> String {
+    key_count_named("key-count", "events", "counts", component, config)
+}
+
+/// The key-count spec every test builds on: application `name` counting
+/// topic `events` into `counts`, with `component` and a config line.
+pub fn key_count_named(name: &str, events: &str, counts: &str, component: &str, config: &str) -> String {
     format!(
-        r#"
-name: key-count
-topics: {{ events: 4, counts: 4 }}
+        r#"name: {name}
+topics: {{ {events}: 4, {counts}: 4 }}
 sources:
-  events: {{ topic: events, to: [count] }}
+  events: {{ topic: {events}, to: [count] }}
 processors:
   count:
     component: "{component}"
@@ -28,7 +33,7 @@ processors:
     outputs: {{ counts: counts }}
 stores: {{ counts: {{}} }}
 sinks:
-  counts: {{ topic: counts }}
+  counts: {{ topic: {counts} }}
 "#
     )
 }

@@ -295,22 +295,7 @@ impl KeyCountApp {
 
     fn named(dir: &Path, name: &str, head: &str, component: &str, file: &str) -> KeyCountApp {
         let (events, counts) = (format!("{name}-events"), format!("{name}-counts"));
-        let yaml = format!(
-            r#"{head}
-name: {name}
-topics: {{ {events}: 4, {counts}: 4 }}
-sources:
-  events: {{ topic: {events}, to: [count] }}
-processors:
-  count:
-    component: "{component}"
-    stores: [counts]
-    outputs: {{ counts: counts }}
-stores: {{ counts: {{}} }}
-sinks:
-  counts: {{ topic: {counts} }}
-"#
-        );
+        let yaml = format!("{head}\n{}", crate::hot_swap::key_count_named(name, &events, &counts, component, ""));
         KeyCountApp { name: name.to_owned(), events, counts, spec: write_spec(dir, file, &yaml) }
     }
 
