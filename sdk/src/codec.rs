@@ -233,8 +233,17 @@ impl Codec for Json {
         Ok(serde_json::to_vec(value)?)
     }
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-        serde_json::from_slice(bytes).map_err(|e| Error::msg(format!("stored value is not the expected JSON: {e}")))
+        parse_json(bytes).map_err(|e| Error::msg(format!("stored value is not the expected JSON: {e}")))
     }
+}
+
+/// Parses JSON bytes: one UTF-8 check of the whole text, then serde_json's
+/// reader for text known to be valid, which checks no string again. Reading
+/// the bytes directly checks each string on its own, and in a component
+/// those many short checks cost more than one long one.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
 /// Compact binary values ([postcard](https://docs.rs/postcard)): smaller and

@@ -217,7 +217,7 @@ impl Record {
     /// The value parsed as JSON; an error for a tombstone or invalid JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
         let value = self.value().ok_or_else(|| Error::msg("record has no value (tombstone)"))?;
-        serde_json::from_slice(value).map_err(|e| Error::msg(format!("value is not the expected JSON: {e}")))
+        crate::codec::parse_json(value).map_err(|e| Error::msg(format!("value is not the expected JSON: {e}")))
     }
 
     /// The new value of a table change parsed as JSON (`None` on delete).
@@ -250,7 +250,7 @@ fn parse_optional<T: DeserializeOwned>(bytes: Option<&[u8]>, what: &str) -> Resu
     match bytes {
         None => Ok(None),
         Some(b) => {
-            serde_json::from_slice(b).map(Some).map_err(|e| Error::msg(format!("{what} is not the expected JSON: {e}")))
+            crate::codec::parse_json(b).map(Some).map_err(|e| Error::msg(format!("{what} is not the expected JSON: {e}")))
         }
     }
 }

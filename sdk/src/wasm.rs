@@ -3,7 +3,9 @@
 //!
 //! Host calls are the dominant cost of a component, so per `process` call the
 //! SDK makes a handful of them, whatever the batch size:
-//! - the batch arrives as one buffer; records are views into it;
+//! - the batch arrives as one buffer; records are views into it. Their
+//!   metadata comes packed (contract 0.3.0, [`crate::packed`]), as do emits
+//!   and store lists: each crosses the boundary as one byte list;
 //! - emits are written into one output buffer, handed over in one `emit`;
 //! - each store keeps a write-back cache for the call: writes reach the host
 //!   in one `write-many` at the end, repeated reads of a key cost nothing;
@@ -13,12 +15,13 @@
 //!   SDK learns this per store from the previous batch.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::bindings::weir::processor0_1_0::{context, emitter, store as host_store, types};
-use crate::bindings::weir::processor0_2_0::{batch_info, timers};
+use crate::bindings::weir::processor0_1_0::{context, store as host_store, types};
+use crate::bindings::weir::processor0_2_0::timers;
+use crate::bindings::weir::processor0_3_0::packed;
 use crate::context::{HostApi, LogLevel, OutputBuffer, Punctuation, TimeDomain};
+use crate::packed::{InputEntry, OutputEntry};
 use crate::record::{Shared, Span};
 use crate::store::{KeyVisitor, RawStore, SharedRawStore};
 use crate::{Config, Context, Error, Processor, Record, Result, Timer};
@@ -47,6 +50,10 @@ fn span(s: types::Span) -> Span {
     Span { offset: s.offset, len: s.len }
 }
 
+fn packed_span((offset, len): crate::packed::Span) -> Span {
+    Span { offset, len }
+}
+
 fn wit_span(s: Span) -> types::Span {
     types::Span { offset: s.offset, len: s.len }
 }
@@ -70,10 +77,13 @@ pub fn init(make: impl FnOnce() -> Box<dyn Processor>, config: Vec<(String, Stri
 }
 
 /// The `process` export.
-pub fn process(batch: types::Batch, context: batch_info::BatchContext) -> Result<(), types::BatchError> {
+pub fn process(batch: packed::PackedBatch) -> Result<(), types::BatchError> {
     with_runtime(|rt| {
-        let types::Batch { data, topics, headers, records } = batch;
-        let batch_info::BatchContext { stream_times, sources } = context;
+        let packed::PackedBatch { data, records, topics, sources, headers } = batch;
+        let records: Vec<InputEntry> = match InputEntry::read_all(&records) {
+            Ok(entries) => entries.collect(),
+            Err(message) => return Err(types::BatchError { index: 0, error: types::Error { message } }),
+        };
         let headers = headers.into_iter().map(|h| (h.name, span(h.value))).collect();
         let shared = Rc::new(Shared { data, topics, sources, headers });
         prefetch(&rt.ctx, &shared, &records);
@@ -82,19 +92,19 @@ pub fn process(batch: types::Batch, context: batch_info::BatchContext) -> Result
             let index = index as u32;
             CURRENT_INDEX.set(index);
             rt.ctx.set_current(index, r.timestamp);
-            rt.ctx.set_current_stream_time(stream_times.get(index as usize).copied());
+            rt.ctx.set_current_stream_time(Some(r.stream_time));
             let record = Record::view(
                 shared.clone(),
-                r.key.map(span),
-                r.value.map(span),
-                r.old_value.map(span),
+                r.key.map(packed_span),
+                r.value.map(packed_span),
+                r.old_value.map(packed_span),
                 r.timestamp,
                 (r.first_header, r.header_count),
                 r.topic,
                 r.partition,
                 r.offset,
             );
-            CURRENT_KEY.set(r.key.map(span));
+            CURRENT_KEY.set(r.key.map(packed_span));
             if let Err(error) = rt.processor.process(&mut rt.ctx, record) {
                 rt.ctx.set_current_stream_time(None);
                 abort_call(&mut rt.ctx);
@@ -153,14 +163,14 @@ fn with_runtime<R>(f: impl FnOnce(&mut Runtime) -> R) -> Result<R, types::Error>
 }
 
 /// Fetches the batch's record keys in one call for stores read by record key.
-fn prefetch(ctx: &Context, shared: &Shared, records: &[types::Record]) {
+fn prefetch(ctx: &Context, shared: &Shared, records: &[InputEntry]) {
     for (_, store) in ctx.opened_stores() {
         let mut store = store.borrow_mut();
         // Only our own store type prefetches.
         store.prefetch(&mut |keys: &mut dyn FnMut(&[u8])| {
             for r in records {
                 if let Some(k) = r.key {
-                    keys(&shared.data[k.offset as usize..(k.offset + k.len) as usize]);
+                    keys(shared.bytes(packed_span(k)));
                 }
             }
         });
@@ -173,9 +183,9 @@ fn finish_call(ctx: &mut Context) -> Result<(), (u32, Error)> {
     ctx.end_call(true).map_err(|(store, e)| (CURRENT_INDEX.get(), e.context(format_args!("store `{store}`"))))?;
     let out = ctx.output();
     if !out.records.is_empty() {
-        let batch = to_wit_output(out);
+        let (data, records, headers) = to_packed_output(out);
         out.clear();
-        emitter::emit(&batch).map_err(|e| (CURRENT_INDEX.get(), Error::msg(e.message)))?;
+        packed::emit(&data, &records, &headers).map_err(|e| (CURRENT_INDEX.get(), Error::msg(e.message)))?;
     }
     Ok(())
 }
@@ -185,24 +195,23 @@ fn abort_call(ctx: &mut Context) {
     ctx.output().clear();
 }
 
-fn to_wit_output(out: &mut OutputBuffer) -> types::OutputBatch {
-    types::OutputBatch {
-        data: std::mem::take(&mut out.data),
-        headers: out.headers.drain(..).map(|(name, s)| types::Header { name, value: wit_span(s) }).collect(),
-        records: out
-            .records
-            .iter()
-            .map(|e| types::OutputRecord {
-                output: e.output,
-                key: e.key.map(wit_span),
-                value: e.value.map(wit_span),
-                timestamp: e.timestamp,
-                first_header: e.headers.0,
-                header_count: e.headers.1,
-                input_index: e.input_index,
-            })
-            .collect(),
+/// The output buffer as `emit`'s arguments: data, packed entries, headers.
+fn to_packed_output(out: &mut OutputBuffer) -> (Vec<u8>, Vec<u8>, Vec<types::Header>) {
+    let headers = out.headers.drain(..).map(|(name, s)| types::Header { name, value: wit_span(s) }).collect();
+    let mut records = Vec::with_capacity(out.records.len() * crate::packed::OUTPUT_ENTRY);
+    for e in &out.records {
+        OutputEntry {
+            output: e.output,
+            key: e.key.map(|s| (s.offset, s.len)),
+            value: e.value.map(|s| (s.offset, s.len)),
+            timestamp: e.timestamp,
+            first_header: e.headers.0,
+            header_count: e.headers.1,
+            input_index: e.input_index,
+        }
+        .write(&mut records);
     }
+    (std::mem::take(&mut out.data), records, headers)
 }
 
 /// [`HostApi`] over the contract's imports.
@@ -264,20 +273,18 @@ impl HostApi for ComponentHost {
         // An output index no processor has: the host refuses the emit and
         // fails the call as a contract violation (the SDK's own error,
         // naming the output, is the message the host reports).
-        let batch = types::OutputBatch {
-            data: Vec::new(),
-            headers: Vec::new(),
-            records: vec![types::OutputRecord {
-                output: u32::MAX,
-                key: None,
-                value: None,
-                timestamp: 0,
-                first_header: 0,
-                header_count: 0,
-                input_index: 0,
-            }],
-        };
-        let _ = emitter::emit(&batch);
+        let mut records = Vec::new();
+        OutputEntry {
+            output: u32::MAX,
+            key: None,
+            value: None,
+            timestamp: 0,
+            first_header: 0,
+            header_count: 0,
+            input_index: 0,
+        }
+        .write(&mut records);
+        let _ = packed::emit(&[], &records, &[]);
     }
 }
 
@@ -288,7 +295,9 @@ struct Cached {
 
 /// A fast hasher with a fixed seed: the cache lives for one call, and a
 /// fixed seed keeps a replayed call identical.
-type CacheMap = HashMap<Vec<u8>, Cached, foldhash::fast::FixedState>;
+/// hashbrown's own map for `entry_ref`: a lookup by borrowed key that
+/// inserts an owned one on a miss, with one hash.
+type CacheMap = hashbrown::HashMap<Vec<u8>, Cached, foldhash::fast::FixedState>;
 
 /// A host store behind a per-call write-back cache.
 struct CachedStore {
@@ -307,21 +316,14 @@ impl CachedStore {
         if self.first_write.is_none() {
             return Ok(());
         }
-        let mut data = Vec::new();
         let mut writes = Vec::new();
         for (key, c) in self.cache.iter_mut().filter(|(_, c)| c.dirty) {
             c.dirty = false;
-            let k = types::Span { offset: data.len() as u32, len: key.len() as u32 };
-            data.extend_from_slice(key);
-            let v = c.value.as_ref().map(|v| {
-                let s = types::Span { offset: data.len() as u32, len: v.len() as u32 };
-                data.extend_from_slice(v);
-                s
-            });
-            writes.push((k, v));
+            crate::packed::put_item(&mut writes, Some(key));
+            crate::packed::put_item(&mut writes, c.value.as_deref());
         }
         let blamed = self.first_write.take();
-        self.handle.write_many(&types::WriteBatch { data, writes }).map_err(|e| {
+        packed::write_many(&self.handle, &writes).map_err(|e| {
             if let Some(index) = blamed {
                 CURRENT_INDEX.set(index);
             }
@@ -338,26 +340,19 @@ impl RawStore for CachedStore {
         {
             self.reads_by_record_key += 1;
         }
-        if !self.cache.contains_key(key) {
-            let value = self.handle.get(key);
-            self.cache.insert(key.to_vec(), Cached { value, dirty: false });
-        }
-        Ok(self.cache.get(key).and_then(|c| c.value.as_deref()))
+        // One hash per read: a miss inserts where the lookup ended.
+        let handle = &self.handle;
+        let slot = self.cache.entry_ref(key).or_insert_with(|| Cached { value: handle.get(key), dirty: false });
+        Ok(slot.value.as_deref())
     }
 
     fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<()> {
         if self.first_write.is_none() {
             self.first_write = Some(CURRENT_INDEX.get());
         }
-        match self.cache.get_mut(key) {
-            Some(c) => {
-                c.value = value;
-                c.dirty = true;
-            }
-            None => {
-                self.cache.insert(key.to_vec(), Cached { value, dirty: true });
-            }
-        }
+        let slot = self.cache.entry_ref(key).or_insert(Cached { value: None, dirty: false });
+        slot.value = value;
+        slot.dirty = true;
         Ok(())
     }
 
@@ -375,26 +370,35 @@ impl RawStore for CachedStore {
         }
         // Each new key gets a (clean, empty) cache slot at once: that dedups
         // the batch's keys with one allocation per distinct key.
-        let mut data = Vec::new();
-        let mut items = Vec::new();
+        let mut asked = Vec::new();
         let cache = &mut self.cache;
         keys(&mut |k| {
-            if !cache.contains_key(k) {
-                cache.insert(k.to_vec(), Cached { value: None, dirty: false });
-                items.push(types::Span { offset: data.len() as u32, len: k.len() as u32 });
-                data.extend_from_slice(k);
+            if let hashbrown::hash_map::EntryRef::Vacant(slot) = cache.entry_ref(k) {
+                slot.insert(Cached { value: None, dirty: false });
+                crate::packed::put_item(&mut asked, Some(k));
             }
         });
-        if items.is_empty() {
+        if asked.is_empty() {
             return;
         }
-        let asked = types::ByteList { data, items };
-        let found = self.handle.get_many(&asked);
-        let bytes = |data: &[u8], s: types::Span| data[s.offset as usize..(s.offset + s.len) as usize].to_vec();
-        for (key, value) in asked.items.iter().zip(found.items.iter()) {
-            let key = &asked.data[key.offset as usize..(key.offset + key.len) as usize];
-            if let Some(slot) = self.cache.get_mut(key) {
-                slot.value = value.map(|v| bytes(&found.data, v));
+        let found = packed::get_many(&self.handle, &asked);
+        // A slot filled here says "no value" when the answer has none, so
+        // only a whole answer (one item per key) fills them; a broken one
+        // (a host bug) drops the slots, and each read asks the host again.
+        let keys: Vec<&[u8]> = crate::packed::items(&asked).filter_map(|k| k.ok().flatten()).collect();
+        let values: Option<Vec<Option<&[u8]>>> = crate::packed::items(&found).map(Result::ok).collect();
+        match values {
+            Some(values) if values.len() == keys.len() => {
+                for (key, value) in keys.into_iter().zip(values) {
+                    if let Some(slot) = self.cache.get_mut(key) {
+                        slot.value = value.map(<[u8]>::to_vec);
+                    }
+                }
+            }
+            _ => {
+                for key in keys {
+                    self.cache.remove(key);
+                }
             }
         }
     }

@@ -61,7 +61,7 @@ fn the_registry_names_versions_describes_and_protects_components() {
     assert_eq!(s, 201, "{v1}");
     assert_eq!((v1["reference"].as_str(), v1["version"].as_str()), (Some("key-count@1"), Some("1")));
     assert!(v1["exports"].as_array().unwrap().iter().any(|e| e == "process"));
-    assert_eq!(v1["world"], "weir:processor@0.2.0 processor");
+    assert_eq!(v1["world"], "weir:processor@0.3.0 processor");
     // Same content again under the same version: idempotent. Other content: refused.
     let (s, _) = request(
         "POST",

@@ -52,7 +52,7 @@ fn new_build_and_test_pass_for_every_template_and_say_what_changed() {
         assert!(ok, "{template}: weir build: {err}");
         let crate_name = name.replace('-', "_");
         assert!(out.contains(&format!("target/wasm32-wasip2/release/{crate_name}.wasm")), "{out}");
-        assert!(out.contains("sha256") && out.contains("contract weir:processor@0.2.0"), "{out}");
+        assert!(out.contains("sha256") && out.contains("contract weir:processor@0.3.0"), "{out}");
         let (ok, _, err) = weir(&dir, &["test", "--expect", "expected.jsonl"]);
         assert!(ok && err.contains("records match expected.jsonl"), "{template}: {err}");
     }

@@ -18,9 +18,11 @@ sources:
 processors:
   m:
     component: "{{guests}}/misbehave.wasm"
+    stores: [scratch]
     outputs: {{ out: out }}
     on_error: {policy}
     limits: {limits}
+stores: {{ scratch: {{}} }}
 sinks:
   out: {{ topic: out }}
 "#
@@ -96,6 +98,30 @@ fn emitting_to_an_undeclared_output_is_refused_by_the_host() {
     assert!(
         header(dlq[0], "weir.error").unwrap().contains("output #99 is not declared for processor `m` (declared: out)")
     );
+}
+
+/// Contract 0.3.0's packed lists are checked whole: an entry cut short, a
+/// span outside the data or a store list cut inside an item breaks the
+/// contract, emits and writes nothing, and fails only its record.
+#[test]
+fn malformed_packed_lists_from_a_guest_are_contract_violations() {
+    let mut r = runner(&misbehave_spec("dead-letter", "{}"));
+    one_batch(&mut r, &["fine", "short-entry", "span-outside", "truncated-write", "after"]).unwrap();
+    let out = r.outputs(false);
+    assert_eq!(values(&out, "out"), ["fine", "after"]);
+    let dlq = on_topic(&out, "sandbox-dlq");
+    let errors: Vec<(String, String)> =
+        dlq.iter().map(|d| (header(d, "weir.error.kind").unwrap(), header(d, "weir.error").unwrap())).collect();
+    let expected = [
+        "emit: 30 bytes of output records: not a multiple of 40",
+        "emit: span 0+5 is outside its buffer of 2 bytes",
+        "write-many: a store list item of 10 bytes has only 3 left",
+    ];
+    assert_eq!(errors.len(), expected.len(), "{errors:?}");
+    for ((kind, error), says) in errors.iter().zip(expected) {
+        assert_eq!(kind, "contract-violation", "{error}");
+        assert!(error.contains(says), "{error} should say {says}");
+    }
 }
 
 #[test]

@@ -42,9 +42,9 @@ use crate::server::{Options, Rng, Server, write_spec};
 ///
 /// `page_views` is a hopping-window count through the SDK's windows (a
 /// window store, a close timer per window). `sessions` runs the inactivity guest (durable stream-time timers, set
-/// and cancelled on every record); `legacy_windows` runs the windowed count
-/// as built against contract 0.1.0 (the pinned copy), which asks the host
-/// for stream time instead of getting it per record.
+/// and cancelled on every record); `legacy_windows` runs the windowed count as built against
+/// contract 0.1.0 (the pinned copy), which asks the host for stream time
+/// instead of getting it per record.
 fn windows_spec(name: &str, prefix: &str, max_batch: u32) -> String {
     let pinned = pinned_0_1_0().display().to_string();
     format!(
@@ -133,6 +133,21 @@ fn outputs(prefix: &str) -> Vec<String> {
     .iter()
     .map(|t| format!("{prefix}{t}"))
     .collect()
+}
+
+/// The inactivity guest as built against contract 0.2.0, kept as a binary
+/// (see tests/pinned/contract-0.2.0/README.md).
+fn pinned_0_2_0() -> std::path::PathBuf {
+    weir_tests::workspace_dir().join("tests/pinned/contract-0.2.0/inactivity.wasm")
+}
+
+/// [`windows_spec`] with the inactivity guest as built against contract
+/// 0.2.0 (the pinned copy: unpacked batches) instead of its current build.
+fn windows_spec_0_2_0(name: &str, prefix: &str, max_batch: u32) -> String {
+    let spec = windows_spec(name, prefix, max_batch);
+    let current = "\"{guests}/inactivity.wasm\"";
+    assert!(spec.contains(current), "{spec}");
+    spec.replace(current, &format!("\"{}\"", pinned_0_2_0().display()))
 }
 
 /// The windowed-count guest as built against contract 0.1.0, kept as a
@@ -260,16 +275,23 @@ fn batch_size(rng: &mut Rng) -> usize {
     }
 }
 
-/// The pinned component really is a 0.1.0 build (the property tests run it
-/// beside the 0.2.0 build of the same source), and both load.
+/// The pinned components really are 0.1.0 and 0.2.0 builds (the property
+/// tests run them beside the current builds of the same sources), and all
+/// load.
 #[test]
-fn a_component_built_against_contract_0_1_0_still_loads_as_such() {
+fn components_built_against_contracts_0_1_0_and_0_2_0_still_load_as_such() {
     let engine = engine();
     let pinned = engine.load_file(&pinned_0_1_0()).expect("the 0.1.0 component loads");
     assert_eq!(pinned.contract(), weir::wasm::CONTRACT_0_1);
     assert!(!pinned.exports().iter().any(|e| e == "on-timer"), "{:?}", pinned.exports());
-    let current = engine.load_file(&weir_tests::guests_dir().join("windowed_count.wasm")).expect("loads");
-    assert_eq!(current.contract(), weir::wasm::CONTRACT);
+    let pinned = engine.load_file(&pinned_0_2_0()).expect("the 0.2.0 component loads");
+    assert_eq!(pinned.contract(), weir::wasm::CONTRACT_0_2);
+    assert!(pinned.imports().iter().all(|i| !i.contains("@0.3.0")), "{:?}", pinned.imports());
+    for guest in ["windowed_count.wasm", "inactivity.wasm"] {
+        let current = engine.load_file(&weir_tests::guests_dir().join(guest)).expect("loads");
+        assert_eq!(current.contract(), weir::wasm::CONTRACT, "{guest}");
+        assert!(current.imports().iter().any(|i| i == "weir:processor/packed@0.3.0"), "{:?}", current.imports());
+    }
 }
 
 /// The case: records that a poll hands over in one batch must not
@@ -706,13 +728,23 @@ fn weir_test_with_max_task_idle_joins_in_timestamp_order() {
 #[test]
 fn timers_fire_at_the_same_point_however_input_is_batched_and_crashed() {
     let mut rng = Rng::new("timers_fire_at_the_same_point_however_input_is_batched_and_crashed");
-    let apps = [app(&windows_spec("windows", "", 1000)), app(&windows_spec("windows", "", 3))];
+    // The current build of the timers guest, and its pinned 0.2.0 build:
+    // the contract changed how records cross, not what a processor sees.
+    let apps = [
+        app(&windows_spec("windows", "", 1000)),
+        app(&windows_spec("windows", "", 3)),
+        app(&windows_spec_0_2_0("windows", "", 1000)),
+        app(&windows_spec_0_2_0("windows", "", 3)),
+    ];
     let (mut fired, mut crashes) = (0, 0);
     for round in 0..200 {
-        let app = &apps[round % 2];
+        let app = &apps[round % 4];
         let n = 1 + rng.below(60) as usize;
         let input: Vec<Input> = random_input(&mut rng, n).into_iter().map(|(_, k, ts)| ("sessions", k, ts)).collect();
         let expected = reference(app, "", &input);
+        let other = &apps[(round + 2) % 4];
+        let by_other = reference(other, "", &input);
+        assert!(by_other == expected, "round {round}: 0.3.0 vs 0.2.0\n{}", differences(&by_other, &expected));
         fired += counts_and_late(&expected).3;
         let mut r = OfflineRunner::new(app.clone()).expect("tasks start");
         for (topic, key, ts) in &input {

@@ -591,8 +591,12 @@ impl Task {
 
         match table {
             None => {
-                for t in node_def.to.clone() {
-                    self.push(t, origin, guest.clone());
+                // Copies for all targets but the last, which takes the record.
+                if let Some((last, rest)) = node_def.to.split_last() {
+                    for t in rest {
+                        self.push(*t, origin, guest.clone());
+                    }
+                    self.push(*last, origin, guest);
                 }
             }
             Some((store, _)) => {
@@ -609,8 +613,11 @@ impl Task {
                 self.stores.get_mut(store).write(key, guest.value.clone());
                 self.stores.release_savepoint();
                 let change = TaskRecord { old_value: old, ..guest };
-                for t in node_def.to.clone() {
-                    self.push(t, origin, change.clone());
+                if let Some((last, rest)) = node_def.to.split_last() {
+                    for t in rest {
+                        self.push(*t, origin, change.clone());
+                    }
+                    self.push(*last, origin, change);
                 }
             }
         }

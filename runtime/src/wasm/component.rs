@@ -7,7 +7,7 @@ use wasmtime::component::types::ComponentItem;
 use super::bindings::ProcessorPre;
 use super::engine::WasmEngine;
 use super::host::GuestState;
-use super::{CONTRACT, CONTRACT_0_1};
+use super::{CONTRACT, CONTRACT_0_1, CONTRACT_0_2};
 
 /// Why a component cannot be used. Every variant is the uploader's to fix,
 /// except `Internal`.
@@ -24,7 +24,9 @@ pub enum LoadError {
     CoreModule,
     #[error("invalid component: {0}")]
     Invalid(String),
-    #[error("the component does not implement the `processor` world of {CONTRACT} or {CONTRACT_0_1}: {0}")]
+    #[error(
+        "the component does not implement the `processor` world of {CONTRACT}, {CONTRACT_0_2} or {CONTRACT_0_1}: {0}"
+    )]
     WrongWorld(String),
     #[error("internal error loading component: {0}")]
     Internal(String),
@@ -51,13 +53,15 @@ const WASM_MAGIC: &[u8] = b"\0asm";
 const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
 /// The exports the `processor` world requires (0.1.0; 0.2.0 adds `on-timer`).
 const REQUIRED_EXPORTS: [&str; 3] = ["init", "process", "punctuate"];
-/// The export only a 0.2.0 component has.
+/// The export only 0.2.0 and later components have (0.3.0 then differs in
+/// the type of `process`).
 const V2_EXPORT: &str = "on-timer";
 
 /// A component prepared for instantiation, by the contract it was built against.
 pub(crate) enum Pre {
     V1(ProcessorPre<GuestState>),
     V2(super::bindings_v2::ProcessorPre<GuestState>),
+    V3(super::bindings_v3::ProcessorPre<GuestState>),
 }
 
 impl LoadedComponent {
@@ -120,11 +124,11 @@ impl LoadedComponent {
         for import in &imports {
             if let Some(rest) = import.strip_prefix("weir:processor/")
                 && let Some((_, version)) = rest.split_once('@')
-                && ![CONTRACT, CONTRACT_0_1].iter().any(|c| c.ends_with(&format!("@{version}")))
+                && ![CONTRACT, CONTRACT_0_2, CONTRACT_0_1].iter().any(|c| c.ends_with(&format!("@{version}")))
             {
                 return Err(LoadError::WrongWorld(format!(
                     "it was built against weir:processor@{version}, this host implements {CONTRACT} (and runs \
-                     {CONTRACT_0_1}); rebuild it with a matching weir-sdk"
+                     {CONTRACT_0_2} and {CONTRACT_0_1}); rebuild it with a matching weir-sdk"
                 )));
             }
         }
@@ -144,7 +148,16 @@ impl LoadedComponent {
         }
         let wrong = |e: wasmtime::Error| LoadError::WrongWorld(root_message(&e));
         let pre = if v2 {
-            Pre::V2(super::bindings_v2::ProcessorPre::new(instance_pre).map_err(wrong)?)
+            // 0.2.0 and 0.3.0 have the same exports by name; `process` takes
+            // a packed batch in 0.3.0. Try the current contract first, and
+            // name its mismatch when neither fits.
+            match super::bindings_v3::ProcessorPre::new(instance_pre.clone()) {
+                Ok(pre) => Pre::V3(pre),
+                Err(v3) => match super::bindings_v2::ProcessorPre::new(instance_pre) {
+                    Ok(pre) => Pre::V2(pre),
+                    Err(_) => return Err(wrong(v3)),
+                },
+            }
         } else {
             Pre::V1(ProcessorPre::new(instance_pre).map_err(wrong)?)
         };
@@ -179,7 +192,8 @@ impl LoadedComponent {
     pub fn contract(&self) -> &'static str {
         match self.pre {
             Pre::V1(_) => CONTRACT_0_1,
-            Pre::V2(_) => CONTRACT,
+            Pre::V2(_) => CONTRACT_0_2,
+            Pre::V3(_) => CONTRACT,
         }
     }
 }

@@ -84,6 +84,10 @@ impl WasmEngine {
             &mut linker,
             |s| s,
         )?;
+        super::bindings_v3::weir::processor0_3_0::packed::add_to_linker::<GuestState, HasSelf<GuestState>>(
+            &mut linker,
+            |s| s,
+        )?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);

@@ -1,5 +1,6 @@
 //! The host side of the contract's imports (`store`, `emitter`, `context`,
-//! and 0.2.0's `timers`) and the per-instance state they work on.
+//! 0.2.0's `timers`; 0.3.0's packed forms are in [`super::packed`]) and the
+//! per-instance state they work on.
 //!
 //! Host functions never fail because of the guest by trapping: a guest
 //! mistake (unknown store, write to a read-only store, emit to an undeclared
@@ -31,7 +32,7 @@ use crate::state::{StateError, TaskStores};
 
 /// What a store resource handle refers to: an index into the task's stores.
 pub struct StoreHandle {
-    index: usize,
+    pub(super) index: usize,
     writable: bool,
 }
 
@@ -67,7 +68,7 @@ pub struct HostFault(pub StateError);
 /// The data of one instance's wasmtime `Store`.
 pub struct GuestState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
     pub(crate) limits: GuestLimiter,
     pub(crate) info: Arc<InstanceInfo>,
     pub(crate) call: CallState,
@@ -140,11 +141,11 @@ impl WasiView for GuestState {
     }
 }
 
-fn guest_error(message: impl Into<String>) -> types::Error {
+pub(super) fn guest_error(message: impl Into<String>) -> types::Error {
     types::Error { message: message.into() }
 }
 
-fn fault(e: StateError) -> wasmtime::Error {
+pub(super) fn fault(e: StateError) -> wasmtime::Error {
     wasmtime::Error::new(HostFault(e))
 }
 
@@ -197,7 +198,7 @@ impl GuestState {
 impl store::Host for GuestState {}
 
 /// The bytes of `span` within `data`, or why not.
-fn slice(data: &[u8], span: types::Span) -> Result<&[u8], String> {
+pub(super) fn slice(data: &[u8], span: types::Span) -> Result<&[u8], String> {
     let start = span.offset as usize;
     data.get(start..start.saturating_add(span.len as usize))
         .ok_or_else(|| format!("span {}+{} is outside its buffer of {} bytes", span.offset, span.len, data.len()))
@@ -212,9 +213,82 @@ fn push_span(data: &mut Vec<u8>, bytes: &[u8]) -> types::Span {
 impl GuestState {
     /// Records a contract violation (the call fails) and returns it as the
     /// guest-visible error.
-    fn violation(&mut self, message: String) -> types::Error {
+    pub(super) fn violation(&mut self, message: String) -> types::Error {
         self.call.violation.get_or_insert_with(|| message.clone());
         guest_error(message)
+    }
+
+    /// Writes checked key/value pairs to the store behind `this`, or says
+    /// why it may not (a table's store is read-only).
+    pub(super) fn write_pairs(
+        &mut self,
+        this: &Resource<StoreHandle>,
+        pairs: impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) -> wasmtime::Result<Result<(), types::Error>> {
+        let handle = self.table.get(this)?;
+        let (index, writable) = (handle.index, handle.writable);
+        if !writable {
+            return Ok(Err(guest_error(format!(
+                "store `{}` is read-only for processor `{}` (it is a table's store)",
+                self.call.stores.get(index).name(),
+                self.info.processor
+            ))));
+        }
+        let store = self.call.stores.get_mut(index);
+        for (key, value) in pairs {
+            store.write(key, value);
+        }
+        Ok(Ok(()))
+    }
+
+    /// Takes a call's emitted records (either contract's form) after
+    /// checking all of them: a bad one emits nothing and breaks the contract.
+    pub(super) fn take_emits(
+        &mut self,
+        data: &[u8],
+        headers: &[types::Header],
+        records: impl ExactSizeIterator<Item = weir_sdk::packed::OutputEntry>,
+    ) -> Result<(), types::Error> {
+        let mut emitted = Vec::with_capacity(records.len());
+        for r in records {
+            let Some(_) = self.info.outputs.get(r.output as usize) else {
+                let message = format!(
+                    "output #{} is not declared for processor `{}` (declared: {})",
+                    r.output,
+                    self.info.processor,
+                    if self.info.outputs.is_empty() { "none".to_owned() } else { self.info.outputs.join(", ") }
+                );
+                return Err(self.violation(message));
+            };
+            let first = r.first_header as usize;
+            let Some(header_refs) = headers.get(first..first.saturating_add(r.header_count as usize)) else {
+                return Err(self.violation("emit: header range outside the batch".to_owned()));
+            };
+            let bytes = |s: Option<(u32, u32)>| {
+                s.map(|(offset, len)| slice(data, types::Span { offset, len }).map(<[u8]>::to_vec)).transpose()
+            };
+            let (key, value) = match (bytes(r.key), bytes(r.value)) {
+                (Ok(k), Ok(v)) => (k, v),
+                (Err(m), _) | (_, Err(m)) => return Err(self.violation(format!("emit: {m}"))),
+            };
+            let mut hs = Vec::with_capacity(header_refs.len());
+            for h in header_refs {
+                match slice(data, h.value) {
+                    Ok(v) => hs.push((h.name.clone(), v.to_vec())),
+                    Err(m) => return Err(self.violation(format!("emit: header {}: {m}", h.name))),
+                }
+            }
+            emitted.push(Emitted {
+                output: r.output as usize,
+                key,
+                value,
+                timestamp: r.timestamp,
+                headers: hs,
+                input_index: r.input_index,
+            });
+        }
+        self.call.emitted.append(&mut emitted);
+        Ok(())
     }
 }
 
@@ -271,15 +345,6 @@ impl store::HostStore for GuestState {
         this: Resource<StoreHandle>,
         writes: types::WriteBatch,
     ) -> wasmtime::Result<Result<(), types::Error>> {
-        let handle = self.table.get(&this)?;
-        let (index, writable) = (handle.index, handle.writable);
-        if !writable {
-            return Ok(Err(guest_error(format!(
-                "store `{}` is read-only for processor `{}` (it is a table's store)",
-                self.call.stores.get(index).name(),
-                self.info.processor
-            ))));
-        }
         // Check every span before writing anything: a bad batch writes nothing.
         for (k, v) in &writes.writes {
             if let Err(message) =
@@ -288,13 +353,9 @@ impl store::HostStore for GuestState {
                 return Ok(Err(self.violation(format!("write-many: {message}"))));
             }
         }
-        let store = self.call.stores.get_mut(index);
-        for (k, v) in writes.writes {
-            let key = writes.data[k.offset as usize..(k.offset + k.len) as usize].to_vec();
-            let value = v.map(|v| writes.data[v.offset as usize..(v.offset + v.len) as usize].to_vec());
-            store.write(key, value);
-        }
-        Ok(Ok(()))
+        let data = &writes.data;
+        let bytes = |s: types::Span| data[s.offset as usize..(s.offset + s.len) as usize].to_vec();
+        self.write_pairs(&this, writes.writes.iter().map(|(k, v)| (bytes(*k), v.map(bytes))))
     }
 
     fn range(
@@ -322,49 +383,17 @@ impl store::HostStore for GuestState {
 impl emitter::Host for GuestState {
     fn emit(&mut self, batch: types::OutputBatch) -> wasmtime::Result<Result<(), types::Error>> {
         let types::OutputBatch { data, headers, records } = batch;
-        let mut emitted = Vec::with_capacity(records.len());
-        for r in records {
-            let Some(_) = self.info.outputs.get(r.output as usize) else {
-                let message = format!(
-                    "output #{} is not declared for processor `{}` (declared: {})",
-                    r.output,
-                    self.info.processor,
-                    if self.info.outputs.is_empty() { "none".to_owned() } else { self.info.outputs.join(", ") }
-                );
-                return Ok(Err(self.violation(message)));
-            };
-            let first = r.first_header as usize;
-            let header_refs = match headers.get(first..first.saturating_add(r.header_count as usize)) {
-                Some(h) => h,
-                None => {
-                    return Ok(Err(self.violation("emit: header range outside the batch".to_owned())));
-                }
-            };
-            let bytes = |s: Option<types::Span>| s.map(|s| slice(&data, s).map(<[u8]>::to_vec)).transpose();
-            let (key, value) = match (bytes(r.key), bytes(r.value)) {
-                (Ok(k), Ok(v)) => (k, v),
-                (Err(m), _) | (_, Err(m)) => return Ok(Err(self.violation(format!("emit: {m}")))),
-            };
-            let mut hs = Vec::with_capacity(header_refs.len());
-            for h in header_refs {
-                match slice(&data, h.value) {
-                    Ok(v) => hs.push((h.name.clone(), v.to_vec())),
-                    Err(m) => {
-                        return Ok(Err(self.violation(format!("emit: header {}: {m}", h.name))));
-                    }
-                }
-            }
-            emitted.push(Emitted {
-                output: r.output as usize,
-                key,
-                value,
-                timestamp: r.timestamp,
-                headers: hs,
-                input_index: r.input_index,
-            });
-        }
-        self.call.emitted.append(&mut emitted);
-        Ok(Ok(()))
+        let span = |s: types::Span| (s.offset, s.len);
+        let entries = records.iter().map(|r| weir_sdk::packed::OutputEntry {
+            output: r.output,
+            key: r.key.map(span),
+            value: r.value.map(span),
+            timestamp: r.timestamp,
+            first_header: r.first_header,
+            header_count: r.header_count,
+            input_index: r.input_index,
+        });
+        Ok(self.take_emits(&data, &headers, entries))
     }
 }
 

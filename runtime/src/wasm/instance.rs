@@ -7,6 +7,7 @@ use wasmtime::Store;
 
 use super::bindings::weir::processor0_1_0::types;
 use super::bindings_v2::weir::processor0_2_0::batch_info::BatchContext;
+use super::bindings_v3::weir::processor0_3_0::packed::PackedBatch;
 use super::component::{LoadedComponent, Pre};
 use super::engine::WasmEngine;
 use super::host::{GuestState, HostFault, InstanceInfo, MemoryLimitExceeded};
@@ -90,6 +91,7 @@ pub struct InstantiateError {
 enum Bindings {
     V1(super::bindings::Processor),
     V2(super::bindings_v2::Processor),
+    V3(super::bindings_v3::Processor),
 }
 
 /// One instance of a processor component, for one processor in one task.
@@ -103,6 +105,8 @@ pub struct ProcessorInstance {
     batch: types::Batch,
     /// Reused between calls: 0.2.0's batch context.
     context: BatchContext,
+    /// Reused between calls: 0.3.0's packed batch.
+    packed: PackedBatch,
 }
 
 impl ProcessorInstance {
@@ -122,6 +126,7 @@ impl ProcessorInstance {
         let bindings = match component.pre() {
             Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
             Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
+            Pre::V3(pre) => pre.instantiate(&mut store).map(Bindings::V3),
         }
         .map_err(|e| InstantiateError {
             processor: processor.clone(),
@@ -137,6 +142,13 @@ impl ProcessorInstance {
             timeout: limits.call_timeout,
             batch,
             context,
+            packed: PackedBatch {
+                data: Vec::new(),
+                records: Vec::new(),
+                topics: Vec::new(),
+                sources: Vec::new(),
+                headers: Vec::new(),
+            },
         })
     }
 
@@ -144,10 +156,10 @@ impl ProcessorInstance {
         &self.component
     }
 
-    /// True when the component was built against contract 0.2.0: it gets
-    /// each record's stream time and may set timers.
+    /// True when the component was built against contract 0.2.0 or later:
+    /// it gets each record's stream time and may set timers.
     pub fn has_record_stream_time(&self) -> bool {
-        matches!(self.bindings, Bindings::V2(_))
+        matches!(self.bindings, Bindings::V2(_) | Bindings::V3(_))
     }
 
     /// Calls `init` with the processor's config.
@@ -156,6 +168,7 @@ impl ProcessorInstance {
             let result = match b {
                 Bindings::V1(b) => b.call_init(s, config)?,
                 Bindings::V2(b) => b.call_init(s, config)?,
+                Bindings::V3(b) => b.call_init(s, config)?,
             };
             Ok(result.map_err(|e| (None, e.message)))
         })
@@ -171,6 +184,28 @@ impl ProcessorInstance {
         records: &[TaskRecord],
         stream_times: &[i64],
     ) -> CallOutcome {
+        if let Bindings::V3(_) = self.bindings {
+            let mut packed = std::mem::replace(
+                &mut self.packed,
+                PackedBatch {
+                    data: Vec::new(),
+                    records: Vec::new(),
+                    topics: Vec::new(),
+                    sources: Vec::new(),
+                    headers: Vec::new(),
+                },
+            );
+            let sources = &self.store.data().info.sources;
+            super::packed::fill_packed(&mut packed, records, stream_times, |t| {
+                sources.get(t).cloned().unwrap_or_default()
+            });
+            let outcome = self.call(stores, time, |b, s| match b {
+                Bindings::V3(b) => Ok(b.call_process(s, &packed)?.map_err(|e| (Some(e.index), e.error.message))),
+                _ => unreachable!("checked above"),
+            });
+            self.packed = packed;
+            return outcome;
+        }
         let mut batch = std::mem::replace(&mut self.batch, encode_batch(&[]));
         fill_batch(&mut batch, records);
         let mut context =
@@ -186,6 +221,7 @@ impl ProcessorInstance {
             let result = match b {
                 Bindings::V1(b) => b.call_process(s, &batch)?,
                 Bindings::V2(b) => b.call_process(s, &batch, &context)?,
+                Bindings::V3(_) => unreachable!("packed above"),
             };
             Ok(result.map_err(|e| (Some(e.index), e.error.message)))
         });
@@ -207,6 +243,7 @@ impl ProcessorInstance {
         self.call(stores, time, |b, s| match b {
             Bindings::V1(_) => Ok(Err((None, "a 0.1.0 component has no timers".to_owned()))),
             Bindings::V2(b) => Ok(b.call_on_timer(s, domain, &key.to_vec(), at)?.map_err(|e| (None, e.message))),
+            Bindings::V3(b) => Ok(b.call_on_timer(s, domain, &key.to_vec(), at)?.map_err(|e| (None, e.message))),
         })
     }
 
@@ -228,6 +265,7 @@ impl ProcessorInstance {
             let result = match b {
                 Bindings::V1(b) => b.call_punctuate(s, kind, timestamp)?,
                 Bindings::V2(b) => b.call_punctuate(s, kind, timestamp)?,
+                Bindings::V3(b) => b.call_punctuate(s, kind, timestamp)?,
             };
             Ok(result.map_err(|e| (None, e.message)))
         })

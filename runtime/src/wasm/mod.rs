@@ -30,6 +30,7 @@ mod component;
 mod engine;
 mod host;
 mod instance;
+mod packed;
 
 pub use component::{LoadError, LoadedComponent};
 pub use engine::{EngineConfig, WasmEngine};
@@ -49,8 +50,8 @@ pub mod bindings {
     });
 }
 
-/// Generated from `wit/processor.wit`: what contract 0.2.0 adds (timers,
-/// the batch context, the `on-timer` export).
+/// Generated from `wit/deps/processor-0.2.0`: what contract 0.2.0 adds
+/// (timers, the batch context, the `on-timer` export).
 pub mod bindings_v2 {
     wasmtime::component::bindgen!({
         path: "../wit",
@@ -65,11 +66,29 @@ pub mod bindings_v2 {
     });
 }
 
+/// Generated from `wit/processor.wit`: contract 0.3.0's packed batches,
+/// emits and store lists.
+pub mod bindings_v3 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "weir:processor/processor@0.3.0",
+        imports: { default: trappable },
+        with: {
+            "weir:processor/types@0.1.0": super::bindings::weir::processor0_1_0::types,
+            "weir:processor/store@0.1.0": super::bindings::weir::processor0_1_0::store,
+            "weir:processor/context@0.1.0": super::bindings::weir::processor0_1_0::context,
+            "weir:processor/timers@0.2.0": super::bindings_v2::weir::processor0_2_0::timers,
+        },
+    });
+}
+
 pub use bindings::weir::processor0_1_0::types::Punctuation;
 pub use bindings_v2::weir::processor0_2_0::timers::TimeDomain;
 
 /// The contract version this host implements (and builds components
-/// against); it also runs components of [`CONTRACT_0_1`].
-pub const CONTRACT: &str = "weir:processor@0.2.0";
-/// The previous contract, still run unchanged.
+/// against); it also runs components of [`CONTRACT_0_2`] and [`CONTRACT_0_1`].
+pub const CONTRACT: &str = "weir:processor@0.3.0";
+/// The previous contract (unpacked batches), still run unchanged.
+pub const CONTRACT_0_2: &str = "weir:processor@0.2.0";
+/// The first contract (no timers, no per-record stream time), still run unchanged.
 pub const CONTRACT_0_1: &str = "weir:processor@0.1.0";

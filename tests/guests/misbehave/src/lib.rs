@@ -6,7 +6,10 @@
 //! it through the SDK, which refuses it), `ungranted` reads a store the
 //! spec does not grant, `fail` returns an
 //! error, `print` writes to stdout and stderr; anything else is forwarded to
-//! the output `out`. Config `init=fail` makes `init` fail and `init=trap`
+//! the output `out`; `short-entry`, `span-outside` and `truncated-write`
+//! hand the host malformed packed lists (an emit entry cut short, a span
+//! past the data, a write list to the store `scratch` cut inside an item).
+//! Config `init=fail` makes `init` fail and `init=trap`
 //! makes it panic. Config `stream_every` / `wall_every` (ms) schedule
 //! punctuations, each of which emits `{"punctuation": kind, "at": timestamp}`.
 //! Config `always=<value>` behaves on every record as if its value were that
@@ -73,6 +76,9 @@ impl Processor for Misbehave {
             b"panic" => panic!("misbehave: panic requested by record"),
             b"fail" => bail!("misbehave: failure requested by record"),
             b"undeclared" => emit_undeclared(),
+            b"short-entry" | b"span-outside" | b"truncated-write" => {
+                send_malformed(rec.value().unwrap_or_default(), ctx)
+            }
             b"emit-nowhere" => ctx.emit("nowhere", rec.key(), rec.value()),
             b"ungranted" => ctx.store::<String, String>("secret").get("x").map(|_| ()),
             b"print" => {
@@ -87,28 +93,63 @@ impl Processor for Misbehave {
 
 #[cfg(target_arch = "wasm32")]
 fn emit_undeclared() -> Result<()> {
-    use weir_sdk::bindings::weir::processor0_1_0::{emitter, types};
+    use weir_sdk::bindings::weir::processor0_3_0::packed;
+    use weir_sdk::packed::OutputEntry;
     // Straight to the host with an output index the spec does not declare,
     // so the host's own check is what is tested.
-    let batch = types::OutputBatch {
-        data: b"x".to_vec(),
-        headers: Vec::new(),
-        records: vec![types::OutputRecord {
-            output: 99,
-            key: None,
-            value: Some(types::Span { offset: 0, len: 1 }),
-            timestamp: 0,
-            first_header: 0,
-            header_count: 0,
-            input_index: 0,
-        }],
-    };
-    emitter::emit(&batch).map_err(|e| Error::msg(e.message))
+    let mut records = Vec::new();
+    OutputEntry {
+        output: 99,
+        key: None,
+        value: Some((0, 1)),
+        timestamp: 0,
+        first_header: 0,
+        header_count: 0,
+        input_index: 0,
+    }
+    .write(&mut records);
+    packed::emit(b"x", &records, &[]).map_err(|e| Error::msg(e.message))
+}
+
+/// Malformed packed lists, straight to the host: an emitted record's entry
+/// cut short, a span past the data, a store write list cut inside an item.
+#[cfg(target_arch = "wasm32")]
+fn send_malformed(what: &[u8], ctx: &mut Context) -> Result<()> {
+    use weir_sdk::bindings::weir::processor0_1_0::store;
+    use weir_sdk::bindings::weir::processor0_3_0::packed;
+    use weir_sdk::packed::OutputEntry;
+    let mut entry = Vec::new();
+    OutputEntry {
+        output: 0,
+        key: None,
+        value: Some((0, 5)),
+        timestamp: 0,
+        first_header: 0,
+        header_count: 0,
+        input_index: 0,
+    }
+    .write(&mut entry);
+    let _ = ctx;
+    match what {
+        b"short-entry" => packed::emit(b"hello", &entry[..30], &[]),
+        b"span-outside" => packed::emit(b"hi", &entry, &[]),
+        _ => {
+            let s = store::Store::open("scratch").map_err(|e| Error::msg(e.message))?;
+            // A key of 10 bytes with only 3 present.
+            packed::write_many(&s, &[10, 0, 0, 0, b'a', b'b', b'c'])
+        }
+    }
+    .map_err(|e| Error::msg(e.message))
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 fn emit_undeclared() -> Result<()> {
     bail!("undeclared output (native build)")
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn send_malformed(_: &[u8], _: &mut Context) -> Result<()> {
+    bail!("malformed packed list (native build)")
 }
 
 export_processor!(Misbehave::default());
