@@ -192,7 +192,7 @@ impl Default for EmbeddedBench {
     fn default() -> Self {
         EmbeddedBench {
             guests: PathBuf::from("target/wasm32-wasip2/guest"),
-            records: 200_000,
+            records: 1_000_000,
             latency_rate: 2_000,
             commit_interval: std::time::Duration::from_millis(100),
             workers: 2,

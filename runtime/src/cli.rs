@@ -209,8 +209,9 @@ pub enum BenchCommand {
         /// Directory of the built guest components.
         #[arg(long, default_value = "target/wasm32-wasip2/guest")]
         guests: PathBuf,
-        /// Records of the throughput phase.
-        #[arg(long, default_value_t = 200_000)]
+        /// Records of the throughput phase (200k lasted a quarter of a
+        /// second, a third of it the 100 ms commit interval and task starts).
+        #[arg(long, default_value_t = 1_000_000)]
         records: usize,
         /// Records per second offered in the latency phase.
         #[arg(long, default_value_t = 2_000)]

@@ -249,9 +249,9 @@ impl fmt::Debug for Record {
 fn parse_optional<T: DeserializeOwned>(bytes: Option<&[u8]>, what: &str) -> Result<Option<T>> {
     match bytes {
         None => Ok(None),
-        Some(b) => {
-            crate::codec::parse_json(b).map(Some).map_err(|e| Error::msg(format!("{what} is not the expected JSON: {e}")))
-        }
+        Some(b) => crate::codec::parse_json(b)
+            .map(Some)
+            .map_err(|e| Error::msg(format!("{what} is not the expected JSON: {e}"))),
     }
 }
 
