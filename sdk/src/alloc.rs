@@ -114,6 +114,22 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SizeClasses<A> {
     }
 
     #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match class(layout) {
+            Some(c) => {
+                // A reused block holds old bytes.
+                let block = unsafe { self.alloc_small(c) };
+                if !block.is_null() {
+                    unsafe { ptr::write_bytes(block, 0, layout.size()) };
+                }
+                block
+            }
+            // talc zeroes (or knows fresh memory is zero) for large blocks.
+            None => unsafe { self.inner.alloc_zeroed(layout) },
+        }
+    }
+
+    #[inline]
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
         match class(layout) {
             Some(c) => unsafe { self.free_small(block, c) },

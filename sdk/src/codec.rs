@@ -240,10 +240,15 @@ impl Codec for Json {
 /// Parses JSON bytes: one UTF-8 check of the whole text, then serde_json's
 /// reader for text known to be valid, which checks no string again. Reading
 /// the bytes directly checks each string on its own, and in a component
-/// those many short checks cost more than one long one.
+/// those many short checks cost more than one long one. Bytes that are not
+/// UTF-8 throughout go to the byte reader, which accepts what it accepted
+/// before (invalid bytes in a string it skips) and says where it fails.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
-    serde_json::from_str(text).map_err(|e| e.to_string())
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// Compact binary values ([postcard](https://docs.rs/postcard)): smaller and
@@ -263,6 +268,26 @@ impl Codec for Binary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_parses_from_text_and_bytes_that_are_not_utf8_outside_what_is_read() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Order {
+            id: String,
+            qty: i64,
+        }
+        let text = br#"{"id":"o1","qty":2,"note":"caf\u00e9"}"#;
+        assert_eq!(parse_json::<Order>(text).unwrap(), Order { id: "o1".into(), qty: 2 });
+        // A Latin-1 byte in a field the processor does not read: accepted,
+        // as serde_json's byte reader always did.
+        let latin1 = b"{\"id\":\"o1\",\"qty\":2,\"note\":\"caf\xe9\"}";
+        assert_eq!(parse_json::<Order>(latin1).unwrap(), Order { id: "o1".into(), qty: 2 });
+        // In a field it reads: refused, saying where.
+        let bad = b"{\"id\":\"o\xe9\",\"qty\":2}";
+        let e = parse_json::<Order>(bad).unwrap_err();
+        assert!(e.contains("line 1 column"), "{e}");
+        assert!(parse_json::<Order>(br#"{"id":"o1"}"#).unwrap_err().contains("missing field `qty`"));
+    }
 
     #[test]
     fn signed_integer_keys_sort_as_bytes() {

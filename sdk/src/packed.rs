@@ -14,8 +14,10 @@
 //! - Store key and value lists (`get-many`, `write-many`) are items of a
 //!   4-byte length ([`NONE`]: absent) followed by that many bytes.
 //!
-//! Everything read from the other side is checked: a short or truncated
-//! list is an error, never a panic.
+//! The lengths of what is read are checked: a short or truncated list is an
+//! error, never a panic. Spans inside entries are the reader's to check:
+//! the host checks the guest's (against the call's `data`), the SDK trusts
+//! the host's.
 
 /// The length of an absent byte string (a keyless record, a tombstone, a
 /// key not found).
@@ -148,7 +150,9 @@ impl OutputEntry {
 pub fn put_item(out: &mut Vec<u8>, item: Option<&[u8]>) {
     match item {
         Some(bytes) => {
-            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            // NONE is not a length: such a list would not fit a wasm memory anyway.
+            let len = u32::try_from(bytes.len()).ok().filter(|l| *l != NONE).expect("a store item under 4 GiB");
+            out.extend_from_slice(&len.to_le_bytes());
             out.extend_from_slice(bytes);
         }
         None => out.extend_from_slice(&NONE.to_le_bytes()),
@@ -182,7 +186,8 @@ impl<'a> Iterator for Items<'a> {
             self.rest = &self.rest[4..];
             return Some(Ok(None));
         }
-        let Some(bytes) = self.rest.get(4..4 + len as usize) else {
+        let end = (len as usize).checked_add(4);
+        let Some(bytes) = end.and_then(|end| self.rest.get(4..end)) else {
             let left = self.rest.len() - 4;
             self.rest = &[];
             return Some(Err(format!("a store list item of {len} bytes has only {left} left")));

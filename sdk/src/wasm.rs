@@ -293,10 +293,10 @@ struct Cached {
     dirty: bool,
 }
 
-/// A fast hasher with a fixed seed: the cache lives for one call, and a
-/// fixed seed keeps a replayed call identical.
-/// hashbrown's own map for `entry_ref`: a lookup by borrowed key that
-/// inserts an owned one on a miss, with one hash.
+/// The cache of one store for one call. hashbrown's own map, for
+/// `entry_ref`: a lookup by borrowed key that inserts an owned one on a
+/// miss, with one hash. A fast hasher with a fixed seed: the cache lives
+/// for one call, and a fixed seed keeps a replayed call identical.
 type CacheMap = hashbrown::HashMap<Vec<u8>, Cached, foldhash::fast::FixedState>;
 
 /// A host store behind a per-call write-back cache.

@@ -150,12 +150,18 @@ impl LoadedComponent {
         let pre = if v2 {
             // 0.2.0 and 0.3.0 have the same exports by name; `process` takes
             // a packed batch in 0.3.0. Try the current contract first, and
-            // name its mismatch when neither fits.
+            // name both mismatches when neither fits.
             match super::bindings_v3::ProcessorPre::new(instance_pre.clone()) {
                 Ok(pre) => Pre::V3(pre),
                 Err(v3) => match super::bindings_v2::ProcessorPre::new(instance_pre) {
                     Ok(pre) => Pre::V2(pre),
-                    Err(_) => return Err(wrong(v3)),
+                    Err(v2) => {
+                        return Err(LoadError::WrongWorld(format!(
+                            "as {CONTRACT}: {}; as {CONTRACT_0_2}: {}",
+                            root_message(&v3),
+                            root_message(&v2)
+                        )));
+                    }
                 },
             }
         } else {

@@ -218,22 +218,31 @@ impl GuestState {
         guest_error(message)
     }
 
-    /// Writes checked key/value pairs to the store behind `this`, or says
-    /// why it may not (a table's store is read-only).
+    /// The task's index of the store behind `this` if the processor may
+    /// write it, else the guest's error (a table's store is read-only).
+    pub(super) fn writable_store(&self, this: &Resource<StoreHandle>) -> wasmtime::Result<Result<usize, types::Error>> {
+        let handle = self.table.get(this)?;
+        if handle.writable {
+            return Ok(Ok(handle.index));
+        }
+        Ok(Err(guest_error(format!(
+            "store `{}` is read-only for processor `{}` (it is a table's store)",
+            self.call.stores.get(handle.index).name(),
+            self.info.processor
+        ))))
+    }
+
+    /// Writes checked key/value pairs to the store behind `this` (refused
+    /// if read-only).
     pub(super) fn write_pairs(
         &mut self,
         this: &Resource<StoreHandle>,
         pairs: impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
     ) -> wasmtime::Result<Result<(), types::Error>> {
-        let handle = self.table.get(this)?;
-        let (index, writable) = (handle.index, handle.writable);
-        if !writable {
-            return Ok(Err(guest_error(format!(
-                "store `{}` is read-only for processor `{}` (it is a table's store)",
-                self.call.stores.get(index).name(),
-                self.info.processor
-            ))));
-        }
+        let index = match self.writable_store(this)? {
+            Ok(index) => index,
+            Err(refused) => return Ok(Err(refused)),
+        };
         let store = self.call.stores.get_mut(index);
         for (key, value) in pairs {
             store.write(key, value);
@@ -345,7 +354,11 @@ impl store::HostStore for GuestState {
         this: Resource<StoreHandle>,
         writes: types::WriteBatch,
     ) -> wasmtime::Result<Result<(), types::Error>> {
-        // Check every span before writing anything: a bad batch writes nothing.
+        // A read-only store is refused first, then every span is checked
+        // before anything is written: a bad batch writes nothing.
+        if let Err(refused) = self.writable_store(&this)? {
+            return Ok(Err(refused));
+        }
         for (k, v) in &writes.writes {
             if let Err(message) =
                 slice(&writes.data, *k).and_then(|_| v.map_or(Ok(&[][..]), |v| slice(&writes.data, v)))

@@ -230,8 +230,8 @@ impl ProcessorInstance {
         outcome
     }
 
-    /// Calls `on-timer` (0.2.0 components only: a 0.1.0 one cannot set
-    /// timers, so the executor never has one to fire for it).
+    /// Calls `on-timer` (0.2.0 and 0.3.0 components only: a 0.1.0 one
+    /// cannot set timers, so the executor never has one to fire for it).
     pub fn on_timer(
         &mut self,
         stores: &mut TaskStores,

@@ -4,7 +4,8 @@
 //!
 //! They mean what 0.1.0's `emitter.emit` and `store.get-many`/`write-many`
 //! mean, with the same checks: a malformed list from the guest breaks the
-//! contract and writes or emits nothing.
+//! contract and writes or emits nothing. (An absent or malformed key in a
+//! `get-many` list breaks the contract too; the answer stops there.)
 
 use std::sync::Arc;
 
@@ -33,7 +34,8 @@ impl packed::Host for GuestState {
     fn get_many(&mut self, this: Resource<StoreHandle>, keys: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
         let index = self.table.get(&this)?.index;
         let store = self.call.stores.get(index);
-        let mut answer = Vec::with_capacity(keys.len() * 2);
+        // Room for small values; a guest's list says nothing of their size.
+        let mut answer = Vec::with_capacity(keys.len().saturating_mul(2).min(64 * 1024));
         for key in items(&keys) {
             let key = match key {
                 Ok(Some(k)) => k,
@@ -64,6 +66,10 @@ impl packed::Host for GuestState {
         this: Resource<StoreHandle>,
         writes: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::Error>> {
+        // A read-only store is refused first, as in 0.1.0's `write-many`.
+        if let Err(refused) = self.writable_store(&this)? {
+            return Ok(Err(refused));
+        }
         // Check the whole list before writing anything: a bad one writes nothing.
         let mut pairs = Vec::new();
         let mut list = items(&writes);
@@ -92,6 +98,7 @@ pub(super) fn fill_packed(
     stream_times: &[i64],
     source_of: impl Fn(&str) -> String,
 ) {
+    assert_eq!(records.len(), stream_times.len(), "a stream time per record");
     batch.data.clear();
     batch.records.clear();
     batch.topics.clear();

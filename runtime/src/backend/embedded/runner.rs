@@ -59,6 +59,8 @@ pub struct EmbeddedApp {
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     backend: Arc<EmbeddedBackend>,
+    /// Tasks of the application: until each has reported, it is starting.
+    tasks: usize,
 }
 
 /// Creates every topic the application uses, checking existing ones.
@@ -159,7 +161,7 @@ impl EmbeddedApp {
             workers.push(handle);
         }
         tracing::info!(app = %topology.name, tasks = n, workers = workers.len(), "application started");
-        Ok(EmbeddedApp { control, status, stop, workers, backend })
+        Ok(EmbeddedApp { control, status, stop, workers, backend, tasks: total_tasks })
     }
 
     /// The version the application runs (or is switching to).
@@ -193,7 +195,14 @@ impl EmbeddedApp {
                 }
             }
         }
-        self.control.app_status("embedded", tasks)
+        let mut status = self.control.app_status("embedded", tasks);
+        // A task that has not reported yet is starting: without this, the
+        // tasks of one worker could say `running`, lag 0, while another
+        // worker's tasks (with lag) had not reported at all.
+        if status.tasks.len() < self.tasks && status.state == "running" {
+            status.state = "starting".to_owned();
+        }
+        status
     }
 
     /// Stops the workers after a final commit of every task.
