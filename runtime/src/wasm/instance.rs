@@ -357,13 +357,10 @@ fn encode_batch(records: &[TaskRecord]) -> types::Batch {
     batch
 }
 
-/// Lays records out flat: every byte string in `data`, records by span.
-fn fill_batch(batch: &mut types::Batch, records: &[TaskRecord]) {
-    batch.data.clear();
-    batch.topics.clear();
-    batch.headers.clear();
-    batch.records.clear();
-    let size: usize = records
+/// The bytes of every byte string of `records` (keys, values, old values,
+/// header values): what a batch's `data` holds.
+pub(super) fn data_size(records: &[TaskRecord]) -> usize {
+    records
         .iter()
         .map(|r| {
             r.key.as_ref().map_or(0, Vec::len)
@@ -371,8 +368,31 @@ fn fill_batch(batch: &mut types::Batch, records: &[TaskRecord]) {
                 + r.old_value.as_ref().map_or(0, Vec::len)
                 + r.headers.iter().map(|(_, v)| v.len()).sum::<usize>()
         })
-        .sum();
-    batch.data.reserve(size);
+        .sum()
+}
+
+/// The index of `topic` among a batch's `topics` (by pointer, else by
+/// name), and whether it is new there.
+pub(super) fn topic_index<'a>(
+    topics: &mut Vec<&'a std::sync::Arc<str>>,
+    topic: &'a std::sync::Arc<str>,
+) -> (usize, bool) {
+    match topics.iter().position(|t| std::sync::Arc::ptr_eq(t, topic) || *t == topic) {
+        Some(i) => (i, false),
+        None => {
+            topics.push(topic);
+            (topics.len() - 1, true)
+        }
+    }
+}
+
+/// Lays records out flat: every byte string in `data`, records by span.
+fn fill_batch(batch: &mut types::Batch, records: &[TaskRecord]) {
+    batch.data.clear();
+    batch.topics.clear();
+    batch.headers.clear();
+    batch.records.clear();
+    batch.data.reserve(data_size(records));
     let mut topics: Vec<&std::sync::Arc<str>> = Vec::new();
     for r in records {
         let mut push = |bytes: &Option<Vec<u8>>| {
@@ -391,14 +411,10 @@ fn fill_batch(batch: &mut types::Batch, records: &[TaskRecord]) {
             batch.data.extend_from_slice(v);
             batch.headers.push(types::Header { name: name.clone(), value: span });
         }
-        let topic = match topics.iter().position(|t| std::sync::Arc::ptr_eq(t, &r.topic) || **t == r.topic) {
-            Some(i) => i,
-            None => {
-                topics.push(&r.topic);
-                batch.topics.push(r.topic.to_string());
-                topics.len() - 1
-            }
-        };
+        let (topic, new) = topic_index(&mut topics, &r.topic);
+        if new {
+            batch.topics.push(r.topic.to_string());
+        }
         batch.records.push(types::Record {
             key,
             value,

@@ -104,16 +104,7 @@ pub(super) fn fill_packed(
     batch.topics.clear();
     batch.sources.clear();
     batch.headers.clear();
-    let size: usize = records
-        .iter()
-        .map(|r| {
-            r.key.as_ref().map_or(0, Vec::len)
-                + r.value.as_ref().map_or(0, Vec::len)
-                + r.old_value.as_ref().map_or(0, Vec::len)
-                + r.headers.iter().map(|(_, v)| v.len()).sum::<usize>()
-        })
-        .sum();
-    batch.data.reserve(size);
+    batch.data.reserve(super::instance::data_size(records));
     batch.records.reserve(records.len() * weir_sdk::packed::INPUT_ENTRY);
     let mut topics: Vec<&Arc<str>> = Vec::new();
     for (r, stream_time) in records.iter().zip(stream_times) {
@@ -134,15 +125,11 @@ pub(super) fn fill_packed(
             batch.data.extend_from_slice(v);
             batch.headers.push(types::Header { name: name.clone(), value });
         }
-        let topic = match topics.iter().position(|t| Arc::ptr_eq(t, &r.topic) || **t == r.topic) {
-            Some(i) => i,
-            None => {
-                topics.push(&r.topic);
-                batch.topics.push(r.topic.to_string());
-                batch.sources.push(source_of(&r.topic));
-                topics.len() - 1
-            }
-        };
+        let (topic, new) = super::instance::topic_index(&mut topics, &r.topic);
+        if new {
+            batch.topics.push(r.topic.to_string());
+            batch.sources.push(source_of(&r.topic));
+        }
         InputEntry {
             key,
             value,
