@@ -142,13 +142,7 @@ impl ProcessorInstance {
             timeout: limits.call_timeout,
             batch,
             context,
-            packed: PackedBatch {
-                data: Vec::new(),
-                records: Vec::new(),
-                topics: Vec::new(),
-                sources: Vec::new(),
-                headers: Vec::new(),
-            },
+            packed: empty_packed(),
         })
     }
 
@@ -185,16 +179,7 @@ impl ProcessorInstance {
         stream_times: &[i64],
     ) -> CallOutcome {
         if let Bindings::V3(_) = self.bindings {
-            let mut packed = std::mem::replace(
-                &mut self.packed,
-                PackedBatch {
-                    data: Vec::new(),
-                    records: Vec::new(),
-                    topics: Vec::new(),
-                    sources: Vec::new(),
-                    headers: Vec::new(),
-                },
-            );
+            let mut packed = std::mem::replace(&mut self.packed, empty_packed());
             let sources = &self.store.data().info.sources;
             super::packed::fill_packed(&mut packed, records, stream_times, |t| {
                 sources.get(t).cloned().unwrap_or_default()
@@ -349,6 +334,11 @@ fn describe_instantiate_error(e: &wasmtime::Error, engine: &WasmEngine) -> Strin
     } else {
         text
     }
+}
+
+/// A packed batch with no buffers yet (the generated type has no `Default`).
+fn empty_packed() -> PackedBatch {
+    PackedBatch { data: Vec::new(), records: Vec::new(), topics: Vec::new(), sources: Vec::new(), headers: Vec::new() }
 }
 
 fn encode_batch(records: &[TaskRecord]) -> types::Batch {
