@@ -513,24 +513,29 @@ impl Task {
     }
 
     fn accept(&mut self, consumed: ConsumedRecord) -> Result<(), TaskError> {
-        let ConsumedRecord { topic, partition, offset, record } = consumed;
-        let Some(input) = self.inputs.get(&topic) else {
-            return Err(TaskError::UnknownInput(topic.to_string(), self.name.clone()));
+        let ConsumedRecord { topic: consumed_topic, partition, offset, record } = consumed;
+        let Some((topic, input)) = self.inputs.get_key_value(&consumed_topic) else {
+            return Err(TaskError::UnknownInput(consumed_topic.to_string(), self.name.clone()));
         };
+        // From here on the task's own Arc of the topic name: the backend's is
+        // shared by every worker thread, and a reference count bounced
+        // between cores on every record was most of this function's time.
+        // The topology is borrowed, not cloned, for the same reason; the
+        // rare paths that hand a record to its error policy clone it.
+        let topic = topic.clone();
+        drop(consumed_topic);
         let (node, check_partition, table) = (input.node, input.check_partition, input.table);
         self.metrics.records_in += 1;
         self.positions.insert((topic.clone(), partition), offset + 1);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let topology = self.app.topology.clone();
-        let node_def = &topology.nodes[node];
         let mut guest = TaskRecord {
             key: record.key,
             value: record.value,
             old_value: None,
             timestamp: record.timestamp,
             headers: record.headers,
-            topic: topic.clone(),
+            topic,
             partition,
             offset,
         };
@@ -538,19 +543,27 @@ impl Task {
         // Checks against the spec: formats, then the timestamp field. A
         // record that fails them meets the input's error policy and does
         // not move stream time.
-        let input_def = match &node_def.kind {
+        let input_def = match &self.app.topology.nodes[node].kind {
             NodeKind::Source(i) | NodeKind::Table { input: i, .. } => Some(i),
             _ => None,
         };
         if let Some(def) = input_def {
             if let Err(message) = check_format(&guest, def.key_format, def.value_format) {
-                return self.apply_policy(&node_def.name, def.on_error, &guest, "malformed-input", &message);
+                let (topology, on_error) = (self.app.topology.clone(), def.on_error);
+                return self.apply_policy(&topology.nodes[node].name, on_error, &guest, "malformed-input", &message);
             }
             if let Some(extract) = &def.timestamp {
                 match extract.extract(guest.value.as_deref()) {
                     Ok(timestamp) => guest.timestamp = timestamp,
                     Err(message) => {
-                        return self.apply_policy(&node_def.name, def.on_error, &guest, "bad-timestamp", &message);
+                        let (topology, on_error) = (self.app.topology.clone(), def.on_error);
+                        return self.apply_policy(
+                            &topology.nodes[node].name,
+                            on_error,
+                            &guest,
+                            "bad-timestamp",
+                            &message,
+                        );
                     }
                 }
             }
@@ -570,12 +583,13 @@ impl Task {
         let origin = Origin { seq: Seq::input(seq), stream_time: self.stream_time };
 
         if check_partition
-            && topology.partition_check != PartitionCheck::Off
+            && self.app.topology.partition_check != PartitionCheck::Off
             && let Some(key) = &guest.key
         {
-            let partitions = topology.partitions_of(&topic).unwrap_or(1);
+            let partitions = self.app.topology.partitions_of(&guest.topic).unwrap_or(1);
             let expected = partition_for_key(key, partitions);
             if expected != partition {
+                let (topology, topic) = (self.app.topology.clone(), &guest.topic);
                 self.metrics.partition_mismatches += 1;
                 let message = format!(
                     "record at {topic}/{partition}@{offset} has a key that murmur2 assigns to partition {expected} of {partitions}; \
@@ -584,25 +598,18 @@ impl Task {
                 );
                 self.warn_mismatch(&message);
                 if topology.partition_check == PartitionCheck::DeadLetter {
-                    return self.dead_letter(&node_def.name, &guest, "partition-mismatch", &message);
+                    return self.dead_letter(&topology.nodes[node].name, &guest, "partition-mismatch", &message);
                 }
             }
         }
 
-        match table {
-            None => {
-                // Copies for all targets but the last, which takes the record.
-                if let Some((last, rest)) = node_def.to.split_last() {
-                    for t in rest {
-                        self.push(*t, origin, guest.clone());
-                    }
-                    self.push(*last, origin, guest);
-                }
-            }
+        let record = match table {
+            None => guest,
             Some((store, _)) => {
                 let Some(key) = guest.key.clone() else {
+                    let topology = self.app.topology.clone();
                     return self.apply_policy(
-                        &node_def.name,
+                        &topology.nodes[node].name,
                         ErrorPolicy::Skip,
                         &guest,
                         "malformed-input",
@@ -612,14 +619,18 @@ impl Task {
                 let old = self.stores.get(store).get(&key)?;
                 self.stores.get_mut(store).write(key, guest.value.clone());
                 self.stores.release_savepoint();
-                let change = TaskRecord { old_value: old, ..guest };
-                if let Some((last, rest)) = node_def.to.split_last() {
-                    for t in rest {
-                        self.push(*t, origin, change.clone());
-                    }
-                    self.push(*last, origin, change);
-                }
+                TaskRecord { old_value: old, ..guest }
             }
+        };
+        // Copies for all targets but the last, which takes the record.
+        let targets = self.app.topology.nodes[node].to.len();
+        if targets > 0 {
+            for i in 0..targets - 1 {
+                let target = self.app.topology.nodes[node].to[i];
+                self.push(target, origin, record.clone());
+            }
+            let last = self.app.topology.nodes[node].to[targets - 1];
+            self.push(last, origin, record);
         }
         if self.processors.iter().any(|p| p.inbox.len() >= self.max_batch(p.node)) {
             self.drain()?;
