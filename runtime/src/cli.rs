@@ -220,6 +220,10 @@ pub enum BenchCommand {
         /// key-count, reservation, windowed, sdk-windows), e.g. to profile one.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Times every scenario runs, in turn (a ratio is the median of the
+        /// rounds' ratios: the machine's slow spells fall on all alike).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// One deploy and one hot swap of key-count for a cluster of
     /// --instances instances against one instance alone, in the same run:
@@ -480,9 +484,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::bench::swap(guests, rounds.max(1))?;
                 Ok(ExitCode::SUCCESS)
             }
-            BenchCommand::Embedded { guests, records, latency_rate, only } => {
+            BenchCommand::Embedded { guests, records, latency_rate, only, rounds } => {
+                let rounds = rounds.max(1);
                 let settings =
-                    crate::bench::EmbeddedBench { guests, records, latency_rate, only, ..Default::default() };
+                    crate::bench::EmbeddedBench { guests, records, latency_rate, only, rounds, ..Default::default() };
                 crate::bench::embedded(settings)?;
                 Ok(ExitCode::SUCCESS)
             }

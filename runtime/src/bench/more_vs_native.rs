@@ -92,13 +92,8 @@ pub fn run(engine: &WasmEngine, guests: &Path, records: usize, batch: usize, rou
             wasm.push(ns);
             anyhow::ensure!(n_out == c_out, "{name}: native emitted {n_out} records, component {c_out}");
         }
-        native.sort_by(f64::total_cmp);
-        wasm.sort_by(f64::total_cmp);
-        let (n, c) = (native[rounds / 2], wasm[rounds / 2]);
         println!("{name} over {records} records ({KEYS} keys), batch {batch}, median of {rounds} rounds");
-        println!("native     {n:8.1} ns/record");
-        println!("component  {c:8.1} ns/record");
-        println!("ratio {name} {:.2}", c / n);
+        super::print_component_vs_native(&format!(" {name}"), &native, &wasm);
     }
     Ok(())
 }

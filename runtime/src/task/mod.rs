@@ -787,6 +787,23 @@ impl Task {
         let def = topology.processor(node).expect("processor");
         let name = self.processors[slot].name.clone();
         *self.metrics.emitted.entry(name).or_default() += emitted.len() as u64;
+        // Each output's topic targets looked up once per batch, not once per
+        // record: (name, partitions) per target, `None` for a processor.
+        let sinks: Vec<Vec<Option<(Arc<str>, u32)>>> = def
+            .outputs
+            .iter()
+            .map(|o| {
+                o.targets
+                    .iter()
+                    .map(|t| match t {
+                        Target::Topic { topic, .. } => {
+                            Some((self.topic_names[topic].clone(), topology.partitions_of(topic).unwrap_or(1)))
+                        }
+                        Target::Processor(_) => None,
+                    })
+                    .collect()
+            })
+            .collect();
         for out in emitted {
             let output = out.output;
             let index = (out.input_index as usize).min(origins.len() - 1);
@@ -815,11 +832,11 @@ impl Task {
                         };
                         self.push(*next, *seq, record);
                     }
-                    Target::Topic { topic, .. } => {
-                        let partitions = topology.partitions_of(topic).unwrap_or(1);
-                        let partition = partition_for(key.as_deref(), partitions, self.id.partition);
+                    Target::Topic { .. } => {
+                        let (topic, partitions) = sinks[output][i].as_ref().expect("a topic target");
+                        let partition = partition_for(key.as_deref(), *partitions, self.id.partition);
                         self.produced.push(ProducedRecord {
-                            topic: self.topic_names[topic].clone(),
+                            topic: topic.clone(),
                             partition,
                             record: Record { key, value, timestamp, headers },
                         });

@@ -420,7 +420,27 @@ impl EmbeddedBackend {
         from: i64,
         max: usize,
     ) -> Result<Vec<ConsumedRecord>, BackendError> {
-        self.read_with_time(topic, partition, from, max).map(|v| v.into_iter().map(|(r, _)| r).collect())
+        self.read_as(topic, &topic.name, partition, from, max)
+    }
+
+    /// Like [`read`](Self::read), the records naming their topic by `name`
+    /// (the same text as `topic.name`). A reader that reads often passes an
+    /// `Arc` of its own: cloning the topic's, which every worker thread
+    /// shares, per record bounces its reference count between the cores.
+    pub fn read_as(
+        &self,
+        topic: &Topic,
+        name: &Arc<str>,
+        partition: u32,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<ConsumedRecord>, BackendError> {
+        debug_assert_eq!(**name, *topic.name, "read_as names the topic it reads");
+        let mut out = Vec::with_capacity(Self::at_most(topic, partition, from, max));
+        self.scan(topic, partition, from, max, |offset, record, _| {
+            out.push(ConsumedRecord { topic: name.clone(), partition, offset, record })
+        })?;
+        Ok(out)
     }
 
     /// Like [`read`](Self::read), with each record's append time (µs).
@@ -431,17 +451,40 @@ impl EmbeddedBackend {
         from: i64,
         max: usize,
     ) -> Result<Vec<(ConsumedRecord, i64)>, BackendError> {
+        let mut out = Vec::with_capacity(Self::at_most(topic, partition, from, max));
+        self.scan(topic, partition, from, max, |offset, record, appended| {
+            out.push((ConsumedRecord { topic: topic.name.clone(), partition, offset, record }, appended))
+        })?;
+        Ok(out)
+    }
+
+    /// How many records a read from `from` of at most `max` returns.
+    fn at_most(topic: &Topic, partition: u32, from: i64, max: usize) -> usize {
+        let from = from.max(topic.start_offset(partition));
+        (topic.end_offset(partition) - from).clamp(0, max.min(i64::MAX as usize) as i64) as usize
+    }
+
+    /// Hands `each` the records of a partition from offset `from`, at most
+    /// `max`: offset, record, append time (µs).
+    fn scan(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        from: i64,
+        max: usize,
+        mut each: impl FnMut(i64, Record, i64),
+    ) -> Result<(), BackendError> {
         let end = topic.end_offset(partition);
         let from = from.max(topic.start_offset(partition));
         if from >= end || max == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let mut options = ReadOptions::default();
         options.set_iterate_upper_bound(log::log_key(topic.id, partition, end).to_vec());
         let start = log::log_key(topic.id, partition, from);
         let iter =
             self.db.raw().iterator_cf_opt(self.db.cf(CF_LOG), options, IteratorMode::From(&start, Direction::Forward));
-        let mut out = Vec::with_capacity(max.min((end - from) as usize));
+        let mut count = 0;
         for item in iter {
             let (k, v) = item.map_err(|e| storage_error(self.db.path(), e))?;
             let offset = log::offset_of(&k);
@@ -451,12 +494,13 @@ impl EmbeddedBackend {
                 offset,
                 message,
             })?;
-            out.push((ConsumedRecord { topic: topic.name.clone(), partition, offset, record }, appended));
-            if out.len() >= max {
+            each(offset, record, appended);
+            count += 1;
+            if count >= max {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Waits until something is appended after `seen` (the value returned by

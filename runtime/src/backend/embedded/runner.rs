@@ -299,6 +299,9 @@ struct Slot {
     id: TaskId,
     task: Option<Task>,
     inputs: Vec<(Arc<Topic>, u32)>,
+    /// Per input, the slot's own `Arc` of the topic's name for the records
+    /// it reads (see [`EmbeddedBackend::read_as`]).
+    names: Vec<Arc<str>>,
     /// Next offset to read, per input.
     read: Vec<i64>,
     /// Committed position, per input.
@@ -467,6 +470,7 @@ impl Worker {
             task: None,
             read: vec![0; inputs.len()],
             committed: vec![0; inputs.len()],
+            names: inputs.iter().map(|(t, _)| Arc::from(&*t.name)).collect(),
             inputs,
             last_commit: Instant::now(),
             positions_dirty: false,
@@ -538,7 +542,7 @@ impl Worker {
             // Not more than a batch ahead per input: a task waiting for one
             // input (timestamp order) need not hold all of the others.
             let room = self.config.max_batch.saturating_sub(records.len().max(task.buffered(Some(&topic.name))));
-            let read = self.backend.read(topic, *p, slot.read[i], room).map_err(|e| {
+            let read = self.backend.read_as(topic, &slot.names[i], *p, slot.read[i], room).map_err(|e| {
                 TaskError::State(crate::state::StateError { store: topic.name.to_string(), message: e.to_string() })
             })?;
             if let Some(last) = read.last() {
