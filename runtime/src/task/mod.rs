@@ -27,6 +27,7 @@
 //! meets the processor's error policy ([`failure`]).
 
 mod failure;
+mod inbox;
 mod order;
 mod swap;
 mod time;
@@ -46,6 +47,7 @@ use crate::wasm::{
     CallTime, FailureKind, InstanceInfo, LoadedComponent, ProcessorInstance, StoreGrantInfo, WasmEngine,
 };
 use failure::check_format;
+use inbox::Inbox;
 use order::InputQueues;
 use swap::Probation;
 use time::{Origin, Schedule, Seq};
@@ -149,6 +151,13 @@ pub struct StoreChanges<'a> {
     pub writes: Vec<(&'a Vec<u8>, &'a Option<Vec<u8>>)>,
 }
 
+/// A topic an output writes to, as [`Task::route`] resolves it per batch.
+struct SinkTopic {
+    /// The task's own `Arc` of the name.
+    name: Arc<str>,
+    partitions: u32,
+}
+
 /// One processor of the sub-topology, in this task.
 struct ProcessorSlot {
     node: NodeId,
@@ -157,7 +166,7 @@ struct ProcessorSlot {
     component: Arc<LoadedComponent>,
     instance: Option<ProcessorInstance>,
     /// Pending input with its origin (place in source order, stream time).
-    inbox: Vec<(Origin, TaskRecord)>,
+    inbox: Inbox,
     /// More than one upstream: the inbox must be re-sorted by origin.
     merges: bool,
     stream_schedule: Option<Schedule>,
@@ -312,7 +321,7 @@ impl Task {
                 info,
                 component,
                 instance: None,
-                inbox: Vec::new(),
+                inbox: Inbox::default(),
                 merges: upstream_count.get(&p).copied().unwrap_or(0) > 1,
                 stream_schedule: None,
                 wall_schedule: None,
@@ -648,7 +657,7 @@ impl Task {
 
     fn push(&mut self, node: NodeId, origin: Origin, record: TaskRecord) {
         let slot = self.slot_of(node);
-        self.processors[slot].inbox.push((origin, record));
+        self.processors[slot].inbox.push(origin, record);
     }
 
     /// Runs every processor, in topological order, until no input is pending,
@@ -660,12 +669,10 @@ impl Task {
             if self.processors[slot].inbox.is_empty() && !ticks_matter {
                 continue;
             }
-            let mut inbox = std::mem::take(&mut self.processors[slot].inbox);
-            if self.processors[slot].merges {
-                inbox.sort_by_key(|(origin, _)| origin.seq);
-            }
-            let (origins, records): (Vec<Origin>, Vec<TaskRecord>) = inbox.into_iter().unzip();
+            let merges = self.processors[slot].merges;
+            let (origins, records) = self.processors[slot].inbox.take(merges);
             self.run_slot(slot, &origins, &records)?;
+            self.processors[slot].inbox.give_back(origins, records);
         }
         self.ticks.clear();
         Ok(())
@@ -788,17 +795,18 @@ impl Task {
         let name = self.processors[slot].name.clone();
         *self.metrics.emitted.entry(name).or_default() += emitted.len() as u64;
         // Each output's topic targets looked up once per batch, not once per
-        // record: (name, partitions) per target, `None` for a processor.
-        let sinks: Vec<Vec<Option<(Arc<str>, u32)>>> = def
+        // record: `sinks[output][target]`, `None` for a processor.
+        let sinks: Vec<Vec<Option<SinkTopic>>> = def
             .outputs
             .iter()
             .map(|o| {
                 o.targets
                     .iter()
                     .map(|t| match t {
-                        Target::Topic { topic, .. } => {
-                            Some((self.topic_names[topic].clone(), topology.partitions_of(topic).unwrap_or(1)))
-                        }
+                        Target::Topic { topic, .. } => Some(SinkTopic {
+                            name: self.topic_names[topic].clone(),
+                            partitions: topology.partitions_of(topic).unwrap_or(1),
+                        }),
                         Target::Processor(_) => None,
                     })
                     .collect()
@@ -833,10 +841,10 @@ impl Task {
                         self.push(*next, *seq, record);
                     }
                     Target::Topic { .. } => {
-                        let (topic, partitions) = sinks[output][i].as_ref().expect("a topic target");
-                        let partition = partition_for(key.as_deref(), *partitions, self.id.partition);
+                        let sink = sinks[output][i].as_ref().expect("a topic target");
+                        let partition = partition_for(key.as_deref(), sink.partitions, self.id.partition);
                         self.produced.push(ProducedRecord {
-                            topic: topic.clone(),
+                            topic: sink.name.clone(),
                             partition,
                             record: Record { key, value, timestamp, headers },
                         });
