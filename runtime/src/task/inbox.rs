@@ -64,16 +64,7 @@ mod tests {
     use crate::task::time::Seq;
 
     fn record(offset: i64) -> TaskRecord {
-        TaskRecord {
-            key: None,
-            value: None,
-            old_value: None,
-            timestamp: 0,
-            headers: Vec::new(),
-            topic: "t".into(),
-            partition: 0,
-            offset,
-        }
+        TaskRecord { offset, ..crate::task::empty_record() }
     }
 
     fn push(inbox: &mut Inbox, seq: u64, offset: i64) {
